@@ -1,0 +1,482 @@
+"""The YAML config: parsed by pyyaml, validated by pydantic v2 into frozen models.
+
+Every problem becomes one line that names the file, the key path and the bad value::
+
+    config.yaml: watches[1].settle.quiet: 'soon' is not a duration (e.g. 5s, 2m)
+
+Relative paths are resolved against the config file's folder. ``${VAR}`` in a path is
+expanded from the environment (``token_file: ${CREDENTIALS_DIRECTORY}/token``).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import secrets
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from syncd.units import parse_duration, parse_size
+
+Size = Annotated[int, BeforeValidator(parse_size)]
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+
+DEFAULT_PORT = 8765
+
+
+class ConfigError(Exception):
+    """A config that cannot run. ``str(err)`` is one line per problem, ready to print."""
+
+    def __init__(self, lines: list[str]):
+        super().__init__("\n".join(lines))
+        self.lines = lines
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _parse_listen(value: object) -> tuple[str, int]:
+    if isinstance(value, (tuple, list)) and len(value) == 2:
+        host, port = value
+    elif isinstance(value, str) and ":" in value:
+        host, _, port = value.rpartition(":")
+        host = host.strip("[]")
+    else:
+        raise ValueError(f"{value!r} is not HOST:PORT (e.g. 127.0.0.1:8765)")
+    try:
+        port = int(port)
+        ipaddress.ip_address(host)
+    except ValueError:
+        if host != "localhost":
+            raise ValueError(f"{value!r} is not HOST:PORT with an IP address host") from None
+    if not 0 <= port <= 65535:
+        raise ValueError(f"{value!r}: port must be 0..65535")
+    return str(host), int(port)
+
+
+Listen = Annotated[tuple[str, int], BeforeValidator(_parse_listen)]
+
+
+class TokenSource(_Model):
+    """Exactly one of ``token`` / ``token_file`` / ``token_env``, or none (no auth)."""
+
+    token: SecretStr | None = None
+    token_file: Path | None = None
+    token_env: str | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> TokenSource:
+        given = [k for k in ("token", "token_file", "token_env") if getattr(self, k) is not None]
+        if len(given) > 1:
+            raise ValueError(f"give only one of token, token_file, token_env (got {', '.join(given)})")
+        return self
+
+    def resolve_token(self) -> str | None:
+        """The secret itself; raises ValueError naming the key on a bad source."""
+        if self.token is not None:
+            return self.token.get_secret_value()
+        if self.token_file is not None:
+            try:
+                text = self.token_file.read_text(encoding="utf-8").strip()
+            except OSError as exc:
+                raise ValueError(f"token_file: cannot read {str(self.token_file)!r}: {exc.strerror}") from None
+            if not text:
+                raise ValueError(f"token_file: {str(self.token_file)!r} is empty")
+            return text
+        if self.token_env is not None:
+            text = os.environ.get(self.token_env, "").strip()
+            if not text:
+                raise ValueError(f"token_env: environment variable {self.token_env!r} is not set")
+            return text
+        return None
+
+
+class Timeouts(_Model):
+    connect: Duration = 10.0
+    read: Duration = 120.0
+
+
+class RetryPolicy(_Model):
+    initial: Duration = 1.0
+    """first pause between tries of one request; doubles with jitter"""
+    max: Duration = 60.0
+    """cap of the pause between tries of one request"""
+    budget: Duration = 300.0
+    """how long one request is retried before its file goes to `waiting`"""
+    waiting_initial: Duration = 30.0
+    """first pause before a `waiting` file is tried again; doubles per attempt"""
+    waiting_max: Duration = 3600.0
+    """cap of that pause: a waiting file is retried at least this often, forever"""
+
+
+class Target(TokenSource):
+    protocol: Literal["chunked"] = "chunked"
+    url: str
+    part_size: Size = 50 * 1024**2
+    timeout: Timeouts = Timeouts()
+    retry: RetryPolicy = RetryPolicy()
+    verify_tls: bool = True
+    ca_bundle: Path | None = None
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        if not re.match(r"^https?://[^/\s]+", value):
+            raise ValueError(f"{value!r} is not an http:// or https:// URL")
+        return value if value.endswith("/") else value + "/"
+
+    @field_validator("part_size")
+    @classmethod
+    def _part_size(cls, value: int) -> int:
+        if not 64 * 1024 <= value <= 5 * 1024**3:
+            raise ValueError(f"{value} is not between 64KiB and 5GiB")
+        return value
+
+
+class Settle(_Model):
+    quiet: Duration = 5.0
+    max_wait: Duration = 600.0
+
+    @model_validator(mode="after")
+    def _order(self) -> Settle:
+        if self.quiet <= 0:
+            raise ValueError("quiet must be more than 0s")
+        if self.max_wait < self.quiet:
+            raise ValueError(f"max_wait ({self.max_wait:g}s) is shorter than quiet ({self.quiet:g}s)")
+        return self
+
+
+class Watch(_Model):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=64)
+    path: Path
+    target: str
+    recursive: bool = True
+    poll: bool = False
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    settle: Settle = Settle()
+    remote_dir: str = ""
+    after_upload: Literal["keep", "delete", "move"] = "keep"
+    done_dir: Path | None = None
+    failed_dir: Path | None = None
+    transcode: Literal["optimize_for_web"] | dict[str, Any] | None = None
+    upload_original: bool = False
+    skip_if_web_ready: bool = True
+
+    @field_validator("remote_dir")
+    @classmethod
+    def _remote_dir(cls, value: str) -> str:
+        try:
+            render_remote_dir(value, watch="w", when=0.0)
+        except (KeyError, ValueError, IndexError) as exc:
+            raise ValueError(f"{value!r} is not a valid template ({exc}); use {{watch}}, "
+                             "{year}, {month}, {day}, {date}, {host}") from None
+        return value
+
+    @model_validator(mode="after")
+    def _after(self) -> Watch:
+        if self.after_upload == "move" and self.done_dir is None:
+            raise ValueError("after_upload: move needs done_dir")
+        return self
+
+
+class Concurrency(_Model):
+    uploads: int = Field(2, ge=1, le=64)
+    transcodes: int = Field(1, ge=1, le=16)
+
+
+class Receiver(TokenSource):
+    root: Path
+    listen: Listen = ("127.0.0.1", DEFAULT_PORT)
+    max_size: Size | None = 10 * 1024**3
+    min_free: Size = 1024**3
+    expire: Duration = 86400.0
+    base_path: str = "/"
+    on_conflict: Literal["rename", "overwrite", "fail"] = "rename"
+    trust_forwarded: bool = False
+    allow_anonymous: bool = False
+
+
+class Log(_Model):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    format: Literal["text", "json"] = "text"
+
+    @field_validator("level", mode="before")
+    @classmethod
+    def _upper(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
+
+
+class Metrics(_Model):
+    listen: Listen | None = None
+
+
+class Config(_Model):
+    journal: Path
+    staging_dir: Path
+    targets: dict[str, Target]
+    watches: tuple[Watch, ...]
+    concurrency: Concurrency = Concurrency()
+    rescan_interval: Duration = 600.0
+    receiver: Receiver | None = None
+    log: Log = Log()
+    metrics: Metrics = Metrics()
+    source: str = Field("<built-in>", exclude=True)
+
+    def watch(self, name: str) -> Watch:
+        for watch in self.watches:
+            if watch.name == name:
+                return watch
+        raise KeyError(name)
+
+
+def render_remote_dir(template: str, *, watch: str, when: float) -> str:
+    """Fill a ``remote_dir`` template; the result is a relative POSIX path or ''."""
+    import socket
+    import time
+
+    tm = time.localtime(when)
+    text = template.format(
+        watch=watch,
+        year=f"{tm.tm_year:04d}",
+        month=f"{tm.tm_mon:02d}",
+        day=f"{tm.tm_mday:02d}",
+        date=time.strftime("%Y-%m-%d", tm),
+        host=socket.gethostname(),
+    )
+    return "/".join(part for part in text.split("/") if part not in ("", "."))
+
+
+# --- loading ---------------------------------------------------------------------------
+
+_PATH_KEYS = {"journal", "staging_dir", "path", "done_dir", "failed_dir", "token_file", "ca_bundle", "root"}
+
+
+def _resolve_paths(node: Any, base: Path, loc: str, errors: list[str], name: str) -> Any:
+    """Expand ``${VAR}`` and ``~`` and anchor relative paths at ``base``, in place of strings."""
+    if isinstance(node, dict):
+        out = {}
+        for key, value in node.items():
+            sub = f"{loc}.{key}" if loc else str(key)
+            if key in _PATH_KEYS and isinstance(value, str):
+                out[key] = _expand_path(value, base, sub, errors, name)
+            else:
+                out[key] = _resolve_paths(value, base, sub, errors, name)
+        return out
+    if isinstance(node, list):
+        return [_resolve_paths(v, base, f"{loc}[{i}]", errors, name) for i, v in enumerate(node)]
+    return node
+
+
+def _expand_path(value: str, base: Path, loc: str, errors: list[str], name: str) -> str:
+    for var in re.findall(r"\$\{(\w+)\}|\$(\w+)", value):
+        var = var[0] or var[1]
+        if var not in os.environ:
+            errors.append(f"{name}: {loc}: {value!r} uses ${{{var}}}, which is not set")
+    path = Path(os.path.expanduser(os.path.expandvars(value)))
+    return str(path if path.is_absolute() else (base / path))
+
+
+def _loc(parts: tuple[Any, ...]) -> str:
+    out = ""
+    for part in parts:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif str(part).startswith(("function-", "literal[", "dict[", "tagged-union")):
+            continue  # pydantic's union branch names are noise to a reader
+        else:
+            out += f".{part}" if out else str(part)
+    return out
+
+
+def _describe(error: dict[str, Any]) -> str:
+    kind = error["type"]
+    value = error.get("input")
+    if kind == "extra_forbidden":
+        return "unknown key"
+    if kind == "missing":
+        return "is required"
+    msg = error["msg"].removeprefix("Value error, ").removeprefix("Assertion failed, ")
+    if kind in ("value_error", "assertion_error"):
+        return msg
+    return f"{value!r}: {msg[0].lower()}{msg[1:]}" if not isinstance(value, dict) else msg
+
+
+def _errors_from(exc: ValidationError, name: str) -> list[str]:
+    seen: dict[str, str] = {}
+    for error in exc.errors():
+        loc = _loc(error["loc"])
+        line = f"{name}: {loc}: {_describe(error)}" if loc else f"{name}: {_describe(error)}"
+        # a union reports one error per branch: keep the first per key path
+        seen.setdefault(loc, line)
+    return list(seen.values())
+
+
+def load_config(path: Path | str) -> Config:
+    """Read, validate and check a config file; raises ConfigError with one line per problem."""
+    path = Path(path)
+    name = path.name
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot read config: {exc.strerror}"]) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError([f"{name}: {where}not valid YAML: {problem}"]) from None
+    if not isinstance(data, dict):
+        raise ConfigError([f"{name}: the top level must be a mapping of keys"])
+    return build_config(data, base=path.resolve().parent, name=name)
+
+
+def build_config(data: dict[str, Any], *, base: Path, name: str) -> Config:
+    errors: list[str] = []
+    data = _resolve_paths(data, base, "", errors, name)
+    if errors:
+        raise ConfigError(errors)
+    try:
+        config = Config.model_validate({**data, "source": name})
+    except ValidationError as exc:
+        raise ConfigError(_errors_from(exc, name)) from None
+    errors = check_environment(config)
+    if errors:
+        raise ConfigError(errors)
+    return config
+
+
+def _within(inner: Path, outer: Path) -> bool:
+    return inner == outer or outer in inner.parents
+
+
+def check_environment(config: Config) -> list[str]:
+    """Checks that need the filesystem and the whole config at once."""
+    name = config.source
+    errors: list[str] = []
+    names = [w.name for w in config.watches]
+    if not config.watches:
+        errors.append(f"{name}: watches: at least one watch is required")
+    if not config.targets:
+        errors.append(f"{name}: targets: at least one target is required")
+    for key, target in config.targets.items():
+        try:
+            target.resolve_token()
+        except ValueError as exc:
+            errors.append(f"{name}: targets.{key}.{exc}")
+        if target.ca_bundle is not None and not target.ca_bundle.is_file():
+            errors.append(f"{name}: targets.{key}.ca_bundle: {str(target.ca_bundle)!r} is not a file")
+    if config.receiver is not None:
+        try:
+            token = config.receiver.resolve_token()
+        except ValueError as exc:
+            errors.append(f"{name}: receiver.{exc}")
+        else:
+            if token is None and not config.receiver.allow_anonymous:
+                errors.append(f"{name}: receiver: give token, token_file or token_env "
+                              "(or allow_anonymous: true)")
+
+    roots: list[tuple[str, Path, bool]] = []
+    for i, watch in enumerate(config.watches):
+        loc = f"{name}: watches[{i}]"
+        if names.count(watch.name) > 1:
+            errors.append(f"{loc}.name: {watch.name!r} is used by more than one watch")
+        if watch.target not in config.targets:
+            known = ", ".join(sorted(config.targets)) or "none"
+            errors.append(f"{loc}.target: {watch.target!r} is not a target (known: {known})")
+        root = watch.path.resolve()
+        if not root.is_dir():
+            errors.append(f"{loc}.path: {str(watch.path)!r} does not exist or is not a folder")
+            continue
+        if not os.access(root, os.R_OK | os.X_OK):
+            errors.append(f"{loc}.path: {str(watch.path)!r} is not readable")
+            continue
+        for other_name, other_root, _ in roots:
+            if _within(root, other_root) or _within(other_root, root):
+                errors.append(f"{loc}.path: {str(watch.path)!r} overlaps watch {other_name!r}")
+        roots.append((watch.name, root, watch.recursive))
+        if watch.after_upload == "delete" and watch.done_dir is not None:
+            errors.append(f"{loc}.done_dir: is only used with after_upload: move")
+
+    def rewatched(path: Path) -> str | None:
+        path = path.resolve()
+        for wname, root, recursive in roots:
+            if path == root or (_within(path, root) and (recursive or path.parent == root)):
+                return wname
+        return None
+
+    for i, watch in enumerate(config.watches):
+        for key in ("done_dir", "failed_dir"):
+            value = getattr(watch, key)
+            if value is not None and (hit := rewatched(value)):
+                errors.append(f"{name}: watches[{i}].{key}: {str(value)!r} lies inside watch "
+                              f"{hit!r} and would be uploaded again")
+    if hit := rewatched(config.staging_dir):
+        errors.append(f"{name}: staging_dir: {str(config.staging_dir)!r} lies inside watch {hit!r}")
+    if config.receiver is not None and (hit := rewatched(config.receiver.root)):
+        errors.append(f"{name}: receiver.root: {str(config.receiver.root)!r} lies inside watch {hit!r}")
+    for key, folder in (("journal", config.journal.parent), ("staging_dir", config.staging_dir)):
+        if problem := _writable_dir_problem(folder):
+            errors.append(f"{name}: {key}: {problem}")
+    if hit := rewatched(config.journal):
+        errors.append(f"{name}: journal: {str(config.journal)!r} lies inside watch {hit!r}")
+    return errors
+
+
+def _writable_dir_problem(folder: Path) -> str | None:
+    """None when ``folder`` exists (or can be made) and can be written."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        return f"cannot create folder {str(folder)!r}: {exc.strerror}"
+    if not os.access(folder, os.W_OK | os.X_OK):
+        return f"folder {str(folder)!r} cannot be written"
+    return None
+
+
+def default_config(base: Path, *, port: int = DEFAULT_PORT) -> Config:
+    """The quick start: watch ``base/drop``, upload to an embedded receiver on loopback
+    storing into ``base/received``, journal and staging in ``base/.syncd``."""
+    for folder in ("drop", "received", ".syncd"):
+        (base / folder).mkdir(parents=True, exist_ok=True)
+    token = secrets.token_urlsafe(24)
+    data = {
+        "journal": ".syncd/journal.db",
+        "staging_dir": ".syncd/staging",
+        "receiver": {"root": "received", "listen": f"127.0.0.1:{port}", "token": token},
+        "targets": {
+            "local": {"url": f"http://127.0.0.1:{port}/chunked_upload/", "token": token},
+        },
+        "watches": [{"name": "drop", "path": "drop", "target": "local", "settle": {"quiet": "2s"}}],
+    }
+    return build_config(data, base=base, name="<built-in>")
+
+
+def redacted(config: Config) -> dict[str, Any]:
+    """The resolved config as plain data, with every secret replaced by ``***``."""
+
+    def scrub(node: Any) -> Any:
+        if isinstance(node, dict):
+            return {k: ("***" if k == "token" and v is not None else scrub(v)) for k, v in node.items()}
+        if isinstance(node, (list, tuple)):
+            return [scrub(v) for v in node]
+        if isinstance(node, Path):
+            return str(node)
+        return node
+
+    return scrub(config.model_dump(mode="python"))

@@ -1,0 +1,467 @@
+"""The SQLite journal: every file, every upload session and every acknowledged part.
+
+WAL mode, so ``syncd status`` reads while the daemon writes. Each state change is one
+transaction. The schema is versioned with ``PRAGMA user_version``; ``_MIGRATIONS[n]``
+takes a journal from version n to n + 1.
+
+File states::
+
+    settling -> ready -> [transcoding ->] uploading -> done
+    growing   still changing past settle.max_wait; becomes ready once it stops
+    waiting   a transient failure; retried at next_attempt_at, forever
+    failed    a permanent failure; `syncd retry` makes it ready again
+    gone      the file vanished before it was uploaded
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+STATES = ("settling", "growing", "ready", "transcoding", "uploading", "waiting", "done", "failed", "gone")
+ACTIVE = ("transcoding", "uploading")
+PENDING = ("settling", "growing", "ready", "transcoding", "uploading", "waiting")
+
+_MIGRATIONS = [
+    """
+    CREATE TABLE files (
+        id              INTEGER PRIMARY KEY,
+        watch           TEXT    NOT NULL,
+        relpath         TEXT    NOT NULL,
+        dev             INTEGER NOT NULL,
+        ino             INTEGER NOT NULL,
+        size            INTEGER NOT NULL,
+        mtime_ns        INTEGER NOT NULL,
+        state           TEXT    NOT NULL,
+        attempts        INTEGER NOT NULL DEFAULT 0,
+        last_error      TEXT,
+        next_attempt_at REAL,
+        first_seen_at   REAL    NOT NULL,
+        updated_at      REAL    NOT NULL,
+        done_at         REAL,
+        md5             TEXT,
+        remote_name     TEXT,
+        after_action    TEXT,
+        UNIQUE (watch, relpath)
+    );
+    CREATE INDEX files_by_state ON files (state, next_attempt_at);
+    CREATE TABLE uploads (
+        id           INTEGER PRIMARY KEY,
+        file_id      INTEGER NOT NULL REFERENCES files (id) ON DELETE CASCADE,
+        target       TEXT    NOT NULL,
+        source       TEXT    NOT NULL,
+        remote_name  TEXT    NOT NULL,
+        size         INTEGER NOT NULL,
+        dev          INTEGER NOT NULL,
+        ino          INTEGER NOT NULL,
+        mtime_ns     INTEGER NOT NULL,
+        part_size    INTEGER NOT NULL,
+        session      TEXT,
+        offset       INTEGER NOT NULL DEFAULT 0,
+        state        TEXT    NOT NULL DEFAULT 'open',
+        started_at   REAL    NOT NULL,
+        updated_at   REAL    NOT NULL,
+        completed_at REAL,
+        md5          TEXT
+    );
+    CREATE INDEX uploads_by_file ON uploads (file_id, state);
+    CREATE TABLE parts (
+        upload_id INTEGER NOT NULL REFERENCES uploads (id) ON DELETE CASCADE,
+        number    INTEGER NOT NULL,
+        offset    INTEGER NOT NULL,
+        size      INTEGER NOT NULL,
+        acked_at  REAL    NOT NULL,
+        PRIMARY KEY (upload_id, number)
+    );
+    """,
+]
+SCHEMA_VERSION = len(_MIGRATIONS)
+
+
+class JournalError(Exception):
+    """The journal cannot be used: missing, corrupt, newer than this syncd, or full."""
+
+
+@dataclass(frozen=True)
+class Fingerprint:
+    dev: int
+    ino: int
+    size: int
+    mtime_ns: int
+
+    @classmethod
+    def of(cls, st: os.stat_result) -> Fingerprint:
+        return cls(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+@dataclass(frozen=True)
+class FileRow:
+    id: int
+    watch: str
+    relpath: str
+    fingerprint: Fingerprint
+    state: str
+    attempts: int
+    last_error: str | None
+    next_attempt_at: float | None
+    first_seen_at: float
+    updated_at: float
+    done_at: float | None
+    md5: str | None
+    remote_name: str | None
+    after_action: str | None
+
+
+@dataclass(frozen=True)
+class UploadRow:
+    id: int
+    file_id: int
+    target: str
+    source: str
+    remote_name: str
+    size: int
+    fingerprint: Fingerprint
+    part_size: int
+    session: str | None
+    offset: int
+    state: str
+    started_at: float
+    updated_at: float
+
+
+def _file_row(r: sqlite3.Row) -> FileRow:
+    return FileRow(
+        r["id"], r["watch"], r["relpath"], Fingerprint(r["dev"], r["ino"], r["size"], r["mtime_ns"]),
+        r["state"], r["attempts"], r["last_error"], r["next_attempt_at"], r["first_seen_at"],
+        r["updated_at"], r["done_at"], r["md5"], r["remote_name"], r["after_action"],
+    )
+
+
+def _upload_row(r: sqlite3.Row) -> UploadRow:
+    return UploadRow(
+        r["id"], r["file_id"], r["target"], r["source"], r["remote_name"], r["size"],
+        Fingerprint(r["dev"], r["ino"], r["size"], r["mtime_ns"]), r["part_size"], r["session"],
+        r["offset"], r["state"], r["started_at"], r["updated_at"],
+    )
+
+
+class Journal:
+    """One connection shared by the daemon's threads behind a lock; every write is a
+    transaction of its own. ``clock`` gives wall-clock seconds (persisted times)."""
+
+    def __init__(self, path: Path, *, readonly: bool = False, clock=time.time):
+        self.path = Path(path)
+        self.clock = clock
+        self._lock = threading.RLock()
+        if readonly and not self.path.exists():
+            raise JournalError(f"{self.path}: no journal here (has the daemon run yet?)")
+        try:
+            uri = f"file:{self.path}?mode=ro" if readonly else f"file:{self.path}"
+            self._db = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False,
+                                       timeout=30.0)
+            self._db.row_factory = sqlite3.Row
+            self._db.execute("PRAGMA busy_timeout = 30000")
+            if not readonly:
+                self._db.execute("PRAGMA journal_mode = WAL")
+                self._db.execute("PRAGMA synchronous = NORMAL")
+            self._db.execute("PRAGMA foreign_keys = ON")
+            version = self._db.execute("PRAGMA user_version").fetchone()[0]
+        except sqlite3.DatabaseError as exc:
+            raise JournalError(f"{self.path}: cannot open journal: {exc}") from None
+        if version > SCHEMA_VERSION:
+            raise JournalError(f"{self.path}: journal schema {version} is newer than this syncd "
+                               f"understands ({SCHEMA_VERSION})")
+        if not readonly:
+            self._migrate(version)
+        elif version < SCHEMA_VERSION:
+            raise JournalError(f"{self.path}: journal schema {version} is older; start the daemon once")
+
+    def _migrate(self, version: int) -> None:
+        for target in range(version, SCHEMA_VERSION):
+            with self._lock:
+                try:
+                    self._db.executescript(
+                        f"BEGIN IMMEDIATE; {_MIGRATIONS[target]}; PRAGMA user_version = {target + 1}; COMMIT;")
+                except sqlite3.DatabaseError as exc:
+                    if self._db.in_transaction:
+                        self._db.execute("ROLLBACK")
+                    raise JournalError(f"{self.path}: cannot migrate journal to schema {target + 1}: "
+                                       f"{exc}") from None
+
+    def check_integrity(self) -> str | None:
+        """None when ``PRAGMA quick_check`` is ok, else its first complaint."""
+        with self._lock:
+            rows = [r[0] for r in self._db.execute("PRAGMA quick_check").fetchall()]
+        return None if rows == ["ok"] else "; ".join(rows[:3])
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        try:
+            with self._tx() as db:
+                yield db
+        except sqlite3.OperationalError as exc:
+            if "full" in str(exc) or "disk I/O" in str(exc):
+                raise JournalError(f"{self.path}: cannot write journal: {exc}") from exc
+            raise
+
+    def data_version(self) -> int:
+        """Changes when another connection (``syncd retry``) wrote to the journal."""
+        with self._lock:
+            return self._db.execute("PRAGMA data_version").fetchone()[0]
+
+    # --- files ---------------------------------------------------------------------
+
+    def get_file(self, file_id: int) -> FileRow | None:
+        with self._lock:
+            r = self._db.execute("SELECT * FROM files WHERE id = ?", (file_id,)).fetchone()
+        return _file_row(r) if r else None
+
+    def find_file(self, watch: str, relpath: str) -> FileRow | None:
+        with self._lock:
+            r = self._db.execute("SELECT * FROM files WHERE watch = ? AND relpath = ?",
+                                 (watch, relpath)).fetchone()
+        return _file_row(r) if r else None
+
+    def files(self, *, states: Sequence[str] = (), watch: str | None = None) -> list[FileRow]:
+        sql, args = "SELECT * FROM files WHERE 1", []
+        if states:
+            sql += f" AND state IN ({','.join('?' * len(states))})"
+            args += list(states)
+        if watch is not None:
+            sql += " AND watch = ?"
+            args.append(watch)
+        with self._lock:
+            return [_file_row(r) for r in self._db.execute(sql + " ORDER BY id", args)]
+
+    def counts(self) -> dict[str, int]:
+        with self._lock:
+            rows = self._db.execute("SELECT state, count(*) FROM files GROUP BY state").fetchall()
+        return {state: 0 for state in STATES} | {r[0]: r[1] for r in rows}
+
+    def oldest_pending_since(self) -> float | None:
+        with self._lock:
+            r = self._db.execute(
+                f"SELECT min(first_seen_at) FROM files WHERE state IN ({','.join('?' * len(PENDING))})",
+                PENDING).fetchone()
+        return r[0]
+
+    def note_new(self, watch: str, relpath: str, fp: Fingerprint) -> FileRow:
+        """A file seen for the first time (or seen again after it was ``gone``): settling."""
+        now = self.clock()
+        with self._write() as db:
+            db.execute(
+                "INSERT INTO files (watch, relpath, dev, ino, size, mtime_ns, state, first_seen_at, updated_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, 'settling', ?, ?)"
+                " ON CONFLICT (watch, relpath) DO UPDATE SET state = 'settling', attempts = 0,"
+                " last_error = NULL, next_attempt_at = NULL, first_seen_at = excluded.first_seen_at,"
+                " updated_at = excluded.updated_at, dev = excluded.dev, ino = excluded.ino,"
+                " size = excluded.size, mtime_ns = excluded.mtime_ns"
+                " WHERE files.state = 'gone'",
+                (watch, relpath, fp.dev, fp.ino, fp.size, fp.mtime_ns, now, now),
+            )
+            r = db.execute("SELECT * FROM files WHERE watch = ? AND relpath = ?", (watch, relpath)).fetchone()
+        return _file_row(r)
+
+    def mark_settled(self, watch: str, relpath: str, fp: Fingerprint) -> FileRow | None:
+        """The file stopped changing. Returns the row if it is now ``ready``; None when
+        there is nothing to do (the same content is already ``done`` or ``failed``, or a
+        worker owns the row)."""
+        now = self.clock()
+        with self._write() as db:
+            r = db.execute("SELECT * FROM files WHERE watch = ? AND relpath = ?", (watch, relpath)).fetchone()
+            if r is None:
+                db.execute(
+                    "INSERT INTO files (watch, relpath, dev, ino, size, mtime_ns, state, first_seen_at,"
+                    " updated_at) VALUES (?, ?, ?, ?, ?, ?, 'ready', ?, ?)",
+                    (watch, relpath, fp.dev, fp.ino, fp.size, fp.mtime_ns, now, now))
+            else:
+                row = _file_row(r)
+                if row.state in ACTIVE:
+                    return None
+                if row.state in ("done", "failed") and row.fingerprint == fp:
+                    return None
+                if row.state in ("ready", "waiting") and row.fingerprint == fp:
+                    return row
+                db.execute(
+                    "UPDATE files SET state = 'ready', dev = ?, ino = ?, size = ?, mtime_ns = ?,"
+                    " attempts = 0, last_error = NULL, next_attempt_at = NULL, md5 = NULL,"
+                    " remote_name = NULL, after_action = NULL, done_at = NULL, updated_at = ?"
+                    " WHERE id = ?",
+                    (fp.dev, fp.ino, fp.size, fp.mtime_ns, now, row.id))
+            r = db.execute("SELECT * FROM files WHERE watch = ? AND relpath = ?", (watch, relpath)).fetchone()
+        return _file_row(r)
+
+    def set_state(self, file_id: int, state: str, *, only_from: Sequence[str] = (),
+                  error: str | None = None, next_attempt_at: float | None = None,
+                  attempts_delta: int = 0) -> bool:
+        """Move a file to ``state``; with ``only_from``, only from those states. True if moved."""
+        if state not in STATES:
+            raise ValueError(f"unknown state {state!r}")
+        sql = ("UPDATE files SET state = ?, last_error = ?, next_attempt_at = ?,"
+               " attempts = attempts + ?, updated_at = ? WHERE id = ?")
+        args: list[object] = [state, error, next_attempt_at, attempts_delta, self.clock(), file_id]
+        if only_from:
+            sql += f" AND state IN ({','.join('?' * len(only_from))})"
+            args += list(only_from)
+        with self._write() as db:
+            return db.execute(sql, args).rowcount == 1
+
+    def mark_done(self, file_id: int, *, md5: str, remote_name: str, durable: bool = False) -> None:
+        """The server confirmed the whole file. ``durable`` forces the commit to disk before
+        returning: required before a destructive after-action (delete / move)."""
+        now = self.clock()
+        with self._lock:
+            if durable:
+                self._db.execute("PRAGMA synchronous = FULL")
+            try:
+                with self._write() as db:
+                    db.execute(
+                        "UPDATE files SET state = 'done', md5 = ?, remote_name = ?, done_at = ?,"
+                        " last_error = NULL, next_attempt_at = NULL, updated_at = ? WHERE id = ?",
+                        (md5, remote_name, now, now, file_id))
+            finally:
+                if durable:
+                    self._db.execute("PRAGMA synchronous = NORMAL")
+
+    def set_after_action(self, file_id: int, action: str) -> None:
+        with self._write() as db:
+            db.execute("UPDATE files SET after_action = ?, updated_at = ? WHERE id = ?",
+                       (action, self.clock(), file_id))
+
+    def rename(self, watch: str, old: str, new: str) -> FileRow | None:
+        """A file moved within its watch: the row follows it (a row already at ``new`` is
+        replaced, as the file there was). Returns the moved row, or None if none was kept."""
+        with self._write() as db:
+            r = db.execute("SELECT * FROM files WHERE watch = ? AND relpath = ?", (watch, old)).fetchone()
+            if r is None:
+                return None
+            db.execute("DELETE FROM files WHERE watch = ? AND relpath = ? AND state NOT IN ('uploading', 'transcoding')",
+                       (watch, new))
+            if db.execute("SELECT 1 FROM files WHERE watch = ? AND relpath = ?", (watch, new)).fetchone():
+                return None
+            db.execute("UPDATE files SET relpath = ?, updated_at = ? WHERE id = ?", (new, self.clock(), r["id"]))
+            r = db.execute("SELECT * FROM files WHERE id = ?", (r["id"],)).fetchone()
+        return _file_row(r)
+
+    def mark_gone(self, watch: str, relpath: str, *, only_from: Sequence[str] = PENDING) -> bool:
+        row = self.find_file(watch, relpath)
+        return row is not None and self.set_state(row.id, "gone", only_from=only_from)
+
+    def retry(self, *, file_ids: Sequence[int] = (), all_failed: bool = False) -> int:
+        """Make failed (or waiting) files ready again; returns how many."""
+        with self._write() as db:
+            if all_failed:
+                cur = db.execute("UPDATE files SET state = 'ready', attempts = 0, next_attempt_at = NULL,"
+                                 " updated_at = ? WHERE state = 'failed'", (self.clock(),))
+                return cur.rowcount
+            n = 0
+            for file_id in file_ids:
+                n += db.execute("UPDATE files SET state = 'ready', attempts = 0, next_attempt_at = NULL,"
+                                " updated_at = ? WHERE id = ? AND state IN ('failed', 'waiting')",
+                                (self.clock(), file_id)).rowcount
+            return n
+
+    def recover_interrupted(self) -> int:
+        """After a crash, files a worker owned go back to ``ready``; their open uploads resume."""
+        with self._write() as db:
+            return db.execute("UPDATE files SET state = 'ready', updated_at = ? WHERE state IN"
+                              " ('uploading', 'transcoding')", (self.clock(),)).rowcount
+
+    def due(self, *, now: float | None = None, limit: int = 100) -> list[FileRow]:
+        """Files to start: ``ready`` ones, and ``waiting`` ones whose time has come; oldest first."""
+        now = self.clock() if now is None else now
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT * FROM files WHERE state = 'ready' OR (state = 'waiting' AND next_attempt_at <= ?)"
+                " ORDER BY coalesce(next_attempt_at, updated_at), id LIMIT ?", (now, limit)).fetchall()
+        return [_file_row(r) for r in rows]
+
+    def next_waiting_at(self) -> float | None:
+        with self._lock:
+            return self._db.execute("SELECT min(next_attempt_at) FROM files WHERE state = 'waiting'").fetchone()[0]
+
+    # --- uploads and parts -----------------------------------------------------------
+
+    def open_upload(self, file_id: int, *, target: str) -> UploadRow | None:
+        with self._lock:
+            r = self._db.execute("SELECT * FROM uploads WHERE file_id = ? AND target = ? AND state = 'open'"
+                                 " ORDER BY id DESC LIMIT 1", (file_id, target)).fetchone()
+        return _upload_row(r) if r else None
+
+    def start_upload(self, file_id: int, *, target: str, source: str, remote_name: str,
+                     fp: Fingerprint, size: int, part_size: int) -> UploadRow:
+        now = self.clock()
+        with self._write() as db:
+            cur = db.execute(
+                "INSERT INTO uploads (file_id, target, source, remote_name, size, dev, ino, mtime_ns,"
+                " part_size, started_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (file_id, target, source, remote_name, size, fp.dev, fp.ino, fp.mtime_ns, part_size, now, now))
+            r = db.execute("SELECT * FROM uploads WHERE id = ?", (cur.lastrowid,)).fetchone()
+        return _upload_row(r)
+
+    def record_part(self, upload_id: int, *, number: int, offset: int, size: int, session: str | None) -> None:
+        """The server acknowledged a part: the part and the new offset, in one transaction."""
+        now = self.clock()
+        with self._write() as db:
+            db.execute("INSERT OR REPLACE INTO parts (upload_id, number, offset, size, acked_at)"
+                       " VALUES (?, ?, ?, ?, ?)", (upload_id, number, offset, size, now))
+            db.execute("UPDATE uploads SET offset = ?, session = coalesce(?, session), updated_at = ?"
+                       " WHERE id = ?", (offset + size, session, now, upload_id))
+
+    def realign(self, upload_id: int, offset: int) -> None:
+        """The server's view wins: forget parts past its offset."""
+        with self._write() as db:
+            db.execute("DELETE FROM parts WHERE upload_id = ? AND offset + size > ?", (upload_id, offset))
+            db.execute("UPDATE uploads SET offset = ?, updated_at = ? WHERE id = ?",
+                       (offset, self.clock(), upload_id))
+
+    def parts(self, upload_id: int) -> list[tuple[int, int, int]]:
+        with self._lock:
+            return [tuple(r) for r in self._db.execute(
+                "SELECT number, offset, size FROM parts WHERE upload_id = ? ORDER BY number", (upload_id,))]
+
+    def finish_upload(self, upload_id: int, *, state: str, md5: str | None = None) -> None:
+        if state not in ("completed", "abandoned"):
+            raise ValueError(state)
+        now = self.clock()
+        with self._write() as db:
+            db.execute("UPDATE uploads SET state = ?, md5 = ?, completed_at = ?, updated_at = ? WHERE id = ?",
+                       (state, md5, now, now, upload_id))
+
+    def active_uploads(self) -> list[tuple[FileRow, UploadRow]]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT f.id AS fid, u.id AS uid FROM files f JOIN uploads u ON u.file_id = f.id"
+                " WHERE f.state = 'uploading' AND u.state = 'open' ORDER BY u.started_at").fetchall()
+        out = []
+        for r in rows:
+            f, u = self.get_file(r["fid"]), self.get_upload(r["uid"])
+            if f and u:
+                out.append((f, u))
+        return out
+
+    def get_upload(self, upload_id: int) -> UploadRow | None:
+        with self._lock:
+            r = self._db.execute("SELECT * FROM uploads WHERE id = ?", (upload_id,)).fetchone()
+        return _upload_row(r) if r else None

@@ -1,0 +1,136 @@
+import sqlite3
+
+import pytest
+
+from syncd.journal import SCHEMA_VERSION, Fingerprint, Journal, JournalError
+
+FP = Fingerprint(dev=1, ino=2, size=100, mtime_ns=10)
+FP2 = Fingerprint(dev=1, ino=2, size=120, mtime_ns=20)
+
+
+@pytest.fixture
+def journal(tmp_path):
+    clock = [1000.0]
+    j = Journal(tmp_path / "journal.db", clock=lambda: clock[0])
+    j.test_clock = clock
+    yield j
+    j.close()
+
+
+def test_schema_version_and_wal(journal):
+    db = sqlite3.connect(journal.path)
+    try:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    finally:
+        db.close()
+
+
+def test_new_file_settles_to_ready(journal):
+    row = journal.note_new("w", "a.bin", FP)
+    assert row.state == "settling"
+    row = journal.mark_settled("w", "a.bin", FP)
+    assert row.state == "ready"
+    assert [r.relpath for r in journal.due()] == ["a.bin"]
+
+
+def test_done_with_same_fingerprint_is_never_requeued(journal):
+    row = journal.mark_settled("w", "a.bin", FP)
+    journal.mark_done(row.id, md5="m", remote_name="a.bin")
+    assert journal.mark_settled("w", "a.bin", FP) is None
+    assert journal.due() == []
+    changed = journal.mark_settled("w", "a.bin", FP2)
+    assert changed.state == "ready" and changed.fingerprint == FP2 and changed.md5 is None
+
+
+def test_active_rows_are_left_to_their_worker(journal):
+    row = journal.mark_settled("w", "a.bin", FP)
+    assert journal.set_state(row.id, "uploading", only_from=("ready",))
+    assert journal.mark_settled("w", "a.bin", FP2) is None
+    assert not journal.set_state(row.id, "uploading", only_from=("ready",))
+
+
+def test_waiting_is_due_only_when_its_time_comes(journal):
+    row = journal.mark_settled("w", "a.bin", FP)
+    journal.set_state(row.id, "waiting", error="HTTP 503", next_attempt_at=1060.0, attempts_delta=1)
+    assert journal.due(now=1059.0) == []
+    assert [r.id for r in journal.due(now=1060.0)] == [row.id]
+    assert journal.get_file(row.id).attempts == 1
+    assert journal.next_waiting_at() == 1060.0
+
+
+def test_crash_recovery_resumes_open_upload(journal):
+    row = journal.mark_settled("w", "a.bin", FP)
+    journal.set_state(row.id, "uploading")
+    up = journal.start_upload(row.id, target="t", source="/x/a.bin", remote_name="a.bin", fp=FP, size=100,
+                              part_size=40)
+    journal.record_part(up.id, number=1, offset=0, size=40, session="http://127.0.0.1/s/1/")
+    assert journal.recover_interrupted() == 1
+    assert journal.get_file(row.id).state == "ready"
+    resumed = journal.open_upload(row.id, target="t")
+    assert (resumed.session, resumed.offset) == ("http://127.0.0.1/s/1/", 40)
+    journal.realign(up.id, 0)
+    assert journal.parts(up.id) == [] and journal.get_upload(up.id).offset == 0
+
+
+def test_rename_follows_the_file(journal):
+    row = journal.note_new("w", "a.bin", FP)
+    moved = journal.rename("w", "a.bin", "b.bin")
+    assert moved.id == row.id and moved.relpath == "b.bin"
+    assert journal.find_file("w", "a.bin") is None
+    assert journal.rename("w", "missing", "c.bin") is None
+
+
+def test_gone_only_from_pending_states(journal):
+    row = journal.mark_settled("w", "a.bin", FP)
+    journal.mark_done(row.id, md5="m", remote_name="a.bin")
+    assert not journal.mark_gone("w", "a.bin")
+    assert journal.get_file(row.id).state == "done"
+    other = journal.note_new("w", "b.bin", FP)
+    assert journal.mark_gone("w", "b.bin")
+    assert journal.get_file(other.id).state == "gone"
+    again = journal.note_new("w", "b.bin", FP2)
+    assert again.state == "settling" and again.fingerprint == FP2
+
+
+def test_retry_failed(journal):
+    a = journal.mark_settled("w", "a.bin", FP)
+    b = journal.mark_settled("w", "b.bin", FP)
+    for row in (a, b):
+        journal.set_state(row.id, "failed", error="HTTP 413: too large")
+    assert journal.retry(file_ids=[a.id]) == 1
+    assert journal.get_file(a.id).state == "ready"
+    assert journal.retry(all_failed=True) == 1
+    assert journal.counts()["failed"] == 0
+
+
+def test_readonly_reader_sees_writer(journal):
+    journal.mark_settled("w", "a.bin", FP)
+    reader = Journal(journal.path, readonly=True)
+    try:
+        assert reader.counts()["ready"] == 1
+        with pytest.raises(sqlite3.OperationalError):
+            reader._db.execute("DELETE FROM files")
+    finally:
+        reader.close()
+
+
+def test_corrupt_journal_is_a_clear_error(tmp_path):
+    path = tmp_path / "journal.db"
+    path.write_bytes(b"this is not a database" * 200)
+    with pytest.raises(JournalError, match="journal.db: cannot open journal"):
+        Journal(path)
+
+
+def test_newer_schema_is_refused(tmp_path):
+    path = tmp_path / "journal.db"
+    db = sqlite3.connect(path)
+    db.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    db.close()
+    with pytest.raises(JournalError, match="newer than this syncd"):
+        Journal(path)
+
+
+def test_missing_journal_for_status(tmp_path):
+    with pytest.raises(JournalError, match="no journal here"):
+        Journal(tmp_path / "nope.db", readonly=True)

@@ -1,0 +1,54 @@
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from syncd.units import format_duration, format_size, parse_duration, parse_size
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("0", 0), ("512", 512), ("64KiB", 64 * 1024), ("50MiB", 50 * 1024**2), ("50 MiB", 50 * 1024**2),
+    ("1.5GiB", 3 * 1024**3 // 2), ("10GB", 10 * 1000**3), ("1k", 1000), (4096, 4096),
+])
+def test_parse_size(text, expected):
+    assert parse_size(text) == expected
+
+
+@pytest.mark.parametrize("bad", ["", "MiB", "5 parsecs", "-1", "1.3B", True, None, 1.5, -4])
+def test_parse_size_rejects(bad):
+    with pytest.raises(ValueError, match="size|bytes|negative"):
+        parse_size(bad)
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("5s", 5.0), ("2m", 120.0), ("1h", 3600.0), ("1h30m", 5400.0), ("250ms", 0.25), ("1d", 86400.0),
+    ("10", 10.0), (3, 3.0), (0.5, 0.5), (" 2m ", 120.0),
+])
+def test_parse_duration(text, expected):
+    assert parse_duration(text) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("bad", ["soon", "", "5x", "s", "-5s", "5 s m", True, float("inf"), -1])
+def test_parse_duration_rejects(bad):
+    with pytest.raises(ValueError) as err:
+        parse_duration(bad)
+    assert repr(bad) in str(err.value)
+
+
+@given(st.integers(min_value=0, max_value=2**50), st.sampled_from(["", "B", "KiB", "MiB", "GiB"]))
+def test_size_units_multiply(n, unit):
+    factor = {"": 1, "B": 1, "KiB": 1024, "MiB": 1024**2, "GiB": 1024**3}[unit]
+    assert parse_size(f"{n}{unit}") == n * factor
+
+
+@given(st.integers(min_value=0, max_value=10**6), st.integers(min_value=0, max_value=59))
+def test_duration_compound(minutes, seconds):
+    assert parse_duration(f"{minutes}m{seconds}s") == minutes * 60 + seconds
+
+
+def test_formatting():
+    assert format_size(0) == "0 B"
+    assert format_size(50 * 1024**2) == "50 MiB"
+    assert format_size(1536) == "1.5 KiB"
+    assert format_duration(95) == "1m35s"
+    assert format_duration(2.5) == "2.5s"
+    assert format_duration(3600) == "1h"
