@@ -326,8 +326,12 @@ def _errors_from(exc: ValidationError, name: str) -> list[str]:
     return list(seen.values())
 
 
-def load_config(path: Path | str) -> Config:
-    """Read, validate and check a config file; raises ConfigError with one line per problem."""
+def load_config(path: Path | str, *, check: bool = True) -> Config:
+    """Read, validate and check a config file; raises ConfigError with one line per problem.
+
+    ``check=False`` is for commands that only read the journal (``status``, ``retry``):
+    secrets and folders are not looked at, so they work outside the service's environment
+    (where ``${CREDENTIALS_DIRECTORY}`` is unset)."""
     path = Path(path)
     name = path.name
     try:
@@ -343,19 +347,19 @@ def load_config(path: Path | str) -> Config:
         raise ConfigError([f"{name}: {where}not valid YAML: {problem}"]) from None
     if not isinstance(data, dict):
         raise ConfigError([f"{name}: the top level must be a mapping of keys"])
-    return build_config(data, base=path.resolve().parent, name=name)
+    return build_config(data, base=path.resolve().parent, name=name, check=check)
 
 
-def build_config(data: dict[str, Any], *, base: Path, name: str) -> Config:
+def build_config(data: dict[str, Any], *, base: Path, name: str, check: bool = True) -> Config:
     errors: list[str] = []
     data = _resolve_paths(data, base, "", errors, name)
-    if errors:
+    if errors and check:
         raise ConfigError(errors)
     try:
         config = Config.model_validate({**data, "source": name})
     except ValidationError as exc:
         raise ConfigError(_errors_from(exc, name)) from None
-    errors = check_environment(config)
+    errors = check_environment(config) if check else []
     if errors:
         raise ConfigError(errors)
     return config

@@ -1,11 +1,14 @@
-"""Guards every test: no thread may outlive the test that started it."""
+"""Shared fixtures. Guards every test: no thread may outlive the test that started it."""
 
 from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterator
 
 import pytest
+
+from tests.support.drf import DrfServer
 
 
 def _live_threads() -> set[threading.Thread]:
@@ -24,3 +27,30 @@ def no_leaked_threads():
             return
         time.sleep(0.05)
     pytest.fail(f"test leaked threads: {sorted(t.name for t in leaked)}")
+
+
+@pytest.fixture(scope="session")
+def drf_server() -> Iterator[DrfServer]:
+    """A real drf-chunked-upload server shared by the session; tests use unique filenames.
+
+    ``.url`` is the ``.../chunked_upload/`` endpoint, ``.token`` the DRF token
+    (``Authorization: Token <token>``), ``.completed()`` maps filename -> stored MD5.
+    """
+    server = DrfServer.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(params=["receiver", pytest.param("drf", marks=pytest.mark.interop)])
+def peer(request, tmp_path):
+    """The server a daemon test uploads to: the built-in receiver, or real drf-chunked-upload."""
+    from tests.support.peers import DrfPeer, ReceiverPeer
+
+    if request.param == "receiver":
+        peer = ReceiverPeer(tmp_path / "received")
+    else:
+        peer = DrfPeer(request.getfixturevalue("drf_server"))
+    yield peer
+    peer.stop()

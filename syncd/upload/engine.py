@@ -128,11 +128,19 @@ class UploadEngine:
         md5.catch_up(fd, item.size, stop=self.stop)
         self._check_unchanged(fd, job)
         digest = md5.hexdigest()
-        remote = self._retry(
-            lambda: backend.upload_whole(item, FileSlice(fd, 0, item.size, stop=self.stop, on_read=on_read),
-                                         digest),
-            backend, job, "upload")
-        self._check_path_unchanged(job)
+        row = self.journal.start_upload(job.file_id, target=job.target, source=str(job.source),
+                                        remote_name=job.remote_name, fp=job.fingerprint, size=item.size,
+                                        part_size=item.size)
+        try:
+            remote = self._retry(
+                lambda: backend.upload_whole(item, FileSlice(fd, 0, item.size, stop=self.stop, on_read=on_read),
+                                             digest),
+                backend, job, "upload")
+            self._check_path_unchanged(job)
+        except BaseException:
+            self.journal.finish_upload(row.id, state="abandoned")
+            raise
+        self.journal.finish_upload(row.id, state="completed", md5=digest)
         if self._on_part is not None:
             self._on_part(item.size)
         return remote, digest

@@ -20,7 +20,8 @@ from tenacity import (
     Retrying,
     retry_if_exception,
     stop_when_event_set,
-    wait_exponential_jitter,
+    wait_exponential,
+    wait_random,
 )
 from tenacity.stop import stop_base
 from tenacity.wait import wait_base
@@ -61,6 +62,11 @@ class stop_after_budget(stop_base):
         return self.clock() >= self.deadline
 
 
+def backoff(policy: RetryPolicy) -> wait_base:
+    """initial, 2 x initial, 4 x initial ... up to max, plus up to `initial` of jitter."""
+    return wait_exponential(multiplier=policy.initial, max=policy.max) + wait_random(0, policy.initial)
+
+
 def call_with_retry(
     fn: Callable[[], T],
     *,
@@ -87,7 +93,7 @@ def call_with_retry(
 
     retrying = Retrying(
         retry=retry_if_exception(is_retryable),
-        wait=wait_retry_after(wait_exponential_jitter(initial=policy.initial, max=policy.max)),
+        wait=wait_retry_after(backoff(policy)),
         stop=stop_after_budget(policy.budget, clock=clock) | stop_when_event_set(stop),
         sleep=sleep if sleep is not None else stop.wait,
         before_sleep=before_sleep,

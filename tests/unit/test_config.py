@@ -185,3 +185,13 @@ def test_any_settle_mapping_is_accepted_or_refused_in_one_line(tmp_path_factory,
         load_config(path)
     except ConfigError as exc:
         assert exc.lines and all(line.startswith("config.yaml: watches[0].settle") for line in exc.lines)
+
+
+def test_status_can_load_a_service_config_without_its_credentials(base, monkeypatch):
+    monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
+    data = yaml.safe_load(GOOD)
+    data["targets"]["main"] = {"url": "http://127.0.0.1:1/", "token_file": "${CREDENTIALS_DIRECTORY}/token"}
+    path = write(base, yaml.safe_dump(data))
+    with pytest.raises(ConfigError, match="CREDENTIALS_DIRECTORY"):
+        load_config(path)
+    assert load_config(path, check=False).journal == base / "state/journal.db"

@@ -1,0 +1,200 @@
+"""The ``syncd`` command line. Exit codes: 0 ok, 1 runtime failure, 2 usage or config error."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+from syncd import __version__
+from syncd.config import Config, ConfigError, default_config, load_config, redacted
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+DEFAULT_CONFIG_ENV = "SYNCD_CONFIG"
+
+log = logging.getLogger("syncd")
+
+
+def _add_config(parser: argparse.ArgumentParser, *, required: bool = True) -> None:
+    parser.add_argument(
+        "-c", "--config", type=Path, required=required and DEFAULT_CONFIG_ENV not in os.environ,
+        default=os.environ.get(DEFAULT_CONFIG_ENV),
+        help=f"the YAML config file (default: ${DEFAULT_CONFIG_ENV})")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from syncd.server.cli import add_serve_arguments
+
+    parser = argparse.ArgumentParser(
+        prog="syncd",
+        description="Watch drop folders and upload every complete file, in resumable chunks, exactly once.")
+    parser.add_argument("--version", action="version", version=f"syncd {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    run = sub.add_parser("run", help="run the daemon",
+                         description="Run the daemon. Without -c it runs the built-in quick-start setup "
+                                     "in the current folder: it watches ./drop and uploads to a receiver "
+                                     "on 127.0.0.1:8765 that stores into ./received.")
+    _add_config(run, required=False)
+    run.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+                     help="override log.level from the config")
+
+    serve = sub.add_parser("serve", help="run the receiving server",
+                           description="Run the receiving server for the chunked upload protocol.")
+    add_serve_arguments(serve)
+
+    check = sub.add_parser("check-config", help="validate a config and print it resolved (secrets redacted)")
+    _add_config(check)
+
+    status = sub.add_parser("status", help="what is uploading, waiting, failed, and why")
+    _add_config(status)
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+    status.add_argument("--limit", type=int, default=20, help="rows per section (default 20)")
+
+    retry = sub.add_parser("retry", help="try failed files again")
+    _add_config(retry)
+    group = retry.add_mutually_exclusive_group(required=True)
+    group.add_argument("--all-failed", action="store_true", help="every failed file")
+    group.add_argument("paths", nargs="*", default=[], metavar="PATH", help="files to retry")
+
+    upload = sub.add_parser("upload", help="upload files once, resumably, with a progress bar")
+    _add_config(upload)
+    upload.add_argument("--target", required=True, help="a target name from the config")
+    upload.add_argument("--remote-dir", default="", help="folder on the server to put the files in")
+    upload.add_argument("files", nargs="+", type=Path, metavar="FILE")
+
+    sub.add_parser("version", help="print the version")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "version":
+        print(f"syncd {__version__}")
+        return EXIT_OK
+    if args.command == "serve":
+        from syncd.server.cli import run_serve
+
+        return run_serve(args)
+    try:
+        if args.command == "run":
+            return cmd_run(args)
+        config = load_config(args.config, check=args.command not in ("status", "retry"))
+    except ConfigError as exc:
+        print(str(exc), file=sys.stderr)
+        return EXIT_USAGE
+    if args.command == "check-config":
+        return cmd_check_config(config)
+    if args.command == "status":
+        from syncd.status import cmd_status
+
+        return cmd_status(config, as_json=args.json, limit=args.limit)
+    if args.command == "retry":
+        return cmd_retry(config, args)
+    if args.command == "upload":
+        from syncd.oneshot import cmd_upload
+
+        return cmd_upload(config, target=args.target, files=args.files, remote_dir=args.remote_dir)
+    parser.error(f"unknown command {args.command}")
+    return EXIT_USAGE
+
+
+def cmd_check_config(config: Config) -> int:
+    import yaml
+
+    print(yaml.safe_dump(redacted(config), sort_keys=False, allow_unicode=True), end="")
+    print(f"# {config.source}: ok", file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from syncd.daemon import Daemon, describe_config
+    from syncd.journal import JournalError
+    from syncd.logs import register_secret, setup_logging
+    from syncd.notify import Notifier
+
+    if args.config is not None:
+        config = load_config(args.config)
+    else:
+        config = default_config(Path.cwd())
+    setup_logging(level=args.log_level or config.log.level, fmt=config.log.format)
+    for target in config.targets.values():
+        if token := target.resolve_token():
+            register_secret(token)
+    if config.receiver is not None and (token := config.receiver.resolve_token()):
+        register_secret(token)
+    if args.config is None:
+        log.info("no -c given: running the built-in quick start; drop files into %s",
+                 config.watches[0].path)
+    log.info("syncd %s: %s", __version__, describe_config(config))
+
+    metrics = metrics_server = None
+    daemon = None
+    try:
+        daemon = Daemon(config, config_path=args.config, notifier=Notifier.from_environ())
+        if config.metrics.listen is not None:
+            from syncd.metrics import Metrics, start_metrics_server
+
+            metrics = Metrics(state_counts=daemon.journal_counts, queue_depth=daemon.queue_depth,
+                              oldest_pending_age=daemon.oldest_pending_age)
+            daemon.metrics = metrics
+            metrics_server = start_metrics_server(metrics, *config.metrics.listen)
+            log.info("metrics on http://%s:%d/metrics", config.metrics.listen[0], metrics_server.port)
+        daemon.open()
+    except (JournalError, OSError) as exc:
+        log.error("cannot start: %s", exc)
+        if daemon is not None:
+            daemon.shutdown()
+        if metrics_server is not None:
+            metrics_server.stop()
+        return EXIT_FAILURE
+    try:
+        return daemon.run()
+    except JournalError as exc:
+        log.error("stopping: %s", exc)
+        return EXIT_FAILURE
+    finally:
+        if metrics_server is not None:
+            metrics_server.stop()
+
+
+def cmd_retry(config: Config, args: argparse.Namespace) -> int:
+    from syncd.journal import Journal, JournalError
+
+    try:
+        journal = Journal(config.journal)
+    except JournalError as exc:
+        print(f"syncd retry: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    try:
+        if args.all_failed:
+            n = journal.retry(all_failed=True)
+            print(f"{n} failed file(s) will be tried again")
+            return EXIT_OK
+        ids, missing = [], []
+        for raw in args.paths:
+            row = _find_row(config, journal, Path(raw))
+            (ids.append(row.id) if row else missing.append(raw))
+        for raw in missing:
+            print(f"syncd retry: {raw}: not a file syncd knows (is it inside a watch?)", file=sys.stderr)
+        n = journal.retry(file_ids=ids)
+        print(f"{n} file(s) will be tried again")
+        return EXIT_OK if not missing else EXIT_FAILURE
+    finally:
+        journal.close()
+
+
+def _find_row(config: Config, journal, path: Path):
+    path = path.absolute()
+    for watch in config.watches:
+        root = watch.path.resolve()
+        for candidate in (path, path.resolve()):
+            if root in candidate.parents:
+                row = journal.find_file(watch.name, candidate.relative_to(root).as_posix())
+                if row is not None:
+                    return row
+    return None

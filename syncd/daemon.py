@@ -1,0 +1,517 @@
+"""``syncd run``: the daemon's lifecycle and its one main loop.
+
+Threads: watchdog's observers (filter and enqueue only), the upload workers, and the
+main loop, which alone applies events, settles files, scans, dispatches work, talks to
+systemd and reloads. Signal handlers only write the signal number into a self-pipe.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import selectors
+import signal
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from syncd.config import Config, ConfigError, load_config
+from syncd.journal import ACTIVE, Fingerprint, Journal, JournalError
+from syncd.notify import WatchdogPinger
+from syncd.pipeline import FileProcessor, Outcome
+from syncd.upload.chunked import ChunkedBackend
+from syncd.upload.engine import UploadEngine
+from syncd.units import format_size
+from syncd.watch import (
+    FileEvent,
+    Growing,
+    PathFilter,
+    Ready,
+    Settler,
+    Vanished,
+    Watcher,
+    WatchSpec,
+    inotify_watch_warning,
+    scan_tree,
+)
+
+log = logging.getLogger("syncd")
+
+WAKE = b"\0"
+IDLE_TICK = 1.0
+SHUTDOWN_GRACE = 8.0
+
+
+class Waker:
+    """A self-pipe: signal handlers and other threads write one byte; the loop selects on it."""
+
+    def __init__(self) -> None:
+        self.rfd, self.wfd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+
+    def wake(self, byte: bytes = WAKE) -> None:
+        try:
+            os.write(self.wfd, byte)
+        except BlockingIOError:
+            pass  # the pipe is full: the loop is already due to wake
+
+    def drain(self) -> bytes:
+        out = b""
+        while True:
+            try:
+                chunk = os.read(self.rfd, 4096)
+            except BlockingIOError:
+                return out
+            if not chunk:
+                return out
+            out += chunk
+
+    def close(self) -> None:
+        os.close(self.rfd)
+        os.close(self.wfd)
+
+
+def build_backends(config: Config) -> dict[str, ChunkedBackend]:
+    backends = {}
+    for name, target in config.targets.items():
+        verify: bool | str = str(target.ca_bundle) if target.ca_bundle else target.verify_tls
+        backends[name] = ChunkedBackend(
+            name, url=target.url, token=target.resolve_token(), part_size=target.part_size,
+            connect_timeout=target.timeout.connect, read_timeout=target.timeout.read, verify=verify)
+    return backends
+
+
+def watch_specs(config: Config) -> list[WatchSpec]:
+    own_dirs = [config.staging_dir, config.journal.parent]
+    for watch in config.watches:
+        own_dirs += [d for d in (watch.done_dir, watch.failed_dir) if d is not None]
+    specs = []
+    for watch in config.watches:
+        root = watch.path.resolve()
+        ignore = tuple(d.resolve() for d in own_dirs if root in d.resolve().parents)
+        specs.append(WatchSpec(
+            name=watch.name, root=root, recursive=watch.recursive, poll=watch.poll,
+            path_filter=PathFilter(tuple(watch.include), tuple(watch.exclude), ignore_dirs=ignore)))
+    return specs
+
+
+@dataclass
+class _Workers:
+    """A fixed set of worker threads fed from a queue; daemon threads so that a request
+    stuck past the shutdown grace cannot keep the process alive."""
+
+    process: Callable[[int], Outcome]
+    done: Callable[[int, Outcome | BaseException], None]
+    size: int
+    todo: queue.SimpleQueue = field(default_factory=queue.SimpleQueue)
+    threads: list[threading.Thread] = field(default_factory=list)
+
+    def start(self) -> None:
+        for n in range(self.size):
+            thread = threading.Thread(target=self._run, name=f"syncd-upload-{n}", daemon=True)
+            thread.start()
+            self.threads.append(thread)
+
+    def submit(self, file_id: int) -> None:
+        self.todo.put(file_id)
+
+    def _run(self) -> None:
+        while True:
+            file_id = self.todo.get()
+            if file_id is None:
+                return
+            try:
+                result: Outcome | BaseException = self.process(file_id)
+            except BaseException as exc:  # reported to the loop, which logs it
+                result = exc
+            self.done(file_id, result)
+
+    def stop(self, *, timeout: float) -> bool:
+        for _ in self.threads:
+            self.todo.put(None)
+        deadline = time.monotonic() + timeout
+        for thread in self.threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        return not any(t.is_alive() for t in self.threads)
+
+
+class Daemon:
+    def __init__(self, config: Config, *, config_path: Path | None = None,
+                 notifier=None, metrics=None, clock: Callable[[], float] = time.time):
+        self.config = config
+        self.config_path = config_path
+        self.clock = clock
+        self.stop_event = threading.Event()
+        self.waker = Waker()
+        self.events: queue.SimpleQueue[FileEvent] = queue.SimpleQueue()
+        self.finished: queue.SimpleQueue[tuple[int, Outcome | BaseException]] = queue.SimpleQueue()
+        self.running: set[int] = set()
+        self.notifier = notifier
+        self.metrics = metrics
+        self.journal: Journal | None = None
+        self.receiver = None
+        self.watcher: Watcher | None = None
+        self.settlers: dict[str, Settler] = {}
+        self.specs: dict[str, WatchSpec] = {}
+        self.backends: dict[str, ChunkedBackend] = {}
+        self.engine: UploadEngine | None = None
+        self.processor: FileProcessor | None = None
+        self.workers: _Workers | None = None
+        self._rr = deque()  # watches in round-robin order
+        self._next_rescan = 0.0
+        self._pending_scans: list[tuple[str, str, bool]] = []
+        self._stopping = False
+        self._reload_requested = False
+
+    # --- lifecycle -----------------------------------------------------------------------
+
+    def open(self) -> None:
+        """Everything before the loop; raises JournalError / OSError with a clear message."""
+        self.journal = Journal(self.config.journal)
+        problem = self.journal.check_integrity()
+        if problem:
+            raise JournalError(f"{self.config.journal}: journal is corrupt ({problem}); move it aside to "
+                               "start afresh (a new journal uploads every file in the watches again)")
+        recovered = self.journal.recover_interrupted()
+        if recovered:
+            log.info("resuming %d interrupted upload(s) from the journal", recovered)
+        if self.config.receiver is not None:
+            self._start_receiver()
+        self._apply_config(self.config, first=True)
+        self.waker_selector = selectors.DefaultSelector()
+        self.waker_selector.register(self.waker.rfd, selectors.EVENT_READ)
+
+    def _start_receiver(self) -> None:
+        from syncd.server import EmbeddedReceiver, ReceiverSettings
+
+        rc = self.config.receiver
+        settings = ReceiverSettings(
+            root=rc.root, host=rc.listen[0], port=rc.listen[1], token=rc.resolve_token(),
+            max_size=rc.max_size, min_free=rc.min_free, expire=rc.expire, base_path=rc.base_path,
+            on_conflict=rc.on_conflict, trust_forwarded=rc.trust_forwarded)
+        self.receiver = EmbeddedReceiver(settings)
+        self.receiver.start()
+        log.info("receiver listening on %s, storing into %s", self.receiver.url, rc.root)
+
+    def _apply_config(self, config: Config, *, first: bool) -> None:
+        """Build the watch, settle and upload machinery for ``config`` (also on reload)."""
+        old_backends = self.backends
+        self.backends = build_backends(config)
+        policies = {name: t.retry for name, t in config.targets.items()}
+        self.engine = UploadEngine(self.journal, self.backends, policies, stop=self.stop_event,
+                                   on_retry=self._on_retry, on_part=self._on_part)
+        self.processor = FileProcessor(self.journal, self.engine, config, stop=self.stop_event,
+                                       clock=self.clock, on_done=self._on_done)
+        # Settling starts over on reload: the full scan below re-tracks every settling file.
+        self.settlers = {w.name: Settler(quiet=w.settle.quiet, max_wait=w.settle.max_wait)
+                         for w in config.watches}
+        if self.watcher is not None:
+            self.watcher.stop()
+        specs = watch_specs(config)
+        self.specs = {spec.name: spec for spec in specs}
+        for spec in specs:
+            warning = inotify_watch_warning([spec.root], recursive=spec.recursive) if not spec.poll else None
+            if warning:
+                log.warning("%s", warning)
+        self.watcher = Watcher(specs, self._on_event)
+        self.watcher.start()
+        self._rr = deque(w.name for w in config.watches)
+        if self.workers is None or self.workers.size != config.concurrency.uploads:
+            if self.workers is not None:
+                self.workers.stop(timeout=0)  # idle threads exit; busy ones finish their file first
+            self.workers = _Workers(self._process, self._finished, config.concurrency.uploads)
+            self.workers.start()
+        self.config = config
+        self._pending_scans = [(w.name, "", True) for w in config.watches]
+        self._next_rescan = time.monotonic() + config.rescan_interval
+        for backend in old_backends.values():
+            backend.close()
+
+    def run(self) -> int:
+        """The main loop, until SIGTERM/SIGINT. Returns the exit code."""
+        handled = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+        previous = {sig: signal.signal(sig, self._on_signal) for sig in handled}
+        try:
+            self._notify("ready")
+            pinger = WatchdogPinger(self.notifier) if self.notifier is not None else None
+            while not self._stopping:
+                self._wait(self._timeout())
+                self._step()
+                if pinger is not None:
+                    pinger.tick(time.monotonic())
+            return 0
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            self.shutdown()
+
+    def request_stop(self) -> None:
+        self.waker.wake(bytes([signal.SIGTERM]))
+
+    def shutdown(self) -> None:
+        """Stop taking work, let in-flight parts stop, keep every session resumable."""
+        self._notify("stopping")
+        self.stop_event.set()
+        if self.watcher is not None:
+            self.watcher.stop()
+        if self.workers is not None and not self.workers.stop(timeout=SHUTDOWN_GRACE):
+            log.warning("an upload did not stop within %.0fs; exiting anyway (it resumes at the next start)",
+                        SHUTDOWN_GRACE)
+        self._drain_finished()
+        for backend in self.backends.values():
+            backend.close()
+        if self.receiver is not None:
+            self.receiver.stop()
+        if self.journal is not None:
+            self.journal.close()
+        self.waker.close()
+        log.info("stopped")
+
+    # --- the loop --------------------------------------------------------------------------
+
+    def _on_signal(self, signum, _frame) -> None:
+        self.waker.wake(bytes([signum]))
+
+    def _on_event(self, event: FileEvent) -> None:
+        self.events.put(event)
+        self.waker.wake()
+
+    def _finished(self, file_id: int, result: Outcome | BaseException) -> None:
+        self.finished.put((file_id, result))
+        self.waker.wake()
+
+    def _timeout(self) -> float:
+        deadlines = [s.next_deadline() for s in self.settlers.values()]
+        deadlines = [d for d in deadlines if d is not None]
+        timeout = IDLE_TICK
+        if deadlines:
+            timeout = min(timeout, max(0.0, min(deadlines) - time.monotonic()))
+        if self._pending_scans:
+            timeout = 0.0
+        return timeout
+
+    def _wait(self, timeout: float) -> None:
+        if self.waker_selector.select(timeout):
+            for byte in self.waker.drain():
+                if byte in (signal.SIGTERM, signal.SIGINT):
+                    log.info("received %s; stopping", signal.Signals(byte).name)
+                    self._stopping = True
+                elif byte == signal.SIGHUP:
+                    self._reload_requested = True
+
+    def _step(self) -> None:
+        if self._stopping:
+            return
+        if self._reload_requested:
+            self._reload_requested = False
+            self.reload()
+        while self._pending_scans:
+            self._scan(*self._pending_scans.pop(0))
+        self._apply_events()
+        for name, settler in self.settlers.items():
+            for outcome in settler.poll():
+                self._apply_settled(name, outcome)
+        self._drain_finished()
+        if time.monotonic() >= self._next_rescan:
+            self._pending_scans = [(w.name, "", True) for w in self.config.watches]
+            self._next_rescan = time.monotonic() + self.config.rescan_interval
+        self._dispatch()
+        self._notify_status()
+
+    def _apply_events(self) -> None:
+        while True:
+            try:
+                event = self.events.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                self._apply_event(event)
+            except JournalError:
+                raise
+            except OSError as exc:
+                log.warning("%s:%s: %s", event.watch, event.relpath, exc)
+
+    def _apply_event(self, event: FileEvent) -> None:
+        if event.watch not in self.settlers:
+            return
+        if event.kind in ("changed", "closed"):
+            self._seen(event.watch, event.relpath)
+        elif event.kind == "deleted":
+            self.settlers[event.watch].forget(event.relpath)
+            self.journal.mark_gone(event.watch, event.relpath, only_from=("settling", "growing", "ready", "waiting"))
+        elif event.kind == "moved" and event.dest_relpath is not None:
+            self.settlers[event.watch].forget(event.relpath)
+            row = self.journal.rename(event.watch, event.relpath, event.dest_relpath)
+            if row is None or row.state in ("gone", "settling", "growing"):
+                self._seen(event.watch, event.dest_relpath)
+        elif event.kind == "rescan":
+            self._pending_scans.append((event.watch, event.relpath, event.relpath == ""))
+
+    def _seen(self, watch: str, relpath: str, st: os.stat_result | None = None) -> None:
+        """A file exists and may be new or changed: journal it and let it settle."""
+        row = self.journal.find_file(watch, relpath)
+        if row is not None and row.state in ACTIVE:
+            return  # its worker re-checks the file before completing
+        if row is not None and st is not None and row.state in ("done", "failed", "ready", "waiting") \
+                and row.fingerprint == Fingerprint.of(st):
+            return
+        if row is None or row.state == "gone":
+            try:
+                st = st or os.stat(self.specs[watch].root / relpath)
+            except FileNotFoundError:
+                return
+            self.journal.note_new(watch, relpath, Fingerprint.of(st))
+        self._touch(watch, relpath)
+
+    def _touch(self, watch: str, relpath: str) -> None:
+        self.settlers[watch].touch(relpath, self.specs[watch].root / relpath)
+
+    def _apply_settled(self, watch: str, outcome) -> None:
+        if isinstance(outcome, Ready):
+            row = self.journal.mark_settled(watch, outcome.key, Fingerprint.of(outcome.stat))
+            if row is not None and self.metrics is not None:
+                self.metrics.observe_settle_seconds(max(0.0, self.clock() - row.first_seen_at))
+        elif isinstance(outcome, Growing):
+            row = self.journal.find_file(watch, outcome.key)
+            if row is not None and self.journal.set_state(row.id, "growing", only_from=("settling",)):
+                log.warning("%s:%s: still changing after %s; not uploading it while it grows", watch,
+                            outcome.key, self.config.watch(watch).settle.max_wait)
+        elif isinstance(outcome, Vanished):
+            self.journal.mark_gone(watch, outcome.key, only_from=("settling", "growing", "ready", "waiting"))
+
+    def _scan(self, watch_name: str, relpath: str, full: bool) -> None:
+        spec = self.specs.get(watch_name)
+        if spec is None:
+            return
+        start = spec.root / relpath if relpath else None
+        seen: set[str] = set()
+        for found, st in scan_tree(spec.root, spec.path_filter, recursive=spec.recursive, start=start):
+            seen.add(found)
+            self._seen(watch_name, found, st)
+        if full:
+            for row in self.journal.files(states=("settling", "growing", "ready", "waiting"), watch=watch_name):
+                if row.relpath not in seen and row.id not in self.running:
+                    self.settlers[watch_name].forget(row.relpath)
+                    self.journal.set_state(row.id, "gone", only_from=("settling", "growing", "ready", "waiting"),
+                                           error="file vanished before it was uploaded")
+
+    def _drain_finished(self) -> None:
+        while True:
+            try:
+                file_id, result = self.finished.get_nowait()
+            except queue.Empty:
+                return
+            self.running.discard(file_id)
+            if isinstance(result, BaseException):
+                log.error("file %d: worker error: %r", file_id, result)
+                continue
+            if result.state == "settling" and result.watch in self.settlers:
+                self._touch(result.watch, result.relpath)
+
+    def _dispatch(self) -> None:
+        free = self.config.concurrency.uploads - len(self.running)
+        if free <= 0:
+            return
+        due = [r for r in self.journal.due(limit=max(100, free * 4)) if r.id not in self.running]
+        by_watch: dict[str, deque] = {}
+        for row in due:
+            by_watch.setdefault(row.watch, deque()).append(row)
+        # Round-robin over watches, so a flood in one folder never starves another.
+        while free > 0 and by_watch:
+            name = self._rr[0] if self._rr else next(iter(by_watch))
+            self._rr.rotate(-1)
+            rows = by_watch.get(name)
+            if not rows:
+                if not any(w in by_watch for w in self._rr):
+                    name = next(iter(by_watch))
+                    rows = by_watch[name]
+                else:
+                    continue
+            row = rows.popleft()
+            if not rows:
+                del by_watch[name]
+            self.running.add(row.id)
+            self.workers.submit(row.id)
+            free -= 1
+
+    def _process(self, file_id: int) -> Outcome:
+        return self.processor.process(file_id)
+
+    # --- reload, metrics, systemd ----------------------------------------------------------
+
+    def reload(self) -> bool:
+        if self.config_path is None:
+            log.warning("SIGHUP: no config file to reload (running on the built-in config)")
+            return False
+        self._notify("reloading")
+        try:
+            new = load_config(self.config_path)
+        except ConfigError as exc:
+            for line in exc.lines:
+                log.error("reload refused: %s", line)
+            self._notify("ready")
+            return False
+        if new.journal.resolve() != self.config.journal.resolve():
+            log.error("reload refused: journal: the journal cannot move while running; restart syncd")
+            self._notify("ready")
+            return False
+        if new.receiver != self.config.receiver:
+            log.warning("reload: receiver settings change only at the next restart")
+        self._apply_config(new, first=False)
+        log.info("reloaded %s", self.config_path)
+        self._notify("ready")
+        return True
+
+    def _on_retry(self, target: str, reason: str) -> None:
+        if self.metrics is not None:
+            self.metrics.retry(reason)
+
+    def _on_part(self, size: int) -> None:
+        if self.metrics is not None:
+            self.metrics.bytes_uploaded(size)
+
+    def _on_done(self, outcome: Outcome) -> None:
+        if self.metrics is not None:
+            self.metrics.files_uploaded(1)
+            self.metrics.observe_upload_seconds(outcome.seconds)
+            self.metrics.last_success(self.clock())
+
+    def journal_counts(self) -> dict[str, int]:
+        return self.journal.counts() if self.journal is not None else {}
+
+    def queue_depth(self) -> int:
+        counts = self.journal_counts()
+        return counts.get("ready", 0) + counts.get("waiting", 0)
+
+    def oldest_pending_age(self) -> float | None:
+        since = self.journal.oldest_pending_since() if self.journal is not None else None
+        return None if since is None else max(0.0, self.clock() - since)
+
+    def status_line(self) -> str:
+        counts = self.journal.counts()
+        return (f"uploading {counts['uploading'] + counts['transcoding']}, queued {counts['ready']}, "
+                f"settling {counts['settling'] + counts['growing']}, waiting {counts['waiting']}, "
+                f"failed {counts['failed']}, done {counts['done']}")
+
+    def _notify(self, what: str) -> None:
+        if self.notifier is not None:
+            getattr(self.notifier, what)()
+
+    _last_status = ""
+
+    def _notify_status(self) -> None:
+        if self.notifier is None:
+            return
+        line = self.status_line()
+        if line != self._last_status:
+            self.notifier.status(line)
+            self._last_status = line
+
+
+def describe_config(config: Config) -> str:
+    watches = ", ".join(f"{w.name}={w.path}" for w in config.watches)
+    targets = ", ".join(f"{n}={t.url} (parts {format_size(t.part_size)})" for n, t in config.targets.items())
+    return f"watching {watches}; uploading to {targets}; journal {config.journal}"

@@ -1,0 +1,191 @@
+"""What a worker does with one ``ready`` file: check it, upload it, write down the outcome,
+and only then apply the watch's after-action.
+
+Every outcome is one journal transition:
+``done`` | ``waiting`` (transient, with the next attempt's time) | ``failed`` (permanent,
+with the reason) | ``gone`` (vanished) | ``settling`` (changed: the daemon settles it again).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import posixpath
+import shutil
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from syncd.config import Config, Watch, render_remote_dir
+from syncd.journal import FileRow, Fingerprint, Journal
+from syncd.upload.base import FileChanged, FileVanished, Interrupted, PermanentError
+from syncd.upload.engine import UploadEngine, UploadJob
+from syncd.upload.retry import waiting_delay
+
+log = logging.getLogger("syncd.pipeline")
+
+
+@dataclass(frozen=True)
+class Outcome:
+    file_id: int
+    watch: str
+    relpath: str
+    state: str
+    """the journal state the file ended in (``ready`` when interrupted by shutdown)"""
+    size: int = 0
+    seconds: float = 0.0
+
+
+def remote_name_for(watch: Watch, row: FileRow, *, name: str | None = None) -> str:
+    prefix = render_remote_dir(watch.remote_dir, watch=watch.name, when=row.first_seen_at)
+    return posixpath.join(prefix, name or row.relpath) if prefix else (name or row.relpath)
+
+
+def unique_destination(path: Path) -> Path:
+    """``path``, or ``name (1).ext``, ``name (2).ext``... whichever does not exist yet."""
+    if not path.exists():
+        return path
+    stem, suffix = path.stem, path.suffix
+    n = 1
+    while True:
+        candidate = path.with_name(f"{stem} ({n}){suffix}")
+        if not candidate.exists():
+            return candidate
+        n += 1
+
+
+class FileProcessor:
+    def __init__(self, journal: Journal, engine: UploadEngine, config: Config, *,
+                 stop: threading.Event, clock: Callable[[], float] = time.time,
+                 on_done: Callable[[Outcome], None] | None = None):
+        self.journal = journal
+        self.engine = engine
+        self.config = config
+        self.stop = stop
+        self.clock = clock
+        self._on_done = on_done
+
+    def process(self, file_id: int) -> Outcome:
+        row = self.journal.get_file(file_id)
+        if row is None:
+            raise LookupError(f"file {file_id} is not in the journal")
+        try:
+            watch = self.config.watch(row.watch)
+        except KeyError:
+            self._to(row, "waiting", error=f"watch {row.watch!r} is no longer configured",
+                     next_attempt_at=self.clock() + 3600)
+            return Outcome(row.id, row.watch, row.relpath, "waiting")
+        label = f"{watch.name}:{row.relpath}"
+        path = watch.path / row.relpath
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            return self._gone(row, label)
+        except OSError as exc:
+            return self._failed(row, watch, label, f"cannot read: {exc.strerror}")
+        if Fingerprint.of(st) != row.fingerprint:
+            return self._resettle(row, label, "changed since it settled")
+        if not self.journal.set_state(row.id, "uploading", only_from=("ready", "waiting")):
+            return Outcome(row.id, row.watch, row.relpath, self.journal.get_file(row.id).state)
+
+        job = UploadJob(file_id=row.id, target=watch.target, source=path, fingerprint=row.fingerprint,
+                        remote_name=remote_name_for(watch, row), label=label)
+        started = time.monotonic()
+        try:
+            remote, md5 = self.engine.upload(job)
+        except Interrupted:
+            self._to(row, "ready", error=None)
+            log.info("%s: upload interrupted by shutdown; it resumes at the next start", label)
+            return Outcome(row.id, row.watch, row.relpath, "ready")
+        except FileVanished:
+            return self._gone(row, label)
+        except FileChanged as exc:
+            return self._resettle(row, label, str(exc).removeprefix(f"{label}: "))
+        except PermanentError as exc:
+            return self._failed(row, watch, label, str(exc))
+        except PermissionError as exc:
+            return self._failed(row, watch, label, f"cannot read: {exc.strerror}")
+        except Exception as exc:
+            backend = self.engine.backends[watch.target]
+            if backend.is_retryable(exc) or isinstance(exc, OSError):
+                return self._waiting(row, watch, label, exc)
+            log.exception("%s: unexpected error", label)
+            return self._failed(row, watch, label, f"unexpected error: {exc}")
+
+        seconds = time.monotonic() - started
+        destructive = watch.after_upload != "keep"
+        self.journal.mark_done(row.id, md5=md5, remote_name=remote.name, durable=destructive)
+        rate = row.fingerprint.size / 1024**2 / max(seconds, 1e-6)
+        log.info("%s: uploaded as %s (%d bytes, md5 %s, %.1fs, %.1f MiB/s)", label, remote.name,
+                 row.fingerprint.size, md5, seconds, rate)
+        if destructive:
+            self._after_upload(row, watch, path, label)
+        outcome = Outcome(row.id, row.watch, row.relpath, "done", row.fingerprint.size, seconds)
+        if self._on_done is not None:
+            self._on_done(outcome)
+        return outcome
+
+    # --- outcomes ----------------------------------------------------------------------
+
+    def _to(self, row: FileRow, state: str, **kw) -> None:
+        self.journal.set_state(row.id, state, **kw)
+
+    def _gone(self, row: FileRow, label: str) -> Outcome:
+        self._to(row, "gone", error="file vanished before it was uploaded")
+        log.info("%s: file vanished; nothing to upload", label)
+        return Outcome(row.id, row.watch, row.relpath, "gone")
+
+    def _resettle(self, row: FileRow, label: str, why: str) -> Outcome:
+        self._to(row, "settling", error=why)
+        log.info("%s: %s; settling it again", label, why)
+        return Outcome(row.id, row.watch, row.relpath, "settling")
+
+    def _waiting(self, row: FileRow, watch: Watch, label: str, exc: BaseException) -> Outcome:
+        policy = self.config.targets[watch.target].retry
+        delay = waiting_delay(row.attempts + 1, policy)
+        reason = " ".join(str(exc).split())[:300] or type(exc).__name__
+        self._to(row, "waiting", error=reason, next_attempt_at=self.clock() + delay, attempts_delta=1)
+        log.warning("%s: %s; waiting %.0fs before attempt %d", label, reason, delay, row.attempts + 2)
+        return Outcome(row.id, row.watch, row.relpath, "waiting")
+
+    def _failed(self, row: FileRow, watch: Watch, label: str, reason: str) -> Outcome:
+        self._to(row, "failed", error=reason, attempts_delta=1)
+        log.error("%s: failed: %s", label, reason)
+        if watch.failed_dir is not None:
+            self._move(row, watch.path / row.relpath, watch.failed_dir / row.relpath, label, "failed_dir")
+        return Outcome(row.id, row.watch, row.relpath, "failed")
+
+    # --- after-actions -------------------------------------------------------------------
+
+    def _after_upload(self, row: FileRow, watch: Watch, path: Path, label: str) -> None:
+        """Delete or move the local file, only if it is still exactly what the server holds."""
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            return
+        if Fingerprint.of(st) != row.fingerprint:
+            log.warning("%s: changed after its upload; leaving it in place", label)
+            return
+        if watch.after_upload == "delete":
+            try:
+                os.unlink(path)
+            except OSError as exc:
+                log.error("%s: uploaded, but cannot delete it: %s", label, exc.strerror)
+                return
+            self.journal.set_after_action(row.id, "deleted")
+            log.info("%s: deleted after upload", label)
+        elif watch.after_upload == "move" and watch.done_dir is not None:
+            self._move(row, path, watch.done_dir / row.relpath, label, "done_dir")
+
+    def _move(self, row: FileRow, source: Path, dest: Path, label: str, key: str) -> None:
+        try:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            final = unique_destination(dest)
+            shutil.move(source, final)
+        except OSError as exc:
+            log.error("%s: cannot move it to %s %s: %s", label, key, dest.parent, exc.strerror or exc)
+            return
+        self.journal.set_after_action(row.id, f"moved to {final}")
+        log.info("%s: moved to %s", label, final)

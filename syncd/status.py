@@ -1,0 +1,85 @@
+"""``syncd status``: read the journal (read-only, while the daemon runs) and say what is
+uploading, waiting, failed or growing, and why."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from typing import Any
+
+from syncd.config import Config
+from syncd.journal import STATES, Journal, JournalError
+from syncd.units import format_duration, format_size
+
+
+def collect(journal: Journal, *, limit: int, now: float | None = None) -> dict[str, Any]:
+    now = time.time() if now is None else now
+    uploading = []
+    for row, up in journal.active_uploads():
+        elapsed = max(now - up.started_at, 1e-6)
+        parts = journal.parts(up.id)
+        sent_here = sum(size for _, _, size in parts)
+        rate = sent_here / elapsed
+        left = up.size - up.offset
+        uploading.append({
+            "watch": row.watch, "path": row.relpath, "size": up.size, "offset": up.offset,
+            "percent": round(100.0 * up.offset / up.size, 1) if up.size else 100.0,
+            "bytes_per_second": round(rate), "eta_seconds": round(left / rate) if rate > 0 else None,
+            "target": up.target,
+        })
+
+    def rows(state: str) -> list[dict[str, Any]]:
+        return [{"watch": r.watch, "path": r.relpath, "size": r.fingerprint.size, "attempts": r.attempts,
+                 "error": r.last_error, "next_attempt_at": r.next_attempt_at,
+                 "since": r.first_seen_at} for r in journal.files(states=(state,))[:limit]]
+
+    return {
+        "counts": journal.counts(),
+        "uploading": uploading[:limit],
+        "waiting": rows("waiting"),
+        "failed": rows("failed"),
+        "growing": rows("growing"),
+    }
+
+
+def render(data: dict[str, Any], *, now: float | None = None) -> str:
+    now = time.time() if now is None else now
+    counts = data["counts"]
+    lines = ["  ".join(f"{state} {counts.get(state, 0)}" for state in STATES)]
+    if data["uploading"]:
+        lines += ["", "uploading:"]
+        for u in data["uploading"]:
+            eta = format_duration(u["eta_seconds"]) if u["eta_seconds"] is not None else "?"
+            lines.append(f"  {u['watch']}:{u['path']}  {u['percent']:5.1f}% of {format_size(u['size'])}"
+                         f"  {u['bytes_per_second'] / 1024**2:.1f} MiB/s  eta {eta}")
+    if data["waiting"]:
+        lines += ["", "waiting (retried automatically):"]
+        for w in data["waiting"]:
+            when = w["next_attempt_at"]
+            due = f"next try in {format_duration(max(0.0, when - now))}" if when else "next try soon"
+            lines.append(f"  {w['watch']}:{w['path']}  {due}, attempt {w['attempts'] + 1}: {w['error']}")
+    if data["failed"]:
+        lines += ["", "failed (syncd retry -c CONFIG --all-failed, or PATH...):"]
+        for f in data["failed"]:
+            lines.append(f"  {f['watch']}:{f['path']}  {f['error']}")
+    if data["growing"]:
+        lines += ["", "growing (still being written; uploaded once it stops changing):"]
+        for g in data["growing"]:
+            lines.append(f"  {g['watch']}:{g['path']}  {format_size(g['size'])}, "
+                         f"changing for {format_duration(now - g['since'])}")
+    return "\n".join(lines)
+
+
+def cmd_status(config: Config, *, as_json: bool, limit: int) -> int:
+    try:
+        journal = Journal(config.journal, readonly=True)
+    except JournalError as exc:
+        print(f"syncd status: {exc}", file=sys.stderr)
+        return 1
+    try:
+        data = collect(journal, limit=limit)
+    finally:
+        journal.close()
+    print(json.dumps(data, indent=2) if as_json else render(data))
+    return 0
