@@ -150,6 +150,8 @@ class Daemon:
         self.finished: queue.SimpleQueue[tuple[int, Outcome | BaseException]] = queue.SimpleQueue()
         self.running: set[int] = set()
         self.notifier = notifier
+        # pinged from the loop that does the work, so a hung loop stops the pings
+        self.pinger = WatchdogPinger(notifier) if notifier is not None else None
         self.metrics = metrics
         self.journal: Journal | None = None
         self.receiver = None
@@ -236,12 +238,11 @@ class Daemon:
         previous = {sig: signal.signal(sig, self._on_signal) for sig in handled}
         try:
             self._notify("ready")
-            pinger = WatchdogPinger(self.notifier) if self.notifier is not None else None
             while not self._stopping:
                 self._wait(self._timeout())
                 self._step()
-                if pinger is not None:
-                    pinger.tick(time.monotonic())
+                if self.pinger is not None:
+                    self.pinger.tick(time.monotonic())
             return 0
         finally:
             for sig, handler in previous.items():
@@ -289,9 +290,11 @@ class Daemon:
         timeout = IDLE_TICK
         if deadlines:
             timeout = min(timeout, max(0.0, min(deadlines) - time.monotonic()))
+        if self.pinger is not None and (due := self.pinger.due_in(time.monotonic())) is not None:
+            timeout = min(timeout, due)
         if self._pending_scans:
             timeout = 0.0
-        return timeout
+        return max(0.0, timeout)
 
     def _wait(self, timeout: float) -> None:
         if self.waker_selector.select(timeout):

@@ -162,6 +162,8 @@ class Journal:
         if readonly and not self.path.exists():
             raise JournalError(f"{self.path}: no journal here (has the daemon run yet?)")
         try:
+            if not readonly:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
             uri = f"file:{self.path}?mode=ro" if readonly else f"file:{self.path}"
             self._db = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False,
                                        timeout=30.0)
@@ -172,7 +174,7 @@ class Journal:
                 self._db.execute("PRAGMA synchronous = NORMAL")
             self._db.execute("PRAGMA foreign_keys = ON")
             version = self._db.execute("PRAGMA user_version").fetchone()[0]
-        except sqlite3.DatabaseError as exc:
+        except (sqlite3.DatabaseError, OSError) as exc:
             raise JournalError(f"{self.path}: cannot open journal: {exc}") from None
         if version > SCHEMA_VERSION:
             raise JournalError(f"{self.path}: journal schema {version} is newer than this syncd "

@@ -1,0 +1,163 @@
+"""The ``syncd`` command line, run as a real subprocess."""
+
+from __future__ import annotations
+
+import copy
+import json
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from syncd import __version__
+from syncd.journal import Fingerprint, Journal
+from tests.support.daemon import REPO, make_config
+from tests.support.engine import md5_of, write_random
+
+
+def syncd(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "syncd", *args], capture_output=True, text=True,
+                          timeout=timeout, cwd=REPO)
+
+
+def test_version():
+    out = syncd("version")
+    assert out.returncode == 0 and out.stdout.strip() == f"syncd {__version__}"
+
+
+def test_help_lists_every_command():
+    out = syncd("--help")
+    assert out.returncode == 0
+    for command in ("run", "serve", "check-config", "status", "retry", "upload", "version"):
+        assert command in out.stdout
+
+
+def test_usage_error_exits_2():
+    out = syncd("retry")
+    assert out.returncode == 2
+
+
+@pytest.mark.parametrize("patch,expected", [
+    ({"watches": [{"name": "w", "path": "drop", "target": "main", "settle": {"quiet": "soon"}}]},
+     "config.yaml: watches[0].settle.quiet: 'soon' is not a duration (e.g. 5s, 2m)"),
+    ({"watches": [{"name": "w", "path": "missing", "target": "main"}]},
+     "config.yaml: watches[0].path: '{base}/missing' does not exist or is not a folder"),
+    ({"watches": [{"name": "a", "path": "drop", "target": "main"}, {"name": "b", "path": "drop/sub", "target": "main"}]},
+     "config.yaml: watches[1].path: '{base}/drop/sub' overlaps watch 'a'"),
+    ({"watches": [{"name": "a", "path": "drop", "target": "main", "after_upload": "move", "done_dir": "drop/done"}]},
+     "config.yaml: watches[0].done_dir: '{base}/drop/done' lies inside watch 'a' and would be uploaded again"),
+    ({"staging_dir": "drop/staging"}, "config.yaml: staging_dir: '{base}/drop/staging' lies inside watch 'drop'"),
+    ({"watches": [{"name": "a", "path": "drop", "target": "elsewhere"}]},
+     "config.yaml: watches[0].target: 'elsewhere' is not a target (known: main)"),
+    ({"journal": "blocker/journal.db"}, "config.yaml: journal: cannot create folder '{base}/blocker'"),
+    ({"surprise": True}, "config.yaml: surprise: unknown key"),
+])
+@pytest.mark.parametrize("command", ["check-config", "run"])
+def test_bad_config_exits_2_with_one_line(tmp_path, patch, expected, command):
+    (tmp_path / "drop" / "sub").mkdir(parents=True)
+    (tmp_path / "blocker").write_text("a file where a folder should be")
+    config = make_config(tmp_path, url="http://127.0.0.1:9/chunked_upload/", token="t")
+    data = yaml.safe_load(config.read_text())
+    patch = copy.deepcopy(patch)
+    for watch in patch.get("watches", []):
+        for key in ("path", "done_dir"):
+            if key in watch:
+                watch[key] = str(tmp_path / watch[key])
+    for key in ("staging_dir", "journal"):
+        if key in patch:
+            patch[key] = str(tmp_path / patch[key])
+    data.update(patch)
+    config.write_text(yaml.safe_dump(data))
+    out = syncd(command, "-c", str(config))
+    assert out.returncode == 2, out
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1, lines
+    assert lines[0].startswith(expected.format(base=tmp_path)), lines
+
+
+def test_check_config_prints_resolved_config_without_secrets(tmp_path):
+    config = make_config(tmp_path, url="http://127.0.0.1:9/chunked_upload/", token="very-secret-token")
+    out = syncd("check-config", "-c", str(config))
+    assert out.returncode == 0, out.stderr
+    assert "very-secret-token" not in out.stdout + out.stderr
+    resolved = yaml.safe_load(out.stdout)
+    assert resolved["targets"]["main"]["token"] == "***"
+    assert resolved["watches"][0]["settle"]["quiet"] == 0.3
+    assert resolved["targets"]["main"]["part_size"] == 64 * 1024
+
+
+def _journal_with_rows(tmp_path):
+    config = make_config(tmp_path, url="http://127.0.0.1:9/chunked_upload/", token="t")
+    journal = Journal(tmp_path / "state" / "journal.db")
+    for name in ("a.bin", "b.bin", "c.bin"):
+        write_random(tmp_path / "drop" / name, 10)
+    import os
+    rows = {n: journal.mark_settled("drop", n, Fingerprint.of(os.stat(tmp_path / "drop" / n)))
+            for n in ("a.bin", "b.bin", "c.bin")}
+    journal.set_state(rows["a.bin"].id, "failed", error="too large for the server (HTTP 413): limit 1 GiB")
+    journal.set_state(rows["b.bin"].id, "waiting", error="HTTP 503: busy", next_attempt_at=4102444800.0,
+                      attempts_delta=2)
+    journal.set_state(rows["c.bin"].id, "failed", error="HTTP 507: full")
+    journal.close()
+    return config
+
+
+def test_status_table_and_json(tmp_path):
+    config = _journal_with_rows(tmp_path)
+    out = syncd("status", "-c", str(config))
+    assert out.returncode == 0, out.stderr
+    assert "failed 2" in out.stdout and "waiting 1" in out.stdout
+    assert "drop:a.bin  too large for the server (HTTP 413): limit 1 GiB" in out.stdout
+    assert "drop:b.bin  next try in" in out.stdout and "attempt 3: HTTP 503: busy" in out.stdout
+    data = json.loads(syncd("status", "-c", str(config), "--json").stdout)
+    assert data["counts"]["failed"] == 2
+    assert {f["path"] for f in data["failed"]} == {"a.bin", "c.bin"}
+    assert data["waiting"][0]["error"] == "HTTP 503: busy"
+
+
+def test_status_without_journal_is_a_clear_error(tmp_path):
+    config = make_config(tmp_path, url="http://127.0.0.1:9/chunked_upload/", token="t")
+    out = syncd("status", "-c", str(config))
+    assert out.returncode == 1
+    assert "no journal here" in out.stderr
+
+
+def test_retry_paths_and_all_failed(tmp_path):
+    config = _journal_with_rows(tmp_path)
+    out = syncd("retry", "-c", str(config), str(tmp_path / "drop" / "a.bin"), str(tmp_path / "nope.bin"))
+    assert out.returncode == 1
+    assert "1 file(s) will be tried again" in out.stdout
+    assert "nope.bin: not a file syncd knows" in out.stderr
+    out = syncd("retry", "-c", str(config), "--all-failed")
+    assert out.returncode == 0 and "1 failed file(s) will be tried again" in out.stdout
+    journal = Journal(tmp_path / "state" / "journal.db", readonly=True)
+    try:
+        assert journal.counts()["failed"] == 0 and journal.counts()["ready"] == 2
+    finally:
+        journal.close()
+
+
+@pytest.fixture
+def receiver(tmp_path):
+    from tests.support.peers import ReceiverPeer
+
+    peer = ReceiverPeer(tmp_path / "received")
+    yield peer
+    peer.stop()
+
+
+def test_oneshot_upload_to_the_receiver_and_again(receiver, tmp_path):
+    peer = receiver
+    config = make_config(tmp_path, url=peer.url, token=peer.token, part_size="64KiB")
+    path = write_random(tmp_path / "one shot.bin", 300 * 1024 + 17)
+    out = syncd("upload", "-c", str(config), "--target", "main", "--remote-dir", "manual", str(path))
+    assert out.returncode == 0, out.stderr
+    assert f"uploaded as manual/one shot.bin (md5 {md5_of(path)})" in out.stdout
+    assert peer.stored_md5("manual/one shot.bin") == md5_of(path)
+    again = syncd("upload", "-c", str(config), "--target", "main", str(path))
+    assert again.returncode == 0 and "already uploaded" in again.stdout
+    missing = syncd("upload", "-c", str(config), "--target", "main", str(tmp_path / "missing.bin"))
+    assert missing.returncode == 1 and "missing.bin: No such file or directory" in missing.stderr
+    wrong = syncd("upload", "-c", str(config), "--target", "nope", str(path))
+    assert wrong.returncode == 2 and "--target: 'nope' is not a target" in wrong.stderr
