@@ -14,6 +14,7 @@ import ipaddress
 import os
 import re
 import secrets
+import shutil
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -187,6 +188,15 @@ class Watch(_Model):
                              "{year}, {month}, {day}, {date}, {host}") from None
         return value
 
+    @field_validator("transcode")
+    @classmethod
+    def _transcode(cls, value: object) -> object:
+        if isinstance(value, dict):
+            from syncd.transcode import TranscodeConfig
+
+            TranscodeConfig.from_mapping(value)  # its ValueError names the bad setting
+        return value
+
     @model_validator(mode="after")
     def _after(self) -> Watch:
         if self.after_upload == "move" and self.done_dir is None:
@@ -232,6 +242,7 @@ class Config(_Model):
     watches: tuple[Watch, ...]
     concurrency: Concurrency = Concurrency()
     rescan_interval: Duration = 600.0
+    transcode_nice: int = Field(10, ge=0, le=19)
     receiver: Receiver | None = None
     log: Log = Log()
     metrics: Metrics = Metrics()
@@ -398,6 +409,11 @@ def check_environment(config: Config) -> list[str]:
     roots: list[tuple[str, Path, bool]] = []
     for i, watch in enumerate(config.watches):
         loc = f"{name}: watches[{i}]"
+        if watch.transcode is not None:
+            missing = [tool for tool in ("ffmpeg", "ffprobe") if shutil.which(tool) is None]
+            if missing:
+                errors.append(f"{loc}.transcode: watch {watch.name!r} transcodes videos, but "
+                              f"{' and '.join(missing)} is not on PATH (install the ffmpeg package)")
         if names.count(watch.name) > 1:
             errors.append(f"{loc}.name: {watch.name!r} is used by more than one watch")
         if watch.target not in config.targets:

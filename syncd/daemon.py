@@ -23,6 +23,7 @@ from syncd.config import Config, ConfigError, load_config
 from syncd.journal import ACTIVE, Fingerprint, Journal, JournalError
 from syncd.notify import WatchdogPinger
 from syncd.pipeline import FileProcessor, Outcome
+from syncd.sources import SourcePlanner
 from syncd.upload.chunked import ChunkedBackend
 from syncd.upload.engine import UploadEngine
 from syncd.units import format_size
@@ -205,8 +206,11 @@ class Daemon:
         policies = {name: t.retry for name, t in config.targets.items()}
         self.engine = UploadEngine(self.journal, self.backends, policies, stop=self.stop_event,
                                    on_retry=self._on_retry, on_part=self._on_part)
+        planner = SourcePlanner(config.staging_dir, transcodes=config.concurrency.transcodes,
+                                nice=config.transcode_nice, stop=self.stop_event,
+                                on_transcoded=self._on_transcoded)
         self.processor = FileProcessor(self.journal, self.engine, config, stop=self.stop_event,
-                                       clock=self.clock, on_done=self._on_done)
+                                       planner=planner, clock=self.clock, on_done=self._on_done)
         # Settling starts over on reload: the full scan below re-tracks every settling file.
         self.settlers = {w.name: Settler(quiet=w.settle.quiet, max_wait=w.settle.max_wait)
                          for w in config.watches}
@@ -475,6 +479,10 @@ class Daemon:
     def _on_part(self, size: int) -> None:
         if self.metrics is not None:
             self.metrics.bytes_uploaded(size)
+
+    def _on_transcoded(self, seconds: float) -> None:
+        if self.metrics is not None:
+            self.metrics.observe_transcode_seconds(seconds)
 
     def _on_done(self, outcome: Outcome) -> None:
         if self.metrics is not None:

@@ -133,6 +133,7 @@ class UploadRow:
     state: str
     started_at: float
     updated_at: float
+    md5: str | None = None
 
 
 def _file_row(r: sqlite3.Row) -> FileRow:
@@ -147,7 +148,7 @@ def _upload_row(r: sqlite3.Row) -> UploadRow:
     return UploadRow(
         r["id"], r["file_id"], r["target"], r["source"], r["remote_name"], r["size"],
         Fingerprint(r["dev"], r["ino"], r["size"], r["mtime_ns"]), r["part_size"], r["session"],
-        r["offset"], r["state"], r["started_at"], r["updated_at"],
+        r["offset"], r["state"], r["started_at"], r["updated_at"], r["md5"],
     )
 
 
@@ -409,6 +410,17 @@ class Journal:
         with self._lock:
             r = self._db.execute("SELECT * FROM uploads WHERE file_id = ? AND target = ? AND state = 'open'"
                                  " ORDER BY id DESC LIMIT 1", (file_id, target)).fetchone()
+        return _upload_row(r) if r else None
+
+    def completed_upload(self, file_id: int, *, target: str, source: str, fp: Fingerprint,
+                         remote_name: str) -> UploadRow | None:
+        """A completed upload of exactly this source (same content, same name), if any."""
+        with self._lock:
+            r = self._db.execute(
+                "SELECT * FROM uploads WHERE file_id = ? AND target = ? AND source = ? AND remote_name = ?"
+                " AND size = ? AND dev = ? AND ino = ? AND mtime_ns = ? AND state = 'completed'"
+                " ORDER BY id DESC LIMIT 1",
+                (file_id, target, source, remote_name, fp.size, fp.dev, fp.ino, fp.mtime_ns)).fetchone()
         return _upload_row(r) if r else None
 
     def start_upload(self, file_id: int, *, target: str, source: str, remote_name: str,

@@ -20,6 +20,8 @@ from pathlib import Path
 
 from syncd.config import Config, Watch, render_remote_dir
 from syncd.journal import FileRow, Fingerprint, Journal
+from syncd.sources import Source, SourcePlanner, needs_transcode
+from syncd.transcode import TranscodeCancelled, VideoTranscodeError
 from syncd.upload.base import FileChanged, FileVanished, Interrupted, PermanentError
 from syncd.upload.engine import UploadEngine, UploadJob
 from syncd.upload.retry import waiting_delay
@@ -58,12 +60,13 @@ def unique_destination(path: Path) -> Path:
 
 class FileProcessor:
     def __init__(self, journal: Journal, engine: UploadEngine, config: Config, *,
-                 stop: threading.Event, clock: Callable[[], float] = time.time,
+                 stop: threading.Event, planner: SourcePlanner, clock: Callable[[], float] = time.time,
                  on_done: Callable[[Outcome], None] | None = None):
         self.journal = journal
         self.engine = engine
         self.config = config
         self.stop = stop
+        self.planner = planner
         self.clock = clock
         self._on_done = on_done
 
@@ -87,23 +90,32 @@ class FileProcessor:
             return self._failed(row, watch, label, f"cannot read: {exc.strerror}")
         if Fingerprint.of(st) != row.fingerprint:
             return self._resettle(row, label, "changed since it settled")
-        if not self.journal.set_state(row.id, "uploading", only_from=("ready", "waiting")):
+        first_state = "transcoding" if needs_transcode(watch, path) else "uploading"
+        if not self.journal.set_state(row.id, first_state, only_from=("ready", "waiting")):
             return Outcome(row.id, row.watch, row.relpath, self.journal.get_file(row.id).state)
 
-        job = UploadJob(file_id=row.id, target=watch.target, source=path, fingerprint=row.fingerprint,
-                        remote_name=remote_name_for(watch, row), label=label)
         started = time.monotonic()
         try:
-            remote, md5 = self.engine.upload(job)
-        except Interrupted:
+            sources = self.planner.sources(watch, row, path, remote_name_for(watch, row), label)
+            if first_state == "transcoding":
+                if Fingerprint.of(os.stat(path)) != row.fingerprint:
+                    self._discard_staged(sources)
+                    raise FileChanged(f"{label}: changed while it was transcoded")
+                self.journal.set_state(row.id, "uploading", only_from=("transcoding",))
+            results = []
+            for source in sources:
+                job = UploadJob(file_id=row.id, target=watch.target, source=source.path,
+                                fingerprint=source.fingerprint, remote_name=source.remote_name, label=label)
+                results.append(self.engine.upload(job))
+        except (Interrupted, TranscodeCancelled):
             self._to(row, "ready", error=None)
-            log.info("%s: upload interrupted by shutdown; it resumes at the next start", label)
+            log.info("%s: interrupted by shutdown; it resumes at the next start", label)
             return Outcome(row.id, row.watch, row.relpath, "ready")
         except FileVanished:
             return self._gone(row, label)
         except FileChanged as exc:
             return self._resettle(row, label, str(exc).removeprefix(f"{label}: "))
-        except PermanentError as exc:
+        except (PermanentError, VideoTranscodeError) as exc:
             return self._failed(row, watch, label, str(exc))
         except PermissionError as exc:
             return self._failed(row, watch, label, f"cannot read: {exc.strerror}")
@@ -113,6 +125,8 @@ class FileProcessor:
                 return self._waiting(row, watch, label, exc)
             log.exception("%s: unexpected error", label)
             return self._failed(row, watch, label, f"unexpected error: {exc}")
+        remote, md5 = results[0]
+        self._discard_staged(sources)
 
         seconds = time.monotonic() - started
         destructive = watch.after_upload != "keep"
@@ -126,6 +140,12 @@ class FileProcessor:
         if self._on_done is not None:
             self._on_done(outcome)
         return outcome
+
+    @staticmethod
+    def _discard_staged(sources: list[Source]) -> None:
+        for source in sources:
+            if source.staged:
+                source.path.unlink(missing_ok=True)
 
     # --- outcomes ----------------------------------------------------------------------
 

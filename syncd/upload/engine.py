@@ -75,6 +75,10 @@ class UploadEngine:
         retryable error once the request's retry budget is spent.
         """
         backend = self.backends[job.target]
+        done = self.journal.completed_upload(job.file_id, target=job.target, source=str(job.source),
+                                             fp=job.fingerprint, remote_name=job.remote_name)
+        if done is not None:  # finished before a crash or restart cut the file's work short
+            return RemoteFile(name=job.remote_name, size=done.size, md5=done.md5), done.md5
         try:
             fd = os.open(job.source, os.O_RDONLY | getattr(os, "O_NOATIME", 0))
         except PermissionError:
