@@ -355,7 +355,9 @@ class Daemon:
             if row is None or row.state in ("gone", "settling", "growing"):
                 self._seen(event.watch, event.dest_relpath)
         elif event.kind == "rescan":
-            self._pending_scans.append((event.watch, event.relpath, event.relpath == ""))
+            scan = (event.watch, event.relpath, event.relpath == "")
+            if scan not in self._pending_scans and (event.watch, "", True) not in self._pending_scans:
+                self._pending_scans.append(scan)
 
     def _seen(self, watch: str, relpath: str, st: os.stat_result | None = None) -> None:
         """A file exists and may be new or changed: journal it and let it settle."""
@@ -390,20 +392,44 @@ class Daemon:
             self.journal.mark_gone(watch, outcome.key, only_from=("settling", "growing", "ready", "waiting"))
 
     def _scan(self, watch_name: str, relpath: str, full: bool) -> None:
+        """Reconcile a watch (or one of its folders) with the journal: files found are
+        settled; pending rows whose files were not found become ``gone`` -- except below
+        a folder that could not be read, where nothing is concluded."""
         spec = self.specs.get(watch_name)
         if spec is None:
             return
         start = spec.root / relpath if relpath else None
         seen: set[str] = set()
-        for found, st in scan_tree(spec.root, spec.path_filter, recursive=spec.recursive, start=start):
-            seen.add(found)
-            self._seen(watch_name, found, st)
-        if full:
-            for row in self.journal.files(states=("settling", "growing", "ready", "waiting"), watch=watch_name):
-                if row.relpath not in seen and row.id not in self.running:
-                    self.settlers[watch_name].forget(row.relpath)
-                    self.journal.set_state(row.id, "gone", only_from=("settling", "growing", "ready", "waiting"),
-                                           error="file vanished before it was uploaded")
+        unreadable: list[str] = []
+
+        def on_error(dir_rel: str, exc: OSError) -> None:
+            unreadable.append(dir_rel)
+
+        try:
+            for found, st in scan_tree(spec.root, spec.path_filter, recursive=spec.recursive, start=start,
+                                       on_error=on_error):
+                seen.add(found)
+                self._seen(watch_name, found, st)
+        except FileNotFoundError:
+            if not relpath:
+                log.error("watch %s: folder %s is gone; nothing is watched there until it is back",
+                          watch_name, spec.root)
+                return
+            # a folder that vanished: everything pending below it is gone
+        except OSError as exc:
+            log.warning("watch %s: cannot scan %s: %s", watch_name, start or spec.root, exc.strerror or exc)
+            return
+        if not (full or relpath):
+            return
+        prefix = f"{relpath}/" if relpath else ""
+        blind = tuple(f"{d}/" for d in unreadable)
+        for row in self.journal.files(states=("settling", "growing", "ready", "waiting"), watch=watch_name):
+            if (row.relpath in seen or row.id in self.running or not row.relpath.startswith(prefix)
+                    or (blind and row.relpath.startswith(blind))):
+                continue
+            self.settlers[watch_name].forget(row.relpath)
+            self.journal.set_state(row.id, "gone", only_from=("settling", "growing", "ready", "waiting"),
+                                   error="file vanished before it was uploaded")
 
     def _drain_finished(self) -> None:
         while True:

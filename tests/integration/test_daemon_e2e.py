@@ -187,3 +187,20 @@ def test_sigterm_with_idle_daemon_exits_quickly(peer, tmp_path):
         assert time.monotonic() - started < 5
     finally:
         daemon.kill()
+
+
+def test_folder_deleted_while_its_files_settle(peer, tmp_path):
+    drop = tmp_path / "drop"
+    config = make_config(tmp_path, url=peer.url, token=peer.token, quiet="2s")
+    batch = drop / f"{tmp_path.name}-batch"
+    with DaemonProcess(config) as daemon:
+        wait_until(lambda: daemon.journal_path.exists(), timeout=10)
+        batch.mkdir()
+        for i in range(3):
+            write_random(batch / f"f{i}.bin", 100)
+        keys = {f"drop:{batch.name}/f{i}.bin": "settling" for i in range(3)}
+        daemon.wait_states(keys, timeout=10)
+        shutil.rmtree(batch)
+        daemon.wait_states({k: "gone" for k in keys}, timeout=15)
+        write_random(drop / f"{tmp_path.name}-after.bin", 10)
+        daemon.wait_states({f"drop:{tmp_path.name}-after.bin": "done"}, timeout=15)
