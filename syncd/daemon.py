@@ -218,10 +218,10 @@ class Daemon:
             self.watcher.stop()
         specs = watch_specs(config)
         self.specs = {spec.name: spec for spec in specs}
-        for spec in specs:
-            warning = inotify_watch_warning([spec.root], recursive=spec.recursive) if not spec.poll else None
-            if warning:
-                log.warning("%s", warning)
+        # the inotify limit is per user: count every inotify-watched tree together
+        inotify_roots = [spec.root for spec in specs if not spec.poll and spec.recursive]
+        if inotify_roots and (warning := inotify_watch_warning(inotify_roots, recursive=True)):
+            log.warning("%s", warning)
         self.watcher = Watcher(specs, self._on_event)
         self.watcher.start()
         self._rr = deque(w.name for w in config.watches)

@@ -28,6 +28,7 @@ from syncd.upload.base import (
     FileVanished,
     Interrupted,
     OffsetMismatch,
+    PartReceipt,
     PermanentError,
     RemoteFile,
     Session,
@@ -207,11 +208,13 @@ class UploadEngine:
             md5.catch_up(fd, offset, stop=self.stop)
             size = min(part_size, item.size - offset)
             start = offset
+            def send(number: int = number, start: int = start, size: int = size) -> PartReceipt:
+                # a fresh body for every try: a retry rewinds the part, never the file
+                body = FileSlice(fd, start, size, md5=md5, stop=self.stop, on_read=on_read)
+                return session.send_part(number, start, body, size)
+
             try:
-                receipt = self._retry(
-                    lambda: session.send_part(number, start, FileSlice(fd, start, size, md5=md5, stop=self.stop,
-                                                                       on_read=on_read), size),
-                    backend, job, f"part {number}")
+                receipt = self._retry(send, backend, job, f"part {number}")
             except OffsetMismatch as exc:
                 log.info("%s: %s; realigning", job.label, exc)
                 if not 0 <= exc.expected <= item.size:

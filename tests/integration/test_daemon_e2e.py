@@ -7,7 +7,6 @@ import os
 import shutil
 import signal
 import sqlite3
-import threading
 import time
 
 import pytest
