@@ -1,0 +1,87 @@
+"""The aiohttp application: routes under the base path, middlewares, the receiver's lifecycle."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
+
+from syncd.server import handlers
+from syncd.server.auth import Handler, token_middleware
+from syncd.server.errors import ApiError
+from syncd.server.handlers import RECEIVER
+from syncd.server.hooks import ServerHooks
+from syncd.server.receiver import Receiver
+from syncd.server.settings import ReceiverSettings
+
+log = logging.getLogger("syncd.server")
+
+
+@web.middleware
+async def answer_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        try:
+            return await handler(request)
+        except ConnectionError as exc:
+            # The client hung up mid-body; the part was discarded.
+            raise ApiError(400, f"Request body ended early: {exc}") from None
+        except HttpProcessingError as exc:
+            raise ApiError(400, f"Malformed request body: {exc.message}") from None
+    except ApiError as err:
+        response = err.response()
+        level = logging.WARNING if err.status >= 500 else logging.INFO
+        log.log(level, "%s %s: %d %s", request.method, request.path, err.status, err.detail)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        # aiohttp's own refusals (no such route, wrong method) in the same JSON shape.
+        headers = {k: v for k, v in exc.headers.items() if k in ("Allow", "WWW-Authenticate")}
+        response = ApiError(exc.status, exc.reason, headers=headers).response()
+    if request.body_exists and not request.content.is_eof():
+        # The client is still sending a body that will not be read (refused from its
+        # headers, or cut off mid-part): answer, then hang up, rather than draining
+        # gigabytes first.
+        response.force_close()
+        with contextlib.suppress(ConnectionError):  # it may have hung up first
+            await response.prepare(request)
+            await response.write_eof()
+        request.protocol.force_close()
+    return response
+
+
+async def _receiver_lifecycle(app: web.Application) -> AsyncIterator[None]:
+    receiver = app[RECEIVER]
+    await receiver.open()
+    sweeper = asyncio.create_task(receiver.sweep_forever(), name="syncd-receiver-sweep")
+    try:
+        yield
+    finally:
+        sweeper.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await sweeper
+        receiver.close()
+
+
+def build_app(settings: ReceiverSettings, *, hooks: ServerHooks | None = None) -> web.Application:
+    app = web.Application(middlewares=[answer_errors, token_middleware(settings.token)])
+    app[RECEIVER] = Receiver(settings, hooks or ServerHooks())
+    app.cleanup_ctx.append(_receiver_lifecycle)
+
+    base = settings.base_path
+    collection = f"{base}chunked_upload/"
+    # Ids are checked by the receiver; the pattern only keeps slashes out.
+    member = collection + "{id:[^/]+}"
+    router = app.router
+    router.add_get(f"{base}healthz", handlers.healthz, name="healthz")
+    router.add_put(collection, handlers.create_session)
+    router.add_post(collection, handlers.upload_whole)
+    for path in (member, member + "/"):
+        router.add_get(path, handlers.get_session, allow_head=False)
+        router.add_put(path, handlers.append_part)
+        router.add_post(path, handlers.complete_session)
+        router.add_delete(path, handlers.abort_session)
+    return app

@@ -1,0 +1,38 @@
+"""Binding the app to its address: shared by the embedded and the foreground receiver."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from syncd.server.app import build_app
+from syncd.server.hooks import ServerHooks
+from syncd.server.settings import ReceiverSettings
+
+
+def display_url(host: str, port: int, base_path: str) -> str:
+    shown = f"[{host}]" if ":" in host else host
+    return f"http://{shown}:{port}{base_path}"
+
+
+async def start_site(
+    settings: ReceiverSettings,
+    *,
+    hooks: ServerHooks | None,
+    access_log: bool,
+    shutdown_timeout: float,
+) -> tuple[web.AppRunner, int]:
+    """Runs the app's startup, then binds; returns the runner and the port it bound."""
+    options: dict[str, Any] = {} if access_log else {"access_log": None}
+    runner = web.AppRunner(
+        build_app(settings, hooks=hooks), shutdown_timeout=shutdown_timeout, **options
+    )
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, settings.host, settings.port, reuse_address=True)
+        await site.start()
+    except BaseException:
+        await runner.cleanup()
+        raise
+    return runner, runner.addresses[0][1]

@@ -1,0 +1,66 @@
+"""Client-chosen file names -> safe relative paths under the receiver's root.
+
+A name may carry folders (``a/b/c.mp4``). It is NFC-normalized, empty and ``.`` segments
+and repeated slashes are dropped; everything that could point elsewhere or confuse a
+reader is refused with a reason the client sees in the 400 answer. This only checks the
+*text*: symlinks already on disk are handled where files are opened (``safefs``).
+"""
+
+from __future__ import annotations
+
+import unicodedata
+
+INCOMING_DIR = ".incoming"
+MAX_SEGMENT_BYTES = 255  # NAME_MAX of ext4, xfs, btrfs
+MAX_PATH_BYTES = 1024
+MAX_DEPTH = 32
+
+_REFUSED_CATEGORIES = {
+    "Cc": "a control character",
+    "Cs": "an unpaired surrogate",
+    "Zl": "a line separator",
+    "Zp": "a paragraph separator",
+}
+
+
+class BadFilename(ValueError):
+    """``str(err)`` is the reason, ready for the client."""
+
+
+def normalize_filename(raw: str) -> str:
+    """The normalized relative path (``a/b/c.mp4``), or BadFilename with the reason."""
+    if not raw:
+        raise BadFilename("filename is empty")
+    for ch in raw:
+        if ch == "\0":
+            raise BadFilename("filename contains a NUL character")
+        what = _REFUSED_CATEGORIES.get(unicodedata.category(ch))
+        if what:
+            raise BadFilename(f"filename contains {what} (U+{ord(ch):04X})")
+    name = unicodedata.normalize("NFC", raw)
+    if "\\" in name:
+        raise BadFilename("filename contains a backslash: separate folders with /")
+    if name.startswith("/"):
+        raise BadFilename("filename is an absolute path: it must be relative to the root")
+    if name.endswith("/"):
+        raise BadFilename("filename ends with /: it names a folder, not a file")
+    segments = [seg for seg in name.split("/") if seg not in ("", ".")]
+    if not segments:
+        raise BadFilename("filename is empty")
+    if ".." in segments:
+        raise BadFilename("filename contains a '..' segment")
+    for seg in segments:
+        if not seg.strip():
+            raise BadFilename("filename contains a blank segment")
+        if len(seg.encode("utf-8")) > MAX_SEGMENT_BYTES:
+            raise BadFilename(
+                f"filename segment {seg[:40]!r}... is longer than {MAX_SEGMENT_BYTES} bytes"
+            )
+    if segments[0] == INCOMING_DIR:
+        raise BadFilename(f"{INCOMING_DIR!r} is reserved for the receiver's partial uploads")
+    if len(segments) > MAX_DEPTH:
+        raise BadFilename(f"filename is nested more than {MAX_DEPTH} folders deep")
+    normalized = "/".join(segments)
+    if len(normalized.encode("utf-8")) > MAX_PATH_BYTES:
+        raise BadFilename(f"filename is longer than {MAX_PATH_BYTES} bytes")
+    return normalized

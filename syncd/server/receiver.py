@@ -1,0 +1,422 @@
+"""The receiver's sessions: create, append a part, complete, abort, expire.
+
+HTTP stays in ``handlers``; this module decides. Every change to a session happens
+under that session's ``asyncio.Lock`` (taken by the caller via ``locked``), blocking
+file work runs in the receiver's own I/O threads, and every record change is persisted
+before it is answered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import errno
+import hashlib
+import logging
+import os
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import replace
+from typing import Any, TypeVar
+
+from syncd.server.errors import NOT_FOUND, ApiError
+from syncd.server.hooks import ServerHooks
+from syncd.server.placement import PlacementError, Upload, place
+from syncd.server.records import (
+    COMPLETE,
+    EXPIRED,
+    UPLOADING,
+    SessionRecord,
+    canonical_id,
+    new_session_id,
+)
+from syncd.server import safefs
+from syncd.server.safefs import UnsafePath
+from syncd.server.settings import ReceiverSettings
+from syncd.server.store import IncomingStore, part_name
+from syncd.server.writer import ReadChunk, TooMuchData, stream_to_file
+from syncd.units import format_size
+
+log = logging.getLogger("syncd.server")
+
+T = TypeVar("T")
+
+MD5_REQUIRED = "Checksum of type 'md5' is required"
+CHECKSUM_MISMATCH = "checksum does not match"
+ALREADY_COMPLETE = 'Upload has already been marked as "complete"'
+EXPIRED_DETAIL = "Upload has expired"
+
+
+class Session:
+    """One session's record plus what only lives in memory."""
+
+    def __init__(self, record: SessionRecord, hasher: Any = None) -> None:
+        self.record = record
+        # MD5 of the data up to record.offset; None after a restart until rebuilt once.
+        self.hasher = hasher
+        self.lock = asyncio.Lock()
+
+
+class Receiver:
+    def __init__(self, settings: ReceiverSettings, hooks: ServerHooks) -> None:
+        self.settings = settings
+        self.hooks = hooks
+        self._sessions: dict[str, Session] = {}
+        self._creating: set[Session] = set()  # receiving a first part, not yet registered
+        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+        self._root_fd = -1
+        self._store: IncomingStore | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    async def open(self) -> None:
+        self._executor = concurrent.futures.ThreadPoolExecutor(
+            max_workers=8, thread_name_prefix="syncd-receiver-io"
+        )
+        try:
+            self._root_fd = await self._run(safefs.open_root, self.settings.root)
+            self._store = await self._run(IncomingStore, self._root_fd)
+            for record in await self._run(self._store.load):
+                self._sessions[record.id] = Session(record)
+        except BaseException:
+            self.close()
+            raise
+        log.info(
+            "receiving into %s (%d open session(s) resumed)", self.settings.root, self.open_sessions()
+        )
+
+    def close(self) -> None:
+        if self._store is not None:
+            self._store.close()
+            self._store = None
+        if self._root_fd >= 0:
+            os.close(self._root_fd)
+            self._root_fd = -1
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+            self._executor = None
+
+    async def _run(self, func: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, func, *args)
+
+    @property
+    def store(self) -> IncomingStore:
+        assert self._store is not None, "receiver is not open"
+        return self._store
+
+    def open_sessions(self) -> int:
+        return sum(s.record.state == UPLOADING for s in self._sessions.values())
+
+    # -- admission ---------------------------------------------------------------------
+
+    def check_size(self, total: int) -> None:
+        limit = self.settings.max_size
+        if limit is not None and total > limit:
+            raise ApiError(413, f"Size of file exceeds the limit ({limit} bytes)", max_size=limit)
+
+    def check_space(self, needed: int) -> None:
+        """507 unless ``needed`` more bytes still leave ``min_free`` free.
+
+        Bytes that open sessions have yet to receive count as already used, so many
+        uploads admitted together cannot overcommit the disk.
+        """
+        free = self.hooks.free_bytes(self.settings.root)
+        pending = [*self._sessions.values(), *self._creating]
+        reserved = sum(s.record.total - s.record.offset for s in pending if s.record.state == UPLOADING)
+        left = free - reserved - needed
+        if left < self.settings.min_free:
+            raise ApiError(
+                507,
+                f"Insufficient storage: {format_size(needed)} more would leave "
+                f"{format_size(max(left, 0))} free, under the {format_size(self.settings.min_free)} reserve",
+            )
+
+    def check_parents(self, relpath: str) -> None:
+        try:
+            safefs.check_parents(self._root_fd, relpath)
+        except UnsafePath as exc:
+            raise ApiError(409, f"cannot store {relpath!r}: {exc}") from None
+
+    # -- lookup ------------------------------------------------------------------------
+
+    def lookup(self, raw_id: str) -> Session:
+        session_id = canonical_id(raw_id)
+        session = self._sessions.get(session_id) if session_id else None
+        if session is None:
+            raise ApiError(404, NOT_FOUND)
+        return session
+
+    @asynccontextmanager
+    async def locked(self, session: Session) -> AsyncIterator[Session]:
+        """Holds the session's lock; 404 if it went away meanwhile, 410 if it expired."""
+        async with session.lock:
+            if self._sessions.get(session.record.id) is not session:
+                raise ApiError(404, NOT_FOUND)
+            if session.record.state == UPLOADING and self._idle_out(session.record):
+                await self._expire(session)
+            if session.record.state == EXPIRED:
+                raise ApiError(410, EXPIRED_DETAIL)
+            yield session
+
+    def _idle_out(self, record: SessionRecord) -> bool:
+        return record.updated_at + self.settings.expire <= self.hooks.clock()
+
+    # -- creating ----------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def creating(self, total: int) -> AsyncIterator[Session]:
+        """A new session for its first part; registered by ``register``, else removed on exit."""
+        now = self.hooks.clock()
+        record = SessionRecord(
+            id=new_session_id(),
+            filename="",
+            total=total,
+            offset=0,
+            state=UPLOADING,
+            created_at=now,
+            updated_at=now,
+        )
+        await self._run(self.store.create_part, record.id)
+        session = Session(record, hashlib.md5())
+        self._creating.add(session)
+        try:
+            yield session
+        finally:
+            self._creating.discard(session)
+            if self._sessions.get(record.id) is not session:
+                await self._run(self.store.remove, record.id)
+
+    def assign_name(self, session: Session, filename: str) -> None:
+        """Sets the (normalized) name of a session being created; 409 if it cannot be stored."""
+        self.check_parents(filename)
+        session.record = replace(session.record, filename=filename)
+
+    async def register(self, session: Session) -> None:
+        """Persists a created session: from now on clients can reach it by its id."""
+        await self._run(self.store.save, session.record)
+        self._sessions[session.record.id] = session
+
+    # -- parts -------------------------------------------------------------------------
+
+    def check_part(self, session: Session, *, start: int, total: int) -> None:
+        record = session.record
+        if record.state == COMPLETE:
+            raise ApiError(400, ALREADY_COMPLETE)
+        if total != record.total:
+            raise ApiError(
+                400, f"Total size does not match the session ({record.total} bytes)", total=record.total
+            )
+        if start != record.offset:
+            raise ApiError(
+                400,
+                "Offsets do not match",
+                expected_offset=record.offset,
+                provided_offset=start,
+            )
+
+    async def receive(
+        self, session: Session, read_chunk: ReadChunk, *, expected: int | None, limit: int | None
+    ) -> int:
+        """Appends one part at the session's offset; returns its length.
+
+        ``expected`` is the length the client announced (None: whatever comes, up to
+        ``limit``). Only a whole, fsynced part moves the offset; anything less is cut
+        off again, so the data always ends at the offset.
+        """
+        await self._ensure_hasher(session)
+        record = session.record
+        hasher = session.hasher.copy()
+        fd = await self._run(self._open_for_append, record.id, record.offset)
+        committed = False
+        try:
+            try:
+                received = await stream_to_file(
+                    read_chunk,
+                    fd,
+                    offset=record.offset,
+                    hasher=hasher,
+                    limit=limit,
+                    executor=self._executor,  # type: ignore[arg-type]
+                    pwritev=self.hooks.pwritev,
+                )
+            except TooMuchData as exc:
+                if expected is None:
+                    raise ApiError(
+                        413, f"Size of file exceeds the limit ({limit} bytes)", max_size=limit
+                    ) from None
+                raise ApiError(
+                    400,
+                    f"File size doesn't match headers: file size is at least {exc.received} "
+                    f"but {expected} reported",
+                ) from None
+            except OSError as exc:
+                if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                    raise ApiError(
+                        507,
+                        f"Insufficient storage: the disk filled up during this part; "
+                        f"the first {record.offset} bytes are kept, resume once space is freed",
+                    ) from None
+                raise
+            if expected is not None and received != expected:
+                raise ApiError(
+                    400,
+                    f"File size doesn't match headers: file size is {received} "
+                    f"but {expected} reported",
+                )
+            await self._run(os.fsync, fd)
+            committed = True
+        finally:
+            if not committed:
+                await self._run(os.ftruncate, fd, record.offset)
+            await self._run(os.close, fd)
+        new = replace(
+            record,
+            offset=record.offset + received,
+            total=record.total if expected is not None else record.offset + received,
+            updated_at=self.hooks.clock(),
+        )
+        if self._sessions.get(record.id) is session:
+            await self._run(self.store.save, new)
+        session.record, session.hasher = new, hasher
+        return received
+
+    def _open_for_append(self, session_id: str, offset: int) -> int:
+        fd = self.store.open_part(session_id, write=True)
+        try:
+            os.ftruncate(fd, offset)  # drop what a failed or interrupted part left behind
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    async def _ensure_hasher(self, session: Session) -> None:
+        if session.hasher is not None:
+            return
+        record = session.record
+        t0 = time.monotonic()
+        session.hasher = await self._run(self._hash_data, record.id, record.offset)
+        log.info(
+            "session %s: rebuilt MD5 state from %s of data in %.2fs",
+            record.id,
+            format_size(record.offset),
+            time.monotonic() - t0,
+        )
+
+    def _hash_data(self, session_id: str, length: int) -> Any:
+        fd = self.store.open_part(session_id, write=False)
+        try:
+            return safefs.md5_of_fd(fd, length)
+        finally:
+            os.close(fd)
+
+    # -- completion --------------------------------------------------------------------
+
+    async def complete(self, session: Session, md5: str | None) -> SessionRecord:
+        record = session.record
+        if not md5:
+            raise ApiError(400, MD5_REQUIRED)
+        md5 = md5.strip().lower()
+        if record.state == COMPLETE:
+            if md5 != record.md5:
+                raise ApiError(400, CHECKSUM_MISMATCH)
+            return record  # a retried completion: same answer again
+        if record.offset != record.total:
+            raise ApiError(
+                400,
+                f"Upload is incomplete: {record.offset} of {record.total} bytes received",
+                offset=record.offset,
+                total=record.total,
+            )
+        await self._ensure_hasher(session)
+        if session.hasher.hexdigest() != md5:
+            raise ApiError(400, CHECKSUM_MISMATCH)
+        upload = Upload(
+            incoming_fd=self.store.fd,
+            part_name=part_name(record.id),
+            session_id=record.id,
+            relpath=record.filename,
+            md5=md5,
+            size=record.total,
+        )
+        try:
+            placed = await self._run(self._place, upload)
+        except (PlacementError, UnsafePath) as exc:
+            raise ApiError(409, f"cannot store {record.filename!r}: {exc}") from None
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise ApiError(507, "Insufficient storage: cannot create the file's folder") from None
+            raise
+        now = self.hooks.clock()
+        done = replace(
+            record, state=COMPLETE, md5=md5, path=placed.path, completed_at=now, updated_at=now
+        )
+        if self._sessions.get(record.id) is session:
+            await self._run(self.store.save, done)
+        await self._run(self.store.remove_part, record.id)
+        session.record = done
+        self._log_stored(session, placed.reused)
+        return done
+
+    def _place(self, upload: Upload) -> Any:
+        return place(self._root_fd, upload, on_conflict=self.settings.on_conflict)
+
+    def _log_stored(self, session: Session, reused: bool) -> None:
+        record = session.record
+        seconds = max(self.hooks.clock() - record.created_at, 1e-6)
+        log.info(
+            "stored %s: %s, md5 %s, %.2fs, %.1f MiB/s%s",
+            record.path,
+            format_size(record.total),
+            record.md5,
+            seconds,
+            record.total / seconds / 1024**2,
+            " (identical file was already there)" if reused else "",
+        )
+
+    # -- abort and expiry --------------------------------------------------------------
+
+    async def abort(self, session: Session) -> None:
+        """Forgets the session and its partial data; a stored file stays where it is."""
+        del self._sessions[session.record.id]
+        await self._run(self.store.remove, session.record.id)
+        log.info("session %s (%s) aborted by the client", session.record.id, session.record.filename)
+
+    async def _expire(self, session: Session) -> None:
+        record = session.record
+        tombstone = replace(record, state=EXPIRED, updated_at=self.hooks.clock())
+        await self._run(self.store.remove_part, record.id)
+        await self._run(self.store.save, tombstone)
+        session.record, session.hasher = tombstone, None
+        log.info(
+            "session %s (%s, %s of %s) expired after %s idle; data removed",
+            record.id,
+            record.filename,
+            format_size(record.offset),
+            format_size(record.total),
+            f"{self.settings.expire:g}s",
+        )
+
+    async def sweep(self) -> None:
+        """Expires idle sessions; forgets completed ones and tombstones after ``expire``."""
+        for session in list(self._sessions.values()):
+            if session.lock.locked():
+                continue  # busy means not idle
+            async with session.lock:
+                record = session.record
+                if self._sessions.get(record.id) is not session or not self._idle_out(record):
+                    continue
+                if record.state == UPLOADING:
+                    await self._expire(session)
+                else:
+                    del self._sessions[record.id]
+                    await self._run(self.store.remove, record.id)
+
+    async def sweep_forever(self) -> None:
+        interval = min(60.0, max(0.05, self.settings.expire / 4))
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.sweep()
+            except OSError as exc:
+                log.error("sweeping expired sessions failed: %s", exc)

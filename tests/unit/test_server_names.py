@@ -1,0 +1,98 @@
+from __future__ import annotations
+
+import os
+import posixpath
+import unicodedata
+
+import pytest
+from hypothesis import example, given
+from hypothesis import strategies as st
+
+from syncd.server.names import MAX_DEPTH, MAX_SEGMENT_BYTES, BadFilename, normalize_filename
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("clip.mp4", "clip.mp4"),
+        ("a/b/c.mp4", "a/b/c.mp4"),
+        ("a//b///c.mp4", "a/b/c.mp4"),
+        ("./a/./b.txt", "a/b.txt"),
+        (".hidden", ".hidden"),
+        ("..data", "..data"),  # only a whole '..' segment climbs
+        ("name with spaces (1).txt", "name with spaces (1).txt"),
+        ("e\u0301t\u00e9.txt", "\u00e9t\u00e9.txt"),  # NFC: e + combining acute -> é
+        ("日本語/ファイル.mov", "日本語/ファイル.mov"),
+        ("a/.incoming/b", "a/.incoming/b"),  # reserved only at the top
+    ],
+)
+def test_accepted_names_are_normalized(raw: str, expected: str) -> None:
+    assert normalize_filename(raw) == expected
+
+
+@pytest.mark.parametrize(
+    ("raw", "reason"),
+    [
+        ("", "empty"),
+        ("/", "absolute"),
+        (".", "empty"),
+        ("./", "ends with /"),
+        ("/etc/passwd", "absolute"),
+        ("../escape.txt", "'..'"),
+        ("a/../../escape.txt", "'..'"),
+        ("a/..", "'..'"),
+        ("a/b/", "ends with /"),
+        ("a\\..\\b", "backslash"),
+        ("nul\0byte", "NUL"),
+        ("new\nline", "control character"),
+        ("tab\there", "control character"),
+        ("del\x7f", "control character"),
+        ("esc\x1b[31m", "control character"),
+        ("line\u2028sep", "line separator"),
+        ("lone\ud800surrogate", "surrogate"),
+        (" /x", "blank segment"),
+        ("a/   /b", "blank segment"),
+        ("x" * (MAX_SEGMENT_BYTES + 1), "longer than 255 bytes"),
+        ("é" * 128, "longer than 255 bytes"),  # 256 bytes in UTF-8
+        ("/".join(["d"] * (MAX_DEPTH + 1)), "nested"),
+        ("/".join(["d" * 200] * 6), "longer than 1024 bytes"),
+        (".incoming/x.part", "reserved"),
+        ("./.incoming/x", "reserved"),
+    ],
+)
+def test_hostile_names_are_refused_with_a_reason(raw: str, reason: str) -> None:
+    with pytest.raises(BadFilename) as info:
+        normalize_filename(raw)
+    assert reason in str(info.value)
+
+
+def test_longest_segment_is_accepted() -> None:
+    name = "x" * MAX_SEGMENT_BYTES
+    assert normalize_filename(name) == name
+
+
+_PIECES = st.sampled_from(
+    ["..", ".", "", "/", "//", "\\", "\0", "\n", "a", "é", "e\u0301", ".incoming", " ", "~", "$HOME", "%2e%2e"]
+)
+
+
+@given(st.lists(_PIECES | st.text(max_size=8), max_size=12).map("".join) | st.text())
+@example("../../etc/passwd")
+@example("a/b/../../../x")
+def test_no_accepted_name_can_leave_the_root(raw: str) -> None:
+    try:
+        name = normalize_filename(raw)
+    except BadFilename as exc:
+        assert str(exc)
+        return
+    segments = name.split("/")
+    assert not name.startswith("/")
+    assert all(seg not in ("", ".", "..") for seg in segments)
+    assert all(len(seg.encode("utf-8")) <= MAX_SEGMENT_BYTES for seg in segments)
+    assert not any(unicodedata.category(ch) == "Cc" for ch in name)
+    assert "\\" not in name
+    root = "/srv/root"
+    joined = posixpath.normpath(posixpath.join(root, name))
+    assert joined.startswith(root + "/")
+    assert os.path.commonpath([root, joined]) == root
+    assert normalize_filename(name) == name  # normalizing is idempotent

@@ -1,0 +1,153 @@
+from __future__ import annotations
+
+import json
+import os
+import stat
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from syncd.server.records import COMPLETE, EXPIRED, UPLOADING, SessionRecord, canonical_id
+from syncd.server.safefs import UnsafePath
+from syncd.server.store import IncomingStore
+
+ID1 = "11111111-1111-4111-8111-111111111111"
+ID2 = "22222222-2222-4222-8222-222222222222"
+
+
+def record(session_id: str = ID1, **changes: object) -> SessionRecord:
+    base = SessionRecord(
+        id=session_id,
+        filename="a/b.bin",
+        total=100,
+        offset=10,
+        state=UPLOADING,
+        created_at=1000.0,
+        updated_at=1001.0,
+    )
+    return replace(base, **changes)
+
+
+@pytest.fixture
+def root_fd(tmp_path: Path) -> Iterator[int]:
+    fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    yield fd
+    os.close(fd)
+
+
+@pytest.fixture
+def store(root_fd: int) -> Iterator[IncomingStore]:
+    s = IncomingStore(root_fd)
+    yield s
+    s.close()
+
+
+def test_incoming_is_private(tmp_path: Path, store: IncomingStore) -> None:
+    assert stat.S_IMODE((tmp_path / ".incoming").stat().st_mode) == 0o700
+
+
+def test_a_symlinked_incoming_folder_is_refused(tmp_path: Path, root_fd: int) -> None:
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / ".incoming").symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(UnsafePath, match="symlink"):
+        IncomingStore(root_fd)
+
+
+def test_records_survive_a_reload(tmp_path: Path, store: IncomingStore) -> None:
+    store.create_part(ID1)
+    os.truncate(tmp_path / ".incoming" / f"{ID1}.part", 10)
+    store.save(record())
+    assert store.load() == [record()]
+    assert not list((tmp_path / ".incoming").glob("*.tmp"))
+
+
+def test_data_shorter_than_the_acknowledged_offset_resumes_from_the_data(
+    tmp_path: Path, store: IncomingStore
+) -> None:
+    store.create_part(ID1)
+    os.truncate(tmp_path / ".incoming" / f"{ID1}.part", 4)
+    store.save(record(offset=10))
+    [loaded] = store.load()
+    assert loaded.offset == 4
+    assert json.loads((tmp_path / ".incoming" / f"{ID1}.json").read_text())["offset"] == 4
+
+
+def test_longer_data_is_kept_for_the_next_part_to_cut(tmp_path: Path, store: IncomingStore) -> None:
+    store.create_part(ID1)
+    os.truncate(tmp_path / ".incoming" / f"{ID1}.part", 50)
+    store.save(record(offset=10))
+    assert store.load()[0].offset == 10
+
+
+def test_leftovers_no_client_can_reach_are_removed(tmp_path: Path, store: IncomingStore) -> None:
+    incoming = tmp_path / ".incoming"
+    store.create_part(ID2)  # data whose record was never written
+    (incoming / f"{ID1}.json.tmp").write_text("{")  # a record write cut short
+    (incoming / "notes.txt").write_text("not ours")
+    assert store.load() == []
+    assert sorted(p.name for p in incoming.iterdir()) == ["notes.txt"]
+
+
+def test_a_complete_session_drops_leftover_data(tmp_path: Path, store: IncomingStore) -> None:
+    store.create_part(ID1)
+    done = record(state=COMPLETE, offset=100, md5="0" * 32, path="a/b.bin")
+    store.save(done)
+    assert store.load() == [done]
+    assert not (tmp_path / ".incoming" / f"{ID1}.part").exists()
+
+
+def test_tombstones_load_without_data(store: IncomingStore) -> None:
+    store.save(record(state=EXPIRED))
+    assert store.load() == [record(state=EXPIRED)]
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        b"{",
+        b"[]",
+        b'{"id": "x"}',
+        json.dumps({**json.loads(record().to_json()), "offset": 500}).encode(),
+        json.dumps({**json.loads(record().to_json()), "state": "weird"}).encode(),
+        json.dumps({**json.loads(record().to_json()), "extra": 1}).encode(),
+        json.dumps({**json.loads(record().to_json()), "id": ID2}).encode(),
+    ],
+)
+def test_unreadable_records_are_ignored(tmp_path: Path, store: IncomingStore, content: bytes) -> None:
+    (tmp_path / ".incoming" / f"{ID1}.json").write_bytes(content)
+    assert store.load() == []
+
+
+def test_remove_forgets_data_and_record(tmp_path: Path, store: IncomingStore) -> None:
+    store.create_part(ID1)
+    store.save(record(offset=0))
+    store.remove(ID1)
+    assert list((tmp_path / ".incoming").iterdir()) == []
+
+
+def test_parts_are_never_opened_through_a_symlink(tmp_path: Path, store: IncomingStore) -> None:
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"keep")
+    (tmp_path / ".incoming" / f"{ID1}.part").symlink_to(victim)
+    with pytest.raises(OSError):
+        store.open_part(ID1, write=True)
+    with pytest.raises(FileExistsError):
+        store.create_part(ID1)
+    assert victim.read_bytes() == b"keep"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (ID1, ID1),
+        (ID1.upper(), ID1),
+        (ID1.replace("-", ""), ID1),
+        ("../../etc/passwd", None),
+        ("", None),
+        (ID1 + "/x", None),
+    ],
+)
+def test_only_canonical_uuids_become_file_names(text: str, expected: str | None) -> None:
+    assert canonical_id(text) == expected

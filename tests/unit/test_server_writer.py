@@ -1,0 +1,111 @@
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import errno
+import hashlib
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from syncd.server.writer import BATCH_BYTES, PWritev, ReadChunk, TooMuchData, stream_to_file
+
+
+@pytest.fixture
+def executor() -> Iterator[concurrent.futures.ThreadPoolExecutor]:
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=2)
+    yield pool
+    pool.shutdown(wait=True)
+
+
+def chunks_of(data: bytes, size: int) -> ReadChunk:
+    pieces = [data[i : i + size] for i in range(0, len(data), size)]
+
+    async def read() -> bytes:
+        await asyncio.sleep(0)
+        return pieces.pop(0) if pieces else b""
+
+    return read
+
+
+def write_into(
+    path: Path,
+    data: bytes,
+    executor: concurrent.futures.Executor,
+    *,
+    size: int = 65536,
+    offset: int = 0,
+    limit: int | None = None,
+    pwritev: PWritev = os.pwritev,
+) -> tuple[int, Any]:
+    hasher = hashlib.md5()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT)
+    try:
+        received = asyncio.run(
+            stream_to_file(
+                chunks_of(data, size),
+                fd,
+                offset=offset,
+                hasher=hasher,
+                limit=limit,
+                executor=executor,
+                pwritev=pwritev,
+            )
+        )
+    finally:
+        os.close(fd)
+    return received, hasher
+
+
+@pytest.mark.parametrize("size", [1, 1000, 65536, BATCH_BYTES + 7])
+def test_writes_and_hashes_every_byte_in_order(tmp_path: Path, executor: concurrent.futures.Executor, size: int) -> None:
+    data = os.urandom(3 * BATCH_BYTES + 123) if size > 1 else os.urandom(5000)
+    received, hasher = write_into(tmp_path / "f", data, executor, size=size)
+    assert received == len(data)
+    assert (tmp_path / "f").read_bytes() == data
+    assert hasher.hexdigest() == hashlib.md5(data).hexdigest()
+
+
+def test_writes_at_the_offset(tmp_path: Path, executor: concurrent.futures.Executor) -> None:
+    (tmp_path / "f").write_bytes(b"head")
+    write_into(tmp_path / "f", b"tail", executor, offset=4)
+    assert (tmp_path / "f").read_bytes() == b"headtail"
+
+
+def test_an_empty_body_writes_nothing(tmp_path: Path, executor: concurrent.futures.Executor) -> None:
+    received, hasher = write_into(tmp_path / "f", b"", executor)
+    assert received == 0 and hasher.hexdigest() == hashlib.md5(b"").hexdigest()
+
+
+def test_more_than_the_limit_stops_without_writing_past_it(tmp_path: Path, executor: concurrent.futures.Executor) -> None:
+    data = os.urandom(4 * BATCH_BYTES)
+    with pytest.raises(TooMuchData):
+        write_into(tmp_path / "f", data, executor, limit=2 * BATCH_BYTES)
+    assert (tmp_path / "f").stat().st_size <= 2 * BATCH_BYTES
+
+
+def test_short_writes_are_continued(tmp_path: Path, executor: concurrent.futures.Executor) -> None:
+    def stingy(fd: int, buffers: Sequence[bytes | memoryview], pos: int) -> int:
+        first = bytes(buffers[0][:1000])  # at most 1000 bytes per call
+        return os.pwrite(fd, first, pos)
+
+    data = os.urandom(BATCH_BYTES + 4321)
+    received, _ = write_into(tmp_path / "f", data, executor, pwritev=stingy)
+    assert (tmp_path / "f").read_bytes() == data and received == len(data)
+
+
+def test_a_full_disk_is_raised_as_it_is(tmp_path: Path, executor: concurrent.futures.Executor) -> None:
+    calls = []
+
+    def full(fd: int, buffers: Sequence[bytes | memoryview], pos: int) -> int:
+        calls.append(pos)
+        if len(calls) > 1:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return os.pwritev(fd, buffers, pos)
+
+    with pytest.raises(OSError) as info:
+        write_into(tmp_path / "f", os.urandom(3 * BATCH_BYTES), executor, pwritev=full)
+    assert info.value.errno == errno.ENOSPC
