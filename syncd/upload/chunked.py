@@ -38,6 +38,9 @@ from syncd.upload.base import (
 )
 
 STREAM_BLOCK = 1024 * 1024
+# A whole-file POST carries its MD5, so the file is read twice (hash, then send): worth
+# saving a request only for small files, whose second read comes from the page cache.
+SINGLE_REQUEST_MAX = 4 * 1024 * 1024
 _RETRY_STATUSES = {408, 429} | set(range(500, 600)) - {507}
 
 
@@ -136,7 +139,7 @@ class ChunkedBackend:
         self.name = name
         self.url = url
         self.part_size = part_size
-        self.single_request_max = part_size
+        self.single_request_max = min(part_size, SINGLE_REQUEST_MAX)
         self._timeout = (connect_timeout, read_timeout)
         self._verify = verify
         self._headers = {"User-Agent": f"syncd/{__version__}"}
