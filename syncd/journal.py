@@ -27,6 +27,8 @@ from pathlib import Path
 STATES = ("settling", "growing", "ready", "transcoding", "uploading", "waiting", "done", "failed", "gone")
 ACTIVE = ("transcoding", "uploading")
 PENDING = ("settling", "growing", "ready", "transcoding", "uploading", "waiting")
+AFTER_PENDING = "pending"
+"""``files.after_action`` of a ``done`` file whose delete / move has not happened yet"""
 
 _MIGRATIONS = [
     """
@@ -330,9 +332,11 @@ class Journal:
         with self._write() as db:
             return db.execute(sql, args).rowcount == 1
 
-    def mark_done(self, file_id: int, *, md5: str, remote_name: str, durable: bool = False) -> None:
+    def mark_done(self, file_id: int, *, md5: str, remote_name: str, durable: bool = False,
+                  after_action: str | None = None) -> None:
         """The server confirmed the whole file. ``durable`` forces the commit to disk before
-        returning: required before a destructive after-action (delete / move)."""
+        returning: required before a destructive after-action (delete / move), which is then
+        recorded as ``AFTER_PENDING`` until done, so that one a crash cut off is redone."""
         now = self.clock()
         with self._lock:
             if durable:
@@ -341,8 +345,9 @@ class Journal:
                 with self._write() as db:
                     db.execute(
                         "UPDATE files SET state = 'done', md5 = ?, remote_name = ?, done_at = ?,"
-                        " last_error = NULL, next_attempt_at = NULL, updated_at = ? WHERE id = ?",
-                        (md5, remote_name, now, now, file_id))
+                        " last_error = NULL, next_attempt_at = NULL, after_action = ?, updated_at = ?"
+                        " WHERE id = ?",
+                        (md5, remote_name, now, after_action, now, file_id))
             finally:
                 if durable:
                     self._db.execute("PRAGMA synchronous = NORMAL")
@@ -454,6 +459,16 @@ class Journal:
         with self._lock:
             return [tuple(r) for r in self._db.execute(
                 "SELECT number, offset, size FROM parts WHERE upload_id = ? ORDER BY number", (upload_id,))]
+
+    def recent_rate(self, upload_id: int, *, now: float, window: float = 60.0) -> float | None:
+        """Bytes per second over the parts acknowledged in the last ``window`` seconds."""
+        with self._lock:
+            rows = self._db.execute("SELECT acked_at, size FROM parts WHERE upload_id = ? AND acked_at >= ?"
+                                    " ORDER BY acked_at", (upload_id, now - window)).fetchall()
+        if len(rows) < 2 or rows[-1][0] <= rows[0][0]:
+            return None
+        # the first part's bytes were sent before its own acknowledgement: not in the span
+        return sum(size for _, size in rows[1:]) / (rows[-1][0] - rows[0][0])
 
     def finish_upload(self, upload_id: int, *, state: str, md5: str | None = None) -> None:
         if state not in ("completed", "abandoned"):

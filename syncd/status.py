@@ -17,15 +17,13 @@ def collect(journal: Journal, *, limit: int, now: float | None = None) -> dict[s
     now = time.time() if now is None else now
     uploading = []
     for row, up in journal.active_uploads():
-        elapsed = max(now - up.started_at, 1e-6)
-        parts = journal.parts(up.id)
-        sent_here = sum(size for _, _, size in parts)
-        rate = sent_here / elapsed
+        rate = journal.recent_rate(up.id, now=now)
         left = up.size - up.offset
         uploading.append({
             "watch": row.watch, "path": row.relpath, "size": up.size, "offset": up.offset,
             "percent": round(100.0 * up.offset / up.size, 1) if up.size else 100.0,
-            "bytes_per_second": round(rate), "eta_seconds": round(left / rate) if rate > 0 else None,
+            "bytes_per_second": round(rate) if rate else None,
+            "eta_seconds": round(left / rate) if rate else None,
             "target": up.target,
         })
 
@@ -51,8 +49,9 @@ def render(data: dict[str, Any], *, now: float | None = None) -> str:
         lines += ["", "uploading:"]
         for u in data["uploading"]:
             eta = format_duration(u["eta_seconds"]) if u["eta_seconds"] is not None else "?"
+            rate = f"{u['bytes_per_second'] / 1024**2:.1f} MiB/s" if u["bytes_per_second"] else "? MiB/s"
             lines.append(f"  {u['watch']}:{u['path']}  {u['percent']:5.1f}% of {format_size(u['size'])}"
-                         f"  {u['bytes_per_second'] / 1024**2:.1f} MiB/s  eta {eta}")
+                         f"  {rate}  eta {eta}")
     if data["waiting"]:
         lines += ["", "waiting (retried automatically):"]
         for w in data["waiting"]:

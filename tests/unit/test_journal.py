@@ -134,3 +134,21 @@ def test_newer_schema_is_refused(tmp_path):
 def test_missing_journal_for_status(tmp_path):
     with pytest.raises(JournalError, match="no journal here"):
         Journal(tmp_path / "nope.db", readonly=True)
+
+
+def test_status_shows_progress_rate_and_eta(journal):
+    from syncd.status import collect, render
+
+    row = journal.mark_settled("w", "big.bin", Fingerprint(1, 2, 1000, 5))
+    journal.set_state(row.id, "uploading")
+    up = journal.start_upload(row.id, target="t", source="/x", remote_name="big.bin",
+                              fp=Fingerprint(1, 2, 1000, 5), size=1000, part_size=100)
+    for n in range(4):
+        journal.test_clock[0] = 1000.0 + 2 * n
+        journal.record_part(up.id, number=n + 1, offset=100 * n, size=100, session="s")
+    data = collect(journal, limit=10, now=1006.0)
+    active = data["uploading"][0]
+    assert active["percent"] == 40.0
+    assert active["bytes_per_second"] == 50  # 300 bytes acknowledged over 6 s
+    assert active["eta_seconds"] == 12
+    assert "w:big.bin   40.0% of 1000 B" in render(data, now=1006.0)
