@@ -10,7 +10,6 @@ expanded from the environment (``token_file: ${CREDENTIALS_DIRECTORY}/token``).
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import re
 import secrets
@@ -30,7 +29,7 @@ from pydantic import (
     model_validator,
 )
 
-from syncd.units import parse_duration, parse_size
+from syncd.units import parse_duration, parse_listen, parse_size
 
 Size = Annotated[int, BeforeValidator(parse_size)]
 Duration = Annotated[float, BeforeValidator(parse_duration)]
@@ -50,26 +49,7 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-def _parse_listen(value: object) -> tuple[str, int]:
-    if isinstance(value, (tuple, list)) and len(value) == 2:
-        host, port = value
-    elif isinstance(value, str) and ":" in value:
-        host, _, port = value.rpartition(":")
-        host = host.strip("[]")
-    else:
-        raise ValueError(f"{value!r} is not HOST:PORT (e.g. 127.0.0.1:8765)")
-    try:
-        port = int(port)
-        ipaddress.ip_address(host)
-    except ValueError:
-        if host != "localhost":
-            raise ValueError(f"{value!r} is not HOST:PORT with an IP address host") from None
-    if not 0 <= port <= 65535:
-        raise ValueError(f"{value!r}: port must be 0..65535")
-    return str(host), int(port)
-
-
-Listen = Annotated[tuple[str, int], BeforeValidator(_parse_listen)]
+Listen = Annotated[tuple[str, int], BeforeValidator(parse_listen)]
 
 
 class TokenSource(_Model):

@@ -90,3 +90,21 @@ def format_duration(seconds: float) -> str:
     days, hours = divmod(hours, 24)
     parts = [(days, "d"), (hours, "h"), (minutes, "m"), (secs, "s")]
     return "".join(f"{v}{u}" for v, u in parts if v) or "0s"
+
+
+def parse_listen(value: object) -> tuple[str, int]:
+    """``127.0.0.1:8765``, ``localhost:0`` or ``[::1]:9464`` -> (host, port)."""
+    if isinstance(value, (tuple, list)) and len(value) == 2:
+        value = f"[{value[0]}]:{value[1]}" if ":" in str(value[0]) else f"{value[0]}:{value[1]}"
+    if not isinstance(value, str):
+        raise ValueError(f"{value!r} is not HOST:PORT (e.g. 127.0.0.1:8765)")
+    host, sep, port_text = value.strip().rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        raise ValueError(f"{value!r}: put an IPv6 address in brackets, e.g. [::1]:8765")
+    if not sep or not host or any(c.isspace() or c in "/[]" for c in host):
+        raise ValueError(f"{value!r} is not HOST:PORT (e.g. 127.0.0.1:8765)")
+    if not re.fullmatch(r"[0-9]{1,5}", port_text) or int(port_text) > 65535:
+        raise ValueError(f"{value!r}: the port must be a number in 0..65535")
+    return host, int(port_text)

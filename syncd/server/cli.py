@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import re
 import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -19,6 +18,7 @@ from syncd.logs import register_secret, setup_logging
 from syncd.server.embedded import ReceiverStartError
 from syncd.server.runner import run_forever
 from syncd.server.settings import ON_CONFLICT_CHOICES, ReceiverSettings, normalize_base_path
+from syncd import units
 from syncd.units import parse_duration, parse_size
 
 log = logging.getLogger("syncd.server")
@@ -184,16 +184,10 @@ def _log_level(value: str) -> str:
 
 
 def parse_listen(value: str) -> tuple[str, int]:
-    host, sep, port_text = value.strip().rpartition(":")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    elif ":" in host:
-        raise UsageError(f"--listen: {value!r}: put an IPv6 address in brackets, e.g. [::1]:8765")
-    if not sep or not host or any(c.isspace() or c in "/[]" for c in host):
-        raise UsageError(f"--listen: {value!r} is not HOST:PORT (e.g. 127.0.0.1:8765)")
-    if not re.fullmatch(r"[0-9]{1,5}", port_text) or int(port_text) > 65535:
-        raise UsageError(f"--listen: {value!r}: the port must be a number in 0..65535")
-    return host, int(port_text)
+    try:
+        return units.parse_listen(value)
+    except ValueError as exc:
+        raise UsageError(f"--listen: {exc}") from None
 
 
 def _token(args: argparse.Namespace, environ: Mapping[str, str]) -> str | None:

@@ -2,7 +2,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from syncd.units import format_duration, format_size, parse_duration, parse_size
+from syncd.units import format_duration, format_size, parse_duration, parse_listen, parse_size
 
 
 @pytest.mark.parametrize("text,expected", [
@@ -52,3 +52,17 @@ def test_formatting():
     assert format_duration(95) == "1m35s"
     assert format_duration(2.5) == "2.5s"
     assert format_duration(3600) == "1h"
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("127.0.0.1:8765", ("127.0.0.1", 8765)), ("localhost:0", ("localhost", 0)),
+    ("[::1]:9464", ("::1", 9464)), (("127.0.0.1", 9), ("127.0.0.1", 9)),
+])
+def test_parse_listen(text, expected):
+    assert parse_listen(text) == expected
+
+
+@pytest.mark.parametrize("bad", ["8765", ":8765", "::1:80", "host:99999", "host:port", "a b:1", 8765])
+def test_parse_listen_rejects(bad):
+    with pytest.raises(ValueError):
+        parse_listen(bad)
