@@ -14,11 +14,9 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TypeVar
 
-from syncd.logs import register_secret, setup_logging
-from syncd.server.embedded import ReceiverStartError
-from syncd.server.runner import run_forever
-from syncd.server.settings import ON_CONFLICT_CHOICES, ReceiverSettings, normalize_base_path
 from syncd import units
+from syncd.logs import register_secret, setup_logging
+from syncd.server.settings import ON_CONFLICT_CHOICES, ReceiverSettings, normalize_base_path
 from syncd.units import parse_duration, parse_size
 
 log = logging.getLogger("syncd.server")
@@ -118,6 +116,9 @@ def run_serve(args: argparse.Namespace) -> int:
         register_secret(settings.token)
     elif settings.host not in _LOOPBACK:
         log.warning("--no-auth on %s: anyone who can reach it can store files", settings.host)
+    from syncd.server.embedded import ReceiverStartError
+    from syncd.server.runner import run_forever
+
     try:
         run_forever(settings, access_log=level == "DEBUG")
     except ReceiverStartError as exc:
