@@ -7,6 +7,7 @@ systemd and reloads. Signal handlers only write the signal number into a self-pi
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import queue
@@ -20,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from syncd.config import Config, ConfigError, load_config
-from syncd.journal import ACTIVE, Fingerprint, Journal, JournalError
+from syncd.journal import ACTIVE, AFTER_PENDING, MOVE_ASIDE, Fingerprint, Journal, JournalError
 from syncd.notify import WatchdogPinger
 from syncd.pipeline import FileProcessor, Outcome
 from syncd.sources import SourcePlanner
@@ -45,6 +46,7 @@ log = logging.getLogger("syncd")
 WAKE = b"\0"
 IDLE_TICK = 1.0
 SHUTDOWN_GRACE = 8.0
+STATUS_INTERVAL = 1.0
 
 
 class Waker:
@@ -73,6 +75,46 @@ class Waker:
     def close(self) -> None:
         os.close(self.rfd)
         os.close(self.wfd)
+
+
+class RateMeter:
+    """Bytes acknowledged by servers over the last ``window`` seconds (thread-safe)."""
+
+    def __init__(self, window: float = 10.0, *, clock: Callable[[], float] = time.monotonic):
+        self.window = window
+        self.clock = clock
+        self._events: deque[tuple[float, int]] = deque()
+        self._lock = threading.Lock()
+
+    def add(self, n: int) -> None:
+        with self._lock:
+            self._events.append((self.clock(), n))
+
+    def per_second(self) -> float:
+        now = self.clock()
+        with self._lock:
+            while self._events and self._events[0][0] < now - self.window:
+                self._events.popleft()
+            return sum(n for _, n in self._events) / self.window
+
+
+def lock_journal(journal: Path) -> int:
+    """One daemon per journal: hold an exclusive lock on ``<journal>.lock`` while running.
+
+    Two daemons on one journal would upload the same files at once and undo each other's
+    states. ``syncd upload``, ``status`` and ``retry`` do not take it."""
+    path = journal.with_name(journal.name + ".lock")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        raise JournalError(f"{journal}: another syncd run (pid {holder}) is using this journal") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
 
 
 def build_backends(config: Config) -> dict[str, ChunkedBackend]:
@@ -150,11 +192,13 @@ class Daemon:
         self.events: queue.SimpleQueue[FileEvent] = queue.SimpleQueue()
         self.finished: queue.SimpleQueue[tuple[int, Outcome | BaseException]] = queue.SimpleQueue()
         self.running: set[int] = set()
+        self.rate = RateMeter()
         self.notifier = notifier
         # pinged from the loop that does the work, so a hung loop stops the pings
         self.pinger = WatchdogPinger(notifier) if notifier is not None else None
         self.metrics = metrics
         self.journal: Journal | None = None
+        self._lock_fd: int | None = None
         self.receiver = None
         self.watcher: Watcher | None = None
         self.settlers: dict[str, Settler] = {}
@@ -173,12 +217,15 @@ class Daemon:
 
     def open(self) -> None:
         """Everything before the loop; raises JournalError / OSError with a clear message."""
+        self._lock_fd = lock_journal(self.config.journal)
         self.journal = Journal(self.config.journal)
+        if self.journal.created:
+            log.warning("%s: no journal yet: starting a new journal; every file in the watches is uploaded "
+                        "(again, if an earlier journal was lost)", self.config.journal)
         problem = self.journal.check_integrity()
         if problem:
-            raise JournalError(f"{self.config.journal}: journal is corrupt ({problem}); move it aside to "
-                               "start afresh (a new journal uploads every file in the watches again)")
-        recovered = self.journal.recover_interrupted()
+            raise JournalError(f"{self.config.journal}: journal is corrupt ({problem}); {MOVE_ASIDE}")
+        recovered = self.journal.recover_interrupted(watches=[w.name for w in self.config.watches])
         if recovered:
             log.info("resuming %d interrupted upload(s) from the journal", recovered)
         if self.config.receiver is not None:
@@ -265,13 +312,15 @@ class Daemon:
         if self.workers is not None and not self.workers.stop(timeout=SHUTDOWN_GRACE):
             log.warning("an upload did not stop within %.0fs; exiting anyway (it resumes at the next start)",
                         SHUTDOWN_GRACE)
-        self._drain_finished()
+        self._drain_finished(stopping=True)
         for backend in self.backends.values():
             backend.close()
         if self.receiver is not None:
             self.receiver.stop()
         if self.journal is not None:
             self.journal.close()
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # releases the lock
         self.waker.close()
         log.info("stopped")
 
@@ -366,6 +415,8 @@ class Daemon:
             return  # its worker re-checks the file before completing
         if row is not None and st is not None and row.state in ("done", "failed", "ready", "waiting") \
                 and row.fingerprint == Fingerprint.of(st):
+            if row.state == "done" and row.after_action == AFTER_PENDING:
+                self.processor.redo_after_upload(row)  # a crash came between `done` and the after-action
             return
         if row is None or row.state == "gone":
             try:
@@ -431,24 +482,43 @@ class Daemon:
             self.journal.set_state(row.id, "gone", only_from=("settling", "growing", "ready", "waiting"),
                                    error="file vanished before it was uploaded")
 
-    def _drain_finished(self) -> None:
+    def _drain_finished(self, *, stopping: bool = False) -> None:
         while True:
             try:
                 file_id, result = self.finished.get_nowait()
             except queue.Empty:
                 return
             self.running.discard(file_id)
+            if isinstance(result, JournalError) and not stopping:
+                raise result  # the daemon stops, as when the loop itself cannot write the journal
             if isinstance(result, BaseException):
                 log.error("file %d: worker error: %r", file_id, result)
                 continue
             if result.state == "settling" and result.watch in self.settlers:
                 self._touch(result.watch, result.relpath)
+            elif not stopping:
+                self._recheck(file_id)
+
+    def _recheck(self, file_id: int) -> None:
+        """Events for a file its worker owned were not acted on (``_seen``); a change that
+        came after the worker's last look at the file, or a rename that made it look
+        vanished, is picked up here instead of at the next periodic rescan."""
+        row = self.journal.get_file(file_id)
+        if row is None or row.watch not in self.specs or row.state in ACTIVE:
+            return
+        try:
+            st = os.stat(self.specs[row.watch].root / row.relpath)
+        except OSError:
+            return
+        if row.state == "gone" or Fingerprint.of(st) != row.fingerprint:
+            self._seen(row.watch, row.relpath, st)
 
     def _dispatch(self) -> None:
         free = self.config.concurrency.uploads - len(self.running)
         if free <= 0:
             return
-        due = [r for r in self.journal.due(limit=max(100, free * 4)) if r.id not in self.running]
+        due = [r for r in self.journal.due(watches=list(self.specs), limit=free + len(self.running))
+               if r.id not in self.running]
         by_watch: dict[str, deque] = {}
         for row in due:
             by_watch.setdefault(row.watch, deque()).append(row)
@@ -503,6 +573,7 @@ class Daemon:
             self.metrics.retry(reason)
 
     def _on_part(self, size: int) -> None:
+        self.rate.add(size)
         if self.metrics is not None:
             self.metrics.bytes_uploaded(size)
 
@@ -531,17 +602,24 @@ class Daemon:
         counts = self.journal.counts()
         return (f"uploading {counts['uploading'] + counts['transcoding']}, queued {counts['ready']}, "
                 f"settling {counts['settling'] + counts['growing']}, waiting {counts['waiting']}, "
-                f"failed {counts['failed']}, done {counts['done']}")
+                f"failed {counts['failed']}, done {counts['done']}, "
+                f"{self.rate.per_second() / 1024**2:.1f} MiB/s")
 
     def _notify(self, what: str) -> None:
         if self.notifier is not None:
             getattr(self.notifier, what)()
 
     _last_status = ""
+    _next_status = 0.0
 
     def _notify_status(self) -> None:
-        if self.notifier is None:
+        """At most once a second: the line costs a count over the journal."""
+        if self.notifier is None or not self.notifier.enabled:
             return
+        now = time.monotonic()
+        if now < self._next_status:
+            return
+        self._next_status = now + STATUS_INTERVAL
         line = self.status_line()
         if line != self._last_status:
             self.notifier.status(line)

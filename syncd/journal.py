@@ -82,12 +82,18 @@ _MIGRATIONS = [
         PRIMARY KEY (upload_id, number)
     );
     """,
+    """
+    CREATE INDEX files_due ON files (state, coalesce(next_attempt_at, updated_at), id);
+    """,
 ]
 SCHEMA_VERSION = len(_MIGRATIONS)
 
 
 class JournalError(Exception):
     """The journal cannot be used: missing, corrupt, newer than this syncd, or full."""
+
+
+MOVE_ASIDE = "move it aside to start afresh (a new journal uploads every file in the watches again)"
 
 
 @dataclass(frozen=True)
@@ -164,6 +170,8 @@ class Journal:
         self._lock = threading.RLock()
         if readonly and not self.path.exists():
             raise JournalError(f"{self.path}: no journal here (has the daemon run yet?)")
+        self.created = not readonly and not self.path.exists()
+        """True when this opened an empty, new journal"""
         try:
             if not readonly:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -177,8 +185,10 @@ class Journal:
                 self._db.execute("PRAGMA synchronous = NORMAL")
             self._db.execute("PRAGMA foreign_keys = ON")
             version = self._db.execute("PRAGMA user_version").fetchone()[0]
-        except (sqlite3.DatabaseError, OSError) as exc:
+        except (sqlite3.OperationalError, OSError) as exc:
             raise JournalError(f"{self.path}: cannot open journal: {exc}") from None
+        except sqlite3.DatabaseError as exc:  # not a database, or a damaged one
+            raise JournalError(f"{self.path}: cannot open journal: it is corrupt ({exc}); {MOVE_ASIDE}") from None
         if version > SCHEMA_VERSION:
             raise JournalError(f"{self.path}: journal schema {version} is newer than this syncd "
                                f"understands ({SCHEMA_VERSION})")
@@ -202,7 +212,10 @@ class Journal:
     def check_integrity(self) -> str | None:
         """None when ``PRAGMA quick_check`` is ok, else its first complaint."""
         with self._lock:
-            rows = [r[0] for r in self._db.execute("PRAGMA quick_check").fetchall()]
+            try:
+                rows = [r[0] for r in self._db.execute("PRAGMA quick_check").fetchall()]
+            except sqlite3.DatabaseError as exc:  # too damaged to even check
+                return str(exc)
         return None if rows == ["ok"] else "; ".join(rows[:3])
 
     def close(self) -> None:
@@ -227,8 +240,11 @@ class Journal:
                 yield db
         except sqlite3.OperationalError as exc:
             if "full" in str(exc) or "disk I/O" in str(exc):
-                raise JournalError(f"{self.path}: cannot write journal: {exc}") from exc
+                raise JournalError(f"{self.path}: cannot write journal: {exc} (syncd stops; once it can "
+                                   "write again, its next start resumes every upload)") from exc
             raise
+        except sqlite3.DatabaseError as exc:
+            raise JournalError(f"{self.path}: journal is corrupt ({exc}); {MOVE_ASIDE}") from exc
 
     def data_version(self) -> int:
         """Changes when another connection (``syncd retry``) wrote to the journal."""
@@ -390,20 +406,32 @@ class Journal:
                                 (self.clock(), file_id)).rowcount
             return n
 
-    def recover_interrupted(self) -> int:
+    def recover_interrupted(self, *, watches: Sequence[str]) -> int:
         """After a crash, files a worker owned go back to ``ready``; their open uploads resume."""
+        marks = ",".join("?" * len(watches))
         with self._write() as db:
             return db.execute("UPDATE files SET state = 'ready', updated_at = ? WHERE state IN"
-                              " ('uploading', 'transcoding')", (self.clock(),)).rowcount
+                              f" ('uploading', 'transcoding') AND watch IN ({marks})",
+                              (self.clock(), *watches)).rowcount
 
-    def due(self, *, now: float | None = None, limit: int = 100) -> list[FileRow]:
-        """Files to start: ``ready`` ones, and ``waiting`` ones whose time has come; oldest first."""
+    def due(self, *, watches: Sequence[str], now: float | None = None, limit: int = 100) -> list[FileRow]:
+        """Files of these watches to start: ``ready`` ones, and ``waiting`` ones whose time
+        has come; oldest first. (Rows of ``syncd upload`` belong to no watch.)"""
         now = self.clock() if now is None else now
+        marks = ",".join("?" * len(watches))
+        # Two index range scans (files_due) instead of sorting every pending row per call:
+        # the daemon asks on every loop step.
         with self._lock:
             rows = self._db.execute(
-                "SELECT * FROM files WHERE state = 'ready' OR (state = 'waiting' AND next_attempt_at <= ?)"
-                " ORDER BY coalesce(next_attempt_at, updated_at), id LIMIT ?", (now, limit)).fetchall()
-        return [_file_row(r) for r in rows]
+                f"SELECT * FROM files WHERE state = 'ready' AND watch IN ({marks})"
+                " ORDER BY coalesce(next_attempt_at, updated_at), id LIMIT ?", (*watches, limit)).fetchall()
+            rows += self._db.execute(
+                "SELECT * FROM files WHERE state = 'waiting' AND coalesce(next_attempt_at, updated_at) <= ?"
+                f" AND watch IN ({marks}) ORDER BY coalesce(next_attempt_at, updated_at), id LIMIT ?",
+                (now, *watches, limit)).fetchall()
+        rows.sort(key=lambda r: (r["next_attempt_at"] if r["next_attempt_at"] is not None else r["updated_at"],
+                                 r["id"]))
+        return [_file_row(r) for r in rows[:limit]]
 
     def next_waiting_at(self) -> float | None:
         with self._lock:

@@ -67,6 +67,8 @@ def _upload_one(journal: Journal, engine: UploadEngine, target: str, path: Path,
     if row is not None and row.state == "done" and row.fingerprint == fp:
         print(f"{path}: already uploaded as {row.remote_name} (md5 {row.md5})")
         return True
+    if row is not None and row.state in ("uploading", "transcoding"):
+        journal.set_state(row.id, "ready")  # an earlier run was killed mid-upload: resume it
     row = journal.mark_settled(ONESHOT_WATCH, str(source), fp)
     if row is None:  # failed before with the same content: this run is the retry
         existing = journal.find_file(ONESHOT_WATCH, str(source))

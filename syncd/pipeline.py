@@ -19,10 +19,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from syncd.config import Config, Watch, render_remote_dir
-from syncd.journal import FileRow, Fingerprint, Journal
+from syncd.journal import AFTER_PENDING, FileRow, Fingerprint, Journal, JournalError
 from syncd.sources import Source, SourcePlanner, needs_transcode
 from syncd.transcode import TranscodeCancelled, VideoTranscodeError
-from syncd.upload.base import FileChanged, FileVanished, Interrupted, PermanentError
+from syncd.upload.base import (
+    ChecksumMismatch,
+    FileChanged,
+    FileVanished,
+    Interrupted,
+    PermanentError,
+)
 from syncd.upload.engine import UploadEngine, UploadJob
 from syncd.upload.retry import waiting_delay
 
@@ -119,6 +125,13 @@ class FileProcessor:
             return self._failed(row, watch, label, str(exc))
         except PermissionError as exc:
             return self._failed(row, watch, label, f"cannot read: {exc.strerror}")
+        except ChecksumMismatch as exc:
+            # The server holds other bytes than the file has now (rewritten in place with its
+            # size and mtime kept while syncd was down, or damaged on the way). The engine
+            # dropped that session: the next attempt uploads the file whole again.
+            return self._waiting(row, watch, label, exc)
+        except JournalError:
+            raise  # not this file's failure: the daemon stops (see Daemon._drain_finished)
         except Exception as exc:
             backend = self.engine.backends[watch.target]
             if backend.is_retryable(exc) or isinstance(exc, OSError):
@@ -130,7 +143,8 @@ class FileProcessor:
 
         seconds = time.monotonic() - started
         destructive = watch.after_upload != "keep"
-        self.journal.mark_done(row.id, md5=md5, remote_name=remote.name, durable=destructive)
+        self.journal.mark_done(row.id, md5=md5, remote_name=remote.name, durable=destructive,
+                               after_action=AFTER_PENDING if destructive else None)
         rate = row.fingerprint.size / 1024**2 / max(seconds, 1e-6)
         log.info("%s: uploaded as %s (%d bytes, md5 %s, %.1fs, %.1f MiB/s)", label, remote.name,
                  row.fingerprint.size, md5, seconds, rate)
@@ -178,6 +192,13 @@ class FileProcessor:
         return Outcome(row.id, row.watch, row.relpath, "failed")
 
     # --- after-actions -------------------------------------------------------------------
+
+    def redo_after_upload(self, row: FileRow) -> None:
+        """For a ``done`` file whose after-action is still ``AFTER_PENDING`` (a crash cut it
+        off, or it failed): delete or move it now, if it is still unchanged."""
+        watch = self.config.watch(row.watch)
+        if watch.after_upload != "keep":
+            self._after_upload(row, watch, watch.path / row.relpath, f"{watch.name}:{row.relpath}")
 
     def _after_upload(self, row: FileRow, watch: Watch, path: Path, label: str) -> None:
         """Delete or move the local file, only if it is still exactly what the server holds."""

@@ -1,17 +1,22 @@
-"""Reading multipart/form-data one part at a time, never holding a file part in memory.
+"""Reading multipart/form-data one part at a time; of a file part, at most a bounded head
+(``read_head``) is ever held in memory.
 
 Fields may come in any order (requests puts ``data`` before ``files``; a
 MultipartEncoder keeps the caller's order), so callers get the parts as they come.
+Part headers are parsed by ``formheaders`` (strict: malformed is a 400); nothing here
+uses aiohttp's ``content_type``, which parses with the ``email`` package every time.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
 from aiohttp import BodyPartReader, MultipartReader, web
 
 from syncd.server.errors import ApiError
+from syncd.server.formheaders import HeaderError, parse_content_disposition, parse_content_type
 from syncd.server.writer import ReadChunk
 
 READ_CHUNK = 256 * 1024  # measured: larger reads stop paying off around here
@@ -21,8 +26,24 @@ MALFORMED = "Malformed multipart/form-data body"
 NO_FILE = "No chunk file was submitted"
 
 
-async def iter_parts(request: web.Request, *, timeout: float) -> AsyncIterator[BodyPartReader]:
-    if request.content_type != "multipart/form-data":
+@dataclass(frozen=True)
+class FormPart:
+    name: str  # from its Content-Disposition: form-data; name="..."
+    reader: BodyPartReader
+
+
+def media_type(request: web.Request) -> str | None:
+    """The request's ``type/subtype`` in lower case, None without a Content-Type.
+
+    Only the media type decides here (the boundary is aiohttp's to read and check), so
+    this stays as lenient as aiohttp's ``content_type``, without its ``email`` parse.
+    """
+    raw = request.headers.get("Content-Type")
+    return None if raw is None else raw.partition(";")[0].strip().lower()
+
+
+async def iter_parts(request: web.Request, *, timeout: float) -> AsyncIterator[FormPart]:
+    if media_type(request) != "multipart/form-data":
         raise ApiError(400, NO_FILE)  # what drf-chunked-upload answers to any other body
     try:
         reader = await request.multipart()
@@ -40,29 +61,45 @@ async def iter_parts(request: web.Request, *, timeout: float) -> AsyncIterator[B
             return
         if isinstance(part, MultipartReader):
             raise ApiError(400, f"{MALFORMED}: nested multipart parts are not accepted")
-        _check_plain(part)
-        yield part
+        form_part = FormPart(_field_name(part), part)
+        _check_plain(form_part)
+        yield form_part
+
+
+def _field_name(part: BodyPartReader) -> str:
+    raw = part.headers.get("Content-Disposition")
+    if raw is None:
+        raise ApiError(400, f"{MALFORMED}: a part has no Content-Disposition")
+    try:
+        disposition = parse_content_disposition(raw)
+    except HeaderError as exc:
+        raise ApiError(400, f"{MALFORMED}: {exc}") from None
+    name = disposition.get("name")
+    if disposition.value != "form-data" or name is None:
+        raise ApiError(400, f"{MALFORMED}: a part is not form-data with a name: {raw!r}")
+    return name
 
 
 def _stalled(timeout: float) -> str:
     return f"Request body stalled: nothing received for {timeout:g}s"
 
 
-def _check_plain(part: BodyPartReader) -> None:
+def _check_plain(part: FormPart) -> None:
     """Only identity encodings: a file part is written exactly as it arrives."""
-    transfer = part.headers.get("Content-Transfer-Encoding", "binary").strip().lower()
-    content = part.headers.get("Content-Encoding", "identity").strip().lower()
+    headers = part.reader.headers
+    transfer = headers.get("Content-Transfer-Encoding", "binary").strip().lower()
+    content = headers.get("Content-Encoding", "identity").strip().lower()
     if transfer not in ("binary", "8bit", "7bit") or content != "identity":
         raise ApiError(400, f"{MALFORMED}: part {part.name!r} uses an unsupported encoding")
 
 
-def chunk_reader(part: BodyPartReader, *, timeout: float) -> ReadChunk:
+def chunk_reader(part: FormPart, *, timeout: float) -> ReadChunk:
     """``read_chunk`` with errors mapped to answers: 408 when the body stalls."""
 
     async def read() -> bytes:
         try:
             async with asyncio.timeout(timeout):
-                return await part.read_chunk(READ_CHUNK)
+                return await part.reader.read_chunk(READ_CHUNK)
         except TimeoutError:
             raise ApiError(408, _stalled(timeout)) from None
         except ValueError as exc:
@@ -71,7 +108,29 @@ def chunk_reader(part: BodyPartReader, *, timeout: float) -> ReadChunk:
     return read
 
 
-async def read_text(part: BodyPartReader, *, timeout: float) -> str:
+async def read_head(read: ReadChunk, size: int) -> tuple[list[bytes], bool]:
+    """Reads until the part ends (``True``) or more than ``size`` bytes came (``False``)."""
+    chunks: list[bytes] = []
+    seen = 0
+    while chunk := await read():
+        chunks.append(chunk)
+        seen += len(chunk)
+        if seen > size:
+            return chunks, False
+    return chunks, True
+
+
+def prepend(chunks: list[bytes], read: ReadChunk) -> ReadChunk:
+    """``read`` that first gives back ``chunks`` (already read by ``read_head``)."""
+    pending = list(reversed(chunks))
+
+    async def read_on() -> bytes:
+        return pending.pop() if pending else await read()
+
+    return read_on
+
+
+async def read_text(part: FormPart, *, timeout: float) -> str:
     read = chunk_reader(part, timeout=timeout)
     data = bytearray()
     while chunk := await read():
@@ -79,12 +138,23 @@ async def read_text(part: BodyPartReader, *, timeout: float) -> str:
         if len(data) > TEXT_FIELD_LIMIT:
             raise ApiError(400, f"Form field {part.name!r} is longer than {TEXT_FIELD_LIMIT} bytes")
     try:
-        return data.decode(part.get_charset("utf-8"))
+        return data.decode(_charset(part))
     except (UnicodeDecodeError, LookupError):
         raise ApiError(400, f"Form field {part.name!r} is not valid text") from None
 
 
-async def skip(part: BodyPartReader, *, timeout: float) -> None:
+def _charset(part: FormPart) -> str:
+    """The part's charset, else the form's ``_charset_`` field, else UTF-8 (as aiohttp)."""
+    raw = part.reader.headers.get("Content-Type")
+    if raw is not None:
+        try:
+            parse_content_type(raw)  # strictly well-formed first
+        except HeaderError as exc:
+            raise ApiError(400, f"{MALFORMED}: {exc}") from None
+    return part.reader.get_charset("utf-8")
+
+
+async def skip(part: FormPart, *, timeout: float) -> None:
     read = chunk_reader(part, timeout=timeout)
     seen = 0
     while chunk := await read():

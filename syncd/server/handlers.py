@@ -2,16 +2,27 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 from aiohttp import web
 
 from syncd.server.errors import ApiError
-from syncd.server.forms import NO_FILE, chunk_reader, iter_parts, read_text, skip
+from syncd.server.forms import (
+    NO_FILE,
+    chunk_reader,
+    iter_parts,
+    media_type,
+    prepend,
+    read_head,
+    read_text,
+    skip,
+)
 from syncd.server.names import BadFilename, normalize_filename
 from syncd.server.ranges import ContentRange, RangeError, parse_content_range
 from syncd.server.receiver import Receiver, Session
 from syncd.server.views import session_json, session_url
+from syncd.server.writer import BATCH_BYTES
 
 RECEIVER = web.AppKey("receiver", Receiver)
 
@@ -19,6 +30,10 @@ RECEIVER = web.AppKey("receiver", Receiver)
 # headers, the filename and md5 fields. Only used to refuse early; the exact limit is
 # enforced on the bytes as they arrive.
 FORM_OVERHEAD = 64 * 1024
+
+# A whole-file POST up to this size is held in memory and stored in one I/O call: no
+# more than the write batch a streamed part holds anyway.
+SMALL_FILE = BATCH_BYTES
 
 
 def _receiver(request: web.Request) -> Receiver:
@@ -103,18 +118,61 @@ async def create_session(request: web.Request) -> web.Response:
 
 
 async def upload_whole(request: web.Request) -> web.Response:
-    """``POST chunked_upload/``: a whole file with its md5 in one request."""
+    """``POST chunked_upload/``: a whole file with its md5 in one request.
+
+    A file part of at most ``SMALL_FILE`` bytes is kept in memory (as much as one write
+    batch of a streamed part) and stored by ``Receiver.store_whole`` in one I/O call;
+    a larger one is streamed to disk like any part.
+    """
     receiver = _receiver(request)
     limit = receiver.settings.max_size
     announced = request.content_length
     if announced is not None and limit is not None and announced > limit + FORM_OVERHEAD:
         receiver.check_size(announced - FORM_OVERHEAD)
     receiver.check_space(announced or 0)
-    async with receiver.creating(0) as session:
-        fields = await _receive_form(request, session, expected=None, limit=limit, naming=True)
-        await receiver.complete(session, fields.get("md5"))
-        await receiver.register(session)
-    return _answer(request, session)
+    timeout = receiver.hooks.body_timeout
+    fields: dict[str, str] = {}
+    name: str | None = None  # checked as soon as both the name and the file part came
+    small: list[bytes] | None = None
+    async with contextlib.AsyncExitStack() as stack:
+        streamed: Session | None = None
+        async for part in iter_parts(request, timeout=timeout):
+            if part.name == "file":
+                if small is not None or streamed is not None:
+                    raise ApiError(400, "More than one file was submitted")
+                if "filename" in fields:
+                    name = _checked_name(receiver, fields["filename"])
+                read = chunk_reader(part, timeout=timeout)
+                head, ended = await read_head(read, SMALL_FILE if limit is None else min(SMALL_FILE, limit))
+                receiver.check_size(sum(len(b) for b in head))  # past a limit under SMALL_FILE
+                if ended:
+                    small = head
+                    continue
+                streamed = await stack.enter_async_context(receiver.creating(0))
+                if name is not None:
+                    receiver.assign_name(streamed, name)
+                await receiver.receive(streamed, prepend(head, read), expected=None, limit=limit)
+            elif part.name in ("filename", "md5"):
+                fields[part.name] = await read_text(part, timeout=timeout)
+            else:
+                await skip(part, timeout=timeout)
+        if streamed is not None:
+            if not streamed.record.filename:
+                receiver.assign_name(streamed, _filename(fields.get("filename")))
+            await receiver.complete(streamed, fields.get("md5"))
+            await receiver.register(streamed)
+            return _answer(request, streamed)
+    if small is None:
+        raise ApiError(400, NO_FILE)
+    if name is None:
+        name = _checked_name(receiver, fields.get("filename"))
+    return _answer(request, await receiver.store_whole(name, small, fields.get("md5")))
+
+
+def _checked_name(receiver: Receiver, raw: str | None) -> str:
+    name = _filename(raw)
+    receiver.check_parents(name)
+    return name
 
 
 async def append_part(request: web.Request) -> web.Response:
@@ -156,15 +214,16 @@ async def abort_session(request: web.Request) -> web.Response:
 
 
 async def _md5_field(request: web.Request) -> str | None:
-    if request.content_type == "application/json":
+    content_type = media_type(request)
+    if content_type == "application/json":
         try:
             doc: Any = await request.json()
         except ValueError:
             raise ApiError(400, "Malformed JSON body") from None
         value = doc.get("md5") if isinstance(doc, dict) else None
-    elif request.content_type == "application/x-www-form-urlencoded":
+    elif content_type == "application/x-www-form-urlencoded":
         value = (await request.post()).get("md5")
-    elif request.content_type == "multipart/form-data":
+    elif content_type == "multipart/form-data":
         timeout = _receiver(request).hooks.body_timeout
         value = None
         async for part in iter_parts(request, timeout=timeout):

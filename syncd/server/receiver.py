@@ -3,19 +3,21 @@
 HTTP stays in ``handlers``; this module decides. Every change to a session happens
 under that session's ``asyncio.Lock`` (taken by the caller via ``locked``), blocking
 file work runs in the receiver's own I/O threads, and every record change is persisted
-before it is answered.
+before it is answered (except the record of a whole file stored by ``store_whole``,
+which no client needs after a crash: the file itself is durable before the answer).
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import errno
 import hashlib
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import replace
 from typing import Any, TypeVar
@@ -35,7 +37,7 @@ from syncd.server import safefs
 from syncd.server.safefs import UnsafePath
 from syncd.server.settings import ReceiverSettings
 from syncd.server.store import IncomingStore, part_name
-from syncd.server.writer import ReadChunk, TooMuchData, stream_to_file
+from syncd.server.writer import ReadChunk, TooMuchData, stream_to_file, write_all
 from syncd.units import format_size
 
 log = logging.getLogger("syncd.server")
@@ -64,6 +66,9 @@ class Receiver:
         self.hooks = hooks
         self._sessions: dict[str, Session] = {}
         self._creating: set[Session] = set()  # receiving a first part, not yet registered
+        # Registered sessions still uploading: what ``check_space`` reserves room for. The
+        # completed ones stay in ``_sessions`` for ``expire`` (thousands, with small files).
+        self._uploading: set[Session] = set()
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._root_fd = -1
         self._store: IncomingStore | None = None
@@ -78,7 +83,7 @@ class Receiver:
             self._root_fd = await self._run(safefs.open_root, self.settings.root)
             self._store = await self._run(IncomingStore, self._root_fd)
             for record in await self._run(self._store.load):
-                self._sessions[record.id] = Session(record)
+                self._add(Session(record))
         except BaseException:
             self.close()
             raise
@@ -122,7 +127,7 @@ class Receiver:
         uploads admitted together cannot overcommit the disk.
         """
         free = self.hooks.free_bytes(self.settings.root)
-        pending = [*self._sessions.values(), *self._creating]
+        pending = [*self._uploading, *self._creating]
         reserved = sum(s.record.total - s.record.offset for s in pending if s.record.state == UPLOADING)
         left = free - reserved - needed
         if left < self.settings.min_free:
@@ -139,6 +144,11 @@ class Receiver:
             raise ApiError(409, f"cannot store {relpath!r}: {exc}") from None
 
     # -- lookup ------------------------------------------------------------------------
+
+    def _add(self, session: Session) -> None:
+        self._sessions[session.record.id] = session
+        if session.record.state == UPLOADING:
+            self._uploading.add(session)
 
     def lookup(self, raw_id: str) -> Session:
         session_id = canonical_id(raw_id)
@@ -195,7 +205,7 @@ class Receiver:
     async def register(self, session: Session) -> None:
         """Persists a created session: from now on clients can reach it by its id."""
         await self._run(self.store.save, session.record)
-        self._sessions[session.record.id] = session
+        self._add(session)
 
     # -- parts -------------------------------------------------------------------------
 
@@ -264,12 +274,9 @@ class Receiver:
                     f"File size doesn't match headers: file size is {received} "
                     f"but {expected} reported",
                 )
-            await self._run(os.fsync, fd)
             committed = True
         finally:
-            if not committed:
-                await self._run(os.ftruncate, fd, record.offset)
-            await self._run(os.close, fd)
+            await self._run(self._finish_part, fd, record.offset, committed)
         new = replace(
             record,
             offset=record.offset + received,
@@ -280,6 +287,23 @@ class Receiver:
             await self._run(self.store.save, new)
         session.record, session.hasher = new, hasher
         return received
+
+    @staticmethod
+    def _finish_part(fd: int, offset: int, commit: bool) -> None:
+        """One handoff: fsyncs a whole part, or cuts a partial one (or one whose fsync
+        failed) back to ``offset``; closes ``fd`` either way."""
+        try:
+            if commit:
+                try:
+                    os.fsync(fd)
+                    return
+                except OSError:
+                    with contextlib.suppress(OSError):
+                        os.ftruncate(fd, offset)
+                    raise
+            os.ftruncate(fd, offset)
+        finally:
+            os.close(fd)
 
     def _open_for_append(self, session_id: str, offset: int) -> int:
         fd = self.store.open_part(session_id, write=True)
@@ -355,8 +379,84 @@ class Receiver:
             await self._run(self.store.save, done)
         await self._run(self.store.remove_part, record.id)
         session.record = done
+        self._uploading.discard(session)
         self._log_stored(session, placed.reused)
         return done
+
+    async def store_whole(self, filename: str, data: Sequence[bytes], md5: str | None) -> Session:
+        """Stores a whole file that is already in memory (a small ``POST``); a new session.
+
+        Checking the MD5, writing and fsyncing the data, placing it (``place`` fsyncs
+        the folder) and recording the session happen in one call to the I/O threads:
+        for small files the handoffs were the cost. ``filename`` is normalized and its
+        folders checked by the caller. The data and its name are durable before this
+        returns; the completed session's record is not fsynced, since nothing depends on
+        it after a crash: the answer already told the client everything, and the file
+        is there whatever became of the record (``load`` drops the leftover data).
+        """
+        if not md5:
+            raise ApiError(400, MD5_REQUIRED)
+        now = self.hooks.clock()
+        size = sum(len(b) for b in data)
+        record = SessionRecord(
+            id=new_session_id(),
+            filename=filename,
+            total=size,
+            offset=size,
+            state=UPLOADING,
+            created_at=now,
+            updated_at=now,
+        )
+        try:
+            done, reused = await self._run(self._store_whole, record, data, md5.strip().lower())
+        except (PlacementError, UnsafePath) as exc:
+            raise ApiError(409, f"cannot store {filename!r}: {exc}") from None
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise ApiError(507, "Insufficient storage: the disk filled up while storing the file") from None
+            raise
+        session = Session(done)
+        self._add(session)
+        self._log_stored(session, reused)
+        return session
+
+    def _store_whole(
+        self, record: SessionRecord, data: Sequence[bytes], md5: str
+    ) -> tuple[SessionRecord, bool]:
+        digest = hashlib.md5()
+        for block in data:
+            digest.update(block)
+        if digest.hexdigest() != md5:
+            raise ApiError(400, CHECKSUM_MISMATCH)
+        store = self.store
+        try:
+            fd = store.new_part(record.id)
+            try:
+                write_all(self.hooks.pwritev, fd, data, 0)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            placed = self._place(
+                Upload(
+                    incoming_fd=store.fd,
+                    part_name=part_name(record.id),
+                    session_id=record.id,
+                    relpath=record.filename,
+                    md5=md5,
+                    size=record.total,
+                )
+            )
+        except BaseException:
+            with contextlib.suppress(OSError):
+                store.remove_part(record.id)
+            raise
+        store.remove_part(record.id)
+        now = self.hooks.clock()
+        done = replace(
+            record, state=COMPLETE, md5=md5, path=placed.path, completed_at=now, updated_at=now
+        )
+        store.save(done, durable=False)
+        return done, placed.reused
 
     def _place(self, upload: Upload) -> Any:
         return place(self._root_fd, upload, on_conflict=self.settings.on_conflict)
@@ -379,6 +479,7 @@ class Receiver:
     async def abort(self, session: Session) -> None:
         """Forgets the session and its partial data; a stored file stays where it is."""
         del self._sessions[session.record.id]
+        self._uploading.discard(session)
         await self._run(self.store.remove, session.record.id)
         log.info("session %s (%s) aborted by the client", session.record.id, session.record.filename)
 
@@ -388,6 +489,7 @@ class Receiver:
         await self._run(self.store.remove_part, record.id)
         await self._run(self.store.save, tombstone)
         session.record, session.hasher = tombstone, None
+        self._uploading.discard(session)
         log.info(
             "session %s (%s, %s of %s) expired after %s idle; data removed",
             record.id,
@@ -410,6 +512,7 @@ class Receiver:
                     await self._expire(session)
                 else:
                     del self._sessions[record.id]
+                    self._uploading.discard(session)
                     await self._run(self.store.remove, record.id)
 
     async def sweep_forever(self) -> None:

@@ -33,7 +33,13 @@ class IncomingStore:
     def close(self) -> None:
         os.close(self.fd)
 
-    def save(self, record: SessionRecord) -> None:
+    def save(self, record: SessionRecord, *, durable: bool = True) -> None:
+        """Replaces the record atomically; fsynced (file and folder) when ``durable``.
+
+        Not durable is only for a record that nothing depends on after a crash (see
+        ``Receiver.store_whole``): it survives a crash, or is missing, or (without the
+        file's fsync) is torn and ignored by ``load`` with a warning.
+        """
         final = record.id + _RECORD_SUFFIX
         tmp = final + _TMP_SUFFIX
         fd = os.open(
@@ -44,22 +50,27 @@ class IncomingStore:
         )
         try:
             os.write(fd, record.to_json())
-            os.fsync(fd)
+            if durable:
+                os.fsync(fd)
         finally:
             os.close(fd)
         os.rename(tmp, final, src_dir_fd=self.fd, dst_dir_fd=self.fd)
-        os.fsync(self.fd)
+        if durable:
+            os.fsync(self.fd)
 
     def create_part(self, session_id: str) -> None:
+        os.close(self.new_part(session_id))
+
+    def new_part(self, session_id: str) -> int:
+        """Creates the session's (empty) data file; returns it open for writing."""
         # The data becomes the stored file by a link, so it gets the mode stored files
         # should have (the umask decides); the folder above keeps it private meanwhile.
-        fd = os.open(
+        return os.open(
             part_name(session_id),
             os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
             0o666,
             dir_fd=self.fd,
         )
-        os.close(fd)
 
     def open_part(self, session_id: str, *, write: bool) -> int:
         mode = os.O_WRONLY if write else os.O_RDONLY

@@ -80,6 +80,13 @@ async def stream_to_file(
 def _write_batch(
     pwritev: PWritev, fd: int, buffers: list[bytes], pos: int, hasher: object
 ) -> None:
+    write_all(pwritev, fd, buffers, pos)
+    for b in buffers:
+        hasher.update(b)  # type: ignore[attr-defined]
+
+
+def write_all(pwritev: PWritev, fd: int, buffers: Sequence[bytes], pos: int) -> None:
+    """Writes ``buffers`` at ``pos`` onwards, however many calls a short write takes."""
     views = [memoryview(b) for b in buffers]
     while views:
         written = pwritev(fd, views, pos)
@@ -91,5 +98,3 @@ def _write_batch(
             views.pop(0)
         if views and written:
             views[0] = views[0][written:]
-    for b in buffers:
-        hasher.update(b)  # type: ignore[attr-defined]

@@ -87,11 +87,11 @@ class UploadEngine:
         except FileNotFoundError:
             raise FileVanished(f"{job.label}: file vanished") from None
         try:
-            self._check_unchanged(fd, job)
+            ctime_ns = self._check_unchanged(fd, job)
             item = UploadItem(remote_name=job.remote_name, size=job.fingerprint.size)
             if item.size <= backend.single_request_max:
-                return self._upload_whole(backend, job, item, fd, on_read)
-            return self._upload_parts(backend, job, item, fd, on_read)
+                return self._upload_whole(backend, job, item, fd, ctime_ns, on_read)
+            return self._upload_parts(backend, job, item, fd, ctime_ns, on_read)
         finally:
             os.close(fd)
 
@@ -112,27 +112,40 @@ class UploadEngine:
                                sleep=self._sleep)
 
     @staticmethod
-    def _check_unchanged(fd: int, job: UploadJob) -> None:
+    def _check_unchanged(fd: int, job: UploadJob, ctime_ns: int | None = None) -> int:
+        """Raises FileChanged unless the open file still has the job's size and mtime, and
+        (once known) the ctime it had when opened; returns that ctime.
+
+        The ctime catches what size and mtime cannot: a rewrite in place that keeps the
+        size and puts the old mtime back (rsync -t --inplace, cp -p), which would otherwise
+        complete a mixture of old and new bytes."""
         st = os.fstat(fd)
-        if (st.st_size, st.st_mtime_ns) != (job.fingerprint.size, job.fingerprint.mtime_ns):
+        if (st.st_size, st.st_mtime_ns) != (job.fingerprint.size, job.fingerprint.mtime_ns) \
+                or (ctime_ns is not None and st.st_ctime_ns != ctime_ns):
             raise FileChanged(f"{job.label}: file changed during upload")
+        return st.st_ctime_ns
 
     @staticmethod
-    def _check_path_unchanged(job: UploadJob) -> None:
-        """The last look before completing: the path must still hold the same file."""
+    def _check_path_unchanged(job: UploadJob, ctime_ns: int) -> None:
+        """The path must still hold the same, unchanged file: checked before each part (a
+        deleted or replaced file stops its upload) and last before completing."""
         try:
             st = os.stat(job.source)
         except FileNotFoundError:
             raise FileVanished(f"{job.label}: file vanished during upload") from None
-        if Fingerprint.of(st) != job.fingerprint:
+        if Fingerprint.of(st) != job.fingerprint or st.st_ctime_ns != ctime_ns:
             raise FileChanged(f"{job.label}: file changed during upload")
 
-    def _upload_whole(self, backend: Backend, job: UploadJob, item: UploadItem, fd: int,
+    def _upload_whole(self, backend: Backend, job: UploadJob, item: UploadItem, fd: int, ctime_ns: int,
                       on_read: Callable[[int], None] | None) -> tuple[RemoteFile, str]:
         md5 = PrefixMD5()
         md5.catch_up(fd, item.size, stop=self.stop)
-        self._check_unchanged(fd, job)
+        self._check_unchanged(fd, job, ctime_ns)
         digest = md5.hexdigest()
+        # An upload a crash interrupted stays open in the journal: close it (and free its
+        # session on the server, if it had one), as a whole-file upload resumes nothing.
+        while (stale := self.journal.open_upload(job.file_id, target=job.target)) is not None:
+            self._abandon(backend, stale, item)
         row = self.journal.start_upload(job.file_id, target=job.target, source=str(job.source),
                                         remote_name=job.remote_name, fp=job.fingerprint, size=item.size,
                                         part_size=item.size)
@@ -141,7 +154,7 @@ class UploadEngine:
                 lambda: backend.upload_whole(item, FileSlice(fd, 0, item.size, stop=self.stop, on_read=on_read),
                                              digest),
                 backend, job, "upload")
-            self._check_path_unchanged(job)
+            self._check_path_unchanged(job, ctime_ns)
         except BaseException:
             self.journal.finish_upload(row.id, state="abandoned")
             raise
@@ -175,14 +188,14 @@ class UploadEngine:
                 log.debug("abort of %s failed: %s", row.session, exc)
         self.journal.finish_upload(row.id, state="abandoned")
 
-    def _upload_parts(self, backend: Backend, job: UploadJob, item: UploadItem, fd: int,
+    def _upload_parts(self, backend: Backend, job: UploadJob, item: UploadItem, fd: int, ctime_ns: int,
                       on_read: Callable[[int], None] | None) -> tuple[RemoteFile, str]:
         md5 = PrefixMD5()
         fresh_sessions = 0
         while True:
             row, session = self._resumable(backend, job, item)
             try:
-                return self._send_and_complete(backend, job, item, fd, row, session, md5, on_read)
+                return self._send_and_complete(backend, job, item, fd, ctime_ns, row, session, md5, on_read)
             except SessionGone as exc:
                 # The server forgot the session mid-upload: one new session, then give up.
                 self.journal.finish_upload(row.id, state="abandoned")
@@ -195,7 +208,7 @@ class UploadEngine:
                 self.journal.finish_upload(row.id, state="abandoned")
                 raise
 
-    def _send_and_complete(self, backend: Backend, job: UploadJob, item: UploadItem, fd: int,
+    def _send_and_complete(self, backend: Backend, job: UploadJob, item: UploadItem, fd: int, ctime_ns: int,
                            row: UploadRow, session: Session, md5: PrefixMD5,
                            on_read: Callable[[int], None] | None) -> tuple[RemoteFile, str]:
         offset = self._retry(session.committed, backend, job, "ask offset") if session.token else 0
@@ -204,7 +217,8 @@ class UploadEngine:
         number = len(self.journal.parts(row.id)) + 1
         part_size = row.part_size
         while offset < item.size:
-            self._check_unchanged(fd, job)
+            self._check_path_unchanged(job, ctime_ns)  # first: a deleted file also has a new ctime
+            self._check_unchanged(fd, job, ctime_ns)
             md5.catch_up(fd, offset, stop=self.stop)
             size = min(part_size, item.size - offset)
             start = offset
@@ -229,8 +243,8 @@ class UploadEngine:
             offset = receipt.server_offset
             number += 1
         md5.catch_up(fd, item.size, stop=self.stop)
-        self._check_unchanged(fd, job)
-        self._check_path_unchanged(job)
+        self._check_path_unchanged(job, ctime_ns)
+        self._check_unchanged(fd, job, ctime_ns)
         digest = md5.hexdigest()
         remote = self._retry(lambda: session.complete(digest), backend, job, "complete")
         self.journal.finish_upload(row.id, state="completed", md5=digest)

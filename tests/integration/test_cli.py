@@ -161,3 +161,16 @@ def test_oneshot_upload_to_the_receiver_and_again(receiver, tmp_path):
     assert missing.returncode == 1 and "missing.bin: No such file or directory" in missing.stderr
     wrong = syncd("upload", "-c", str(config), "--target", "nope", str(path))
     assert wrong.returncode == 2 and "--target: 'nope' is not a target" in wrong.stderr
+
+
+def test_second_daemon_on_the_same_journal_is_refused(tmp_path, receiver):
+    from tests.support.daemon import DaemonProcess, wait_until
+
+    config = make_config(tmp_path, url=receiver.url, token=receiver.token)
+    with DaemonProcess(config) as first:
+        wait_until(lambda: first.journal_path.exists(), timeout=10)
+        out = syncd("run", "-c", str(config), timeout=30)
+        assert out.returncode == 1
+        assert f"another syncd run (pid {first.proc.pid}) is using this journal" in out.stderr
+        write_random(tmp_path / "drop" / "still.bin", 10)
+        first.wait_states({"drop:still.bin": "done"})

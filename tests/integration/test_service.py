@@ -4,6 +4,7 @@ stop, journald-format logs, and the Prometheus endpoint during uploads."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import sqlite3
@@ -72,7 +73,8 @@ def test_notify_sequence_reload_and_stop(tmp_path, receiver):
         write_random(tmp_path / "drop" / "a.bin", 1000)
         notify.collect(until=lambda k: any("done 1" in m for _, m in notify.messages), timeout=15)
         status = [m for _, m in notify.messages if m.startswith("STATUS=")]
-        assert status[-1].startswith("STATUS=uploading 0, queued 0, settling 0, waiting 0, failed 0, done 1")
+        assert re.fullmatch(r"STATUS=uploading 0, queued 0, settling 0, waiting 0, failed 0, done 1, [0-9.]+ MiB/s",
+                            status[-1]), status[-1]
 
         # a good config reloads: RELOADING=1 with MONOTONIC_USEC, then READY=1
         notify.messages.clear()

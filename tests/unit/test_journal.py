@@ -31,14 +31,14 @@ def test_new_file_settles_to_ready(journal):
     assert row.state == "settling"
     row = journal.mark_settled("w", "a.bin", FP)
     assert row.state == "ready"
-    assert [r.relpath for r in journal.due()] == ["a.bin"]
+    assert [r.relpath for r in journal.due(watches=["w"])] == ["a.bin"]
 
 
 def test_done_with_same_fingerprint_is_never_requeued(journal):
     row = journal.mark_settled("w", "a.bin", FP)
     journal.mark_done(row.id, md5="m", remote_name="a.bin")
     assert journal.mark_settled("w", "a.bin", FP) is None
-    assert journal.due() == []
+    assert journal.due(watches=["w"]) == []
     changed = journal.mark_settled("w", "a.bin", FP2)
     assert changed.state == "ready" and changed.fingerprint == FP2 and changed.md5 is None
 
@@ -53,8 +53,8 @@ def test_active_rows_are_left_to_their_worker(journal):
 def test_waiting_is_due_only_when_its_time_comes(journal):
     row = journal.mark_settled("w", "a.bin", FP)
     journal.set_state(row.id, "waiting", error="HTTP 503", next_attempt_at=1060.0, attempts_delta=1)
-    assert journal.due(now=1059.0) == []
-    assert [r.id for r in journal.due(now=1060.0)] == [row.id]
+    assert journal.due(watches=["w"], now=1059.0) == []
+    assert [r.id for r in journal.due(watches=["w"], now=1060.0)] == [row.id]
     assert journal.get_file(row.id).attempts == 1
     assert journal.next_waiting_at() == 1060.0
 
@@ -65,7 +65,7 @@ def test_crash_recovery_resumes_open_upload(journal):
     up = journal.start_upload(row.id, target="t", source="/x/a.bin", remote_name="a.bin", fp=FP, size=100,
                               part_size=40)
     journal.record_part(up.id, number=1, offset=0, size=40, session="http://127.0.0.1/s/1/")
-    assert journal.recover_interrupted() == 1
+    assert journal.recover_interrupted(watches=["w"]) == 1
     assert journal.get_file(row.id).state == "ready"
     resumed = journal.open_upload(row.id, target="t")
     assert (resumed.session, resumed.offset) == ("http://127.0.0.1/s/1/", 40)
@@ -152,3 +152,14 @@ def test_status_shows_progress_rate_and_eta(journal):
     assert active["bytes_per_second"] == 50  # 300 bytes acknowledged over 6 s
     assert active["eta_seconds"] == 12
     assert "w:big.bin   40.0% of 1000 B" in render(data, now=1006.0)
+
+
+def test_daemon_work_excludes_oneshot_rows(journal):
+    journal.mark_settled("@upload", "/abs/a.bin", FP)
+    mine = journal.mark_settled("w", "b.bin", FP)
+    journal.set_state(mine.id, "uploading")
+    oneshot = journal.find_file("@upload", "/abs/a.bin")
+    journal.set_state(oneshot.id, "uploading")
+    assert journal.recover_interrupted(watches=["w"]) == 1
+    assert journal.get_file(oneshot.id).state == "uploading"
+    assert [r.watch for r in journal.due(watches=["w"])] == ["w"]
