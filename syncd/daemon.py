@@ -25,9 +25,9 @@ from syncd.journal import ACTIVE, AFTER_PENDING, MOVE_ASIDE, Fingerprint, Journa
 from syncd.notify import WatchdogPinger
 from syncd.pipeline import FileProcessor, Outcome
 from syncd.sources import SourcePlanner
+from syncd.units import format_size
 from syncd.upload.chunked import ChunkedBackend
 from syncd.upload.engine import UploadEngine
-from syncd.units import format_size
 from syncd.watch import (
     FileEvent,
     Growing,

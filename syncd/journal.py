@@ -380,7 +380,8 @@ class Journal:
             r = db.execute("SELECT * FROM files WHERE watch = ? AND relpath = ?", (watch, old)).fetchone()
             if r is None:
                 return None
-            db.execute("DELETE FROM files WHERE watch = ? AND relpath = ? AND state NOT IN ('uploading', 'transcoding')",
+            db.execute("DELETE FROM files WHERE watch = ? AND relpath = ?"
+                       " AND state NOT IN ('uploading', 'transcoding')",
                        (watch, new))
             if db.execute("SELECT 1 FROM files WHERE watch = ? AND relpath = ?", (watch, new)).fetchone():
                 return None

@@ -70,7 +70,8 @@ def _rewrite_keeping_mtime(path):
     os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
 
 
-CHANGES = {"append": _append, "truncate": _truncate, "rewrite": _rewrite, "rewrite-keeping-mtime": _rewrite_keeping_mtime}
+CHANGES = {"append": _append, "truncate": _truncate, "rewrite": _rewrite,
+           "rewrite-keeping-mtime": _rewrite_keeping_mtime}
 
 
 @pytest.mark.parametrize("change", list(CHANGES))
