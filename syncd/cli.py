@@ -111,7 +111,7 @@ def cmd_check_config(config: Config) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from syncd.daemon import Daemon, describe_config
+    from syncd.daemon import Daemon, StartError, describe_config
     from syncd.journal import JournalError
     from syncd.logs import register_secret, setup_logging
     from syncd.notify import Notifier
@@ -144,7 +144,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             metrics_server = start_metrics_server(metrics, *config.metrics.listen)
             log.info("metrics on http://%s:%d/metrics", config.metrics.listen[0], metrics_server.port)
         daemon.open()
-    except (JournalError, OSError) as exc:
+    except (JournalError, StartError, OSError) as exc:
         log.error("cannot start: %s", exc)
         if daemon is not None:
             daemon.shutdown()

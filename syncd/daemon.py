@@ -49,6 +49,10 @@ SHUTDOWN_GRACE = 8.0
 STATUS_INTERVAL = 1.0
 
 
+class StartError(Exception):
+    """The daemon cannot start; ``str()`` is the one-line reason."""
+
+
 class Waker:
     """A self-pipe: signal handlers and other threads write one byte; the loop selects on it."""
 
@@ -242,8 +246,14 @@ class Daemon:
             root=rc.root, host=rc.listen[0], port=rc.listen[1], token=rc.resolve_token(),
             max_size=rc.max_size, min_free=rc.min_free, expire=rc.expire, base_path=rc.base_path,
             on_conflict=rc.on_conflict, trust_forwarded=rc.trust_forwarded)
+        from syncd.server import ReceiverStartError
+
         self.receiver = EmbeddedReceiver(settings)
-        self.receiver.start()
+        try:
+            self.receiver.start()
+        except ReceiverStartError as exc:
+            self.receiver = None
+            raise StartError(f"receiver: {exc}") from None
         log.info("receiver listening on %s, storing into %s", self.receiver.url, rc.root)
 
     def _apply_config(self, config: Config, *, first: bool) -> None:

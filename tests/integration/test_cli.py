@@ -175,3 +175,21 @@ def test_second_daemon_on_the_same_journal_is_refused(tmp_path, receiver):
         assert f"another syncd run (pid {first.proc.pid}) is using this journal" in out.stderr
         write_random(tmp_path / "drop" / "still.bin", 10)
         first.wait_states({"drop:still.bin": "done"})
+
+
+def test_receiver_port_in_use_is_one_line(tmp_path):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        token = "a-realistic-token-0123456789"
+        config = make_config(tmp_path, url=f"http://127.0.0.1:{port}/chunked_upload/", token=token,
+                             receiver={"root": str(tmp_path / "received"), "listen": f"127.0.0.1:{port}",
+                                       "token": token})
+        out = syncd("run", "-c", str(config), timeout=30)
+    assert out.returncode == 1
+    assert "Traceback" not in out.stderr
+    errors = [line for line in out.stderr.splitlines() if "ERROR" in line]
+    assert len(errors) == 1 and f"cannot start: receiver: cannot start the receiver on 127.0.0.1:{port}" in errors[0]
