@@ -22,6 +22,7 @@ from contextlib import asynccontextmanager
 from dataclasses import replace
 from typing import Any, TypeVar
 
+from syncd.server import safefs
 from syncd.server.errors import NOT_FOUND, ApiError
 from syncd.server.hooks import ServerHooks
 from syncd.server.placement import PlacementError, Upload, place
@@ -33,7 +34,6 @@ from syncd.server.records import (
     canonical_id,
     new_session_id,
 )
-from syncd.server import safefs
 from syncd.server.safefs import UnsafePath
 from syncd.server.settings import ReceiverSettings
 from syncd.server.store import IncomingStore, part_name

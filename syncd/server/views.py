@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
@@ -49,7 +49,7 @@ def session_url(request: web.Request, settings: ReceiverSettings, session_id: st
 def _iso(ts: float | None) -> str | None:
     if ts is None:
         return None
-    text = datetime.fromtimestamp(ts, tz=timezone.utc).isoformat(timespec="microseconds")
+    text = datetime.fromtimestamp(ts, tz=UTC).isoformat(timespec="microseconds")
     return text.replace("+00:00", "Z")
 
 

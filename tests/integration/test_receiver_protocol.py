@@ -248,7 +248,8 @@ def test_first_part_must_start_at_zero(server: EmbeddedReceiver, root: Path) -> 
 @pytest.mark.parametrize("sent", [999, 1001])
 def test_part_length_must_match_the_range(server: EmbeddedReceiver, root: Path, sent: int) -> None:
     doc = open_session(server)
-    answer = put_part(doc["url"], DATA[1000 : 1000 + sent], start=1000, total=3000, content_range="bytes 1000-1999/3000")
+    answer = put_part(doc["url"], DATA[1000 : 1000 + sent], start=1000, total=3000,
+                      content_range="bytes 1000-1999/3000")
     assert answer.status_code == 400
     assert answer.json()["detail"].startswith("File size doesn't match headers")
     assert get(doc["url"]).json()["offset"] == 1000

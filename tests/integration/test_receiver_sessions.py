@@ -151,7 +151,8 @@ def test_requests_on_one_session_never_interleave(tmp_path: Path) -> None:
     with running(tmp_path / "root") as server:
         doc = put_part(server.url, b"a" * 1000, start=0, total=3000).json()
         path = doc["url"].split(str(server.port), 1)[1]
-        body = b'--b\r\nContent-Disposition: form-data; name="file"; filename="x"\r\n\r\n' + b"b" * 1000 + b"\r\n--b--\r\n"
+        body = (b'--b\r\nContent-Disposition: form-data; name="file"; filename="x"\r\n\r\n'
+                + b"b" * 1000 + b"\r\n--b--\r\n")
         head = (
             f"PUT {path} HTTP/1.1\r\nHost: x\r\nAuthorization: {AUTH['Authorization']}\r\n".encode()
             + b"Content-Range: bytes 1000-1999/3000\r\nContent-Type: multipart/form-data; boundary=b\r\n"
@@ -184,7 +185,8 @@ def test_ten_concurrent_uploads(tmp_path: Path) -> None:
     root = tmp_path / "root"
     files = {f"cam{i}/clip.bin": os.urandom(2 << 20) for i in range(10)}
     with running(root) as server, concurrent.futures.ThreadPoolExecutor(10) as pool:
-        jobs = {name: pool.submit(upload_in_parts, server.url, data, part=PART, filename=name) for name, data in files.items()}
+        jobs = {name: pool.submit(upload_in_parts, server.url, data, part=PART, filename=name)
+                for name, data in files.items()}
         answers = {name: job.result() for name, job in jobs.items()}
     assert {a["path"] for a in answers.values()} == set(files)
     assert stored_files(root) == files

@@ -61,7 +61,9 @@ def write_into(
 
 
 @pytest.mark.parametrize("size", [1, 1000, 65536, BATCH_BYTES + 7])
-def test_writes_and_hashes_every_byte_in_order(tmp_path: Path, executor: concurrent.futures.Executor, size: int) -> None:
+def test_writes_and_hashes_every_byte_in_order(
+    tmp_path: Path, executor: concurrent.futures.Executor, size: int
+) -> None:
     data = os.urandom(3 * BATCH_BYTES + 123) if size > 1 else os.urandom(5000)
     received, hasher = write_into(tmp_path / "f", data, executor, size=size)
     assert received == len(data)
@@ -80,7 +82,9 @@ def test_an_empty_body_writes_nothing(tmp_path: Path, executor: concurrent.futur
     assert received == 0 and hasher.hexdigest() == hashlib.md5(b"").hexdigest()
 
 
-def test_more_than_the_limit_stops_without_writing_past_it(tmp_path: Path, executor: concurrent.futures.Executor) -> None:
+def test_more_than_the_limit_stops_without_writing_past_it(
+    tmp_path: Path, executor: concurrent.futures.Executor
+) -> None:
     data = os.urandom(4 * BATCH_BYTES)
     with pytest.raises(TooMuchData):
         write_into(tmp_path / "f", data, executor, limit=2 * BATCH_BYTES)
