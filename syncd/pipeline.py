@@ -8,6 +8,7 @@ with the reason) | ``gone`` (vanished) | ``settling`` (changed: the daemon settl
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import posixpath
@@ -51,17 +52,38 @@ def remote_name_for(watch: Watch, row: FileRow, *, name: str | None = None) -> s
     return posixpath.join(prefix, name or row.relpath) if prefix else (name or row.relpath)
 
 
-def unique_destination(path: Path) -> Path:
-    """``path``, or ``name (1).ext``, ``name (2).ext``... whichever does not exist yet."""
-    if not path.exists():
-        return path
-    stem, suffix = path.stem, path.suffix
-    n = 1
+def move_no_clobber(source: Path, dest: Path) -> Path:
+    """Move ``source`` to ``dest``, or to ``name (1).ext``, ``name (2).ext``... whichever is
+    free; returns where it went. Never replaces a file, even one that appears meanwhile: a
+    hard link fails on an existing name. Across filesystems the file is first copied to a
+    hidden name in the destination folder, then linked into place."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    staged: Path | None = None
+    try:
+        try:
+            final = _link_free_name(source, dest)
+        except OSError as exc:
+            if exc.errno != errno.EXDEV:
+                raise
+            staged = dest.with_name(f".{dest.name}.syncd-{os.getpid()}.partial")
+            shutil.copy2(source, staged)
+            final = _link_free_name(staged, dest)
+        source.unlink()
+        return final
+    finally:
+        if staged is not None:
+            staged.unlink(missing_ok=True)
+
+
+def _link_free_name(source: Path, dest: Path) -> Path:
+    n = 0
     while True:
-        candidate = path.with_name(f"{stem} ({n}){suffix}")
-        if not candidate.exists():
+        candidate = dest if n == 0 else dest.with_name(f"{dest.stem} ({n}){dest.suffix}")
+        try:
+            os.link(source, candidate)
             return candidate
-        n += 1
+        except FileExistsError:
+            n += 1
 
 
 class FileProcessor:
@@ -222,9 +244,7 @@ class FileProcessor:
 
     def _move(self, row: FileRow, source: Path, dest: Path, label: str, key: str) -> None:
         try:
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            final = unique_destination(dest)
-            shutil.move(source, final)
+            final = move_no_clobber(source, dest)
         except OSError as exc:
             log.error("%s: cannot move it to %s %s: %s", label, key, dest.parent, exc.strerror or exc)
             return

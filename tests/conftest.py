@@ -54,3 +54,13 @@ def peer(request, tmp_path):
         peer = DrfPeer(request.getfixturevalue("drf_server"))
     yield peer
     peer.stop()
+
+
+@pytest.fixture
+def receiver(tmp_path):
+    """Only the built-in receiver, for tests whose subject does not depend on the server."""
+    from tests.support.peers import ReceiverPeer
+
+    peer = ReceiverPeer(tmp_path / "received")
+    yield peer
+    peer.stop()

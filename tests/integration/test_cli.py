@@ -139,15 +139,6 @@ def test_retry_paths_and_all_failed(tmp_path):
         journal.close()
 
 
-@pytest.fixture
-def receiver(tmp_path):
-    from tests.support.peers import ReceiverPeer
-
-    peer = ReceiverPeer(tmp_path / "received")
-    yield peer
-    peer.stop()
-
-
 def test_oneshot_upload_to_the_receiver_and_again(receiver, tmp_path):
     peer = receiver
     config = make_config(tmp_path, url=peer.url, token=peer.token, part_size="64KiB")

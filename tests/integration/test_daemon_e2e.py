@@ -203,3 +203,24 @@ def test_folder_deleted_while_its_files_settle(peer, tmp_path):
         daemon.wait_states({k: "gone" for k in keys}, timeout=15)
         write_random(drop / f"{tmp_path.name}-after.bin", 10)
         daemon.wait_states({f"drop:{tmp_path.name}-after.bin": "done"}, timeout=15)
+
+
+def test_after_upload_move_keeps_paths_and_never_overwrites(receiver, tmp_path):
+    peer = receiver
+    drop, done = tmp_path / "drop", tmp_path / "done"
+    watch = {"name": "drop", "path": str(drop), "target": "main", "after_upload": "move",
+             "done_dir": str(done), "settle": {"quiet": "0.3s", "max_wait": "30s"}}
+    config = make_config(tmp_path, url=peer.url, token=peer.token, watches=[watch])
+    with DaemonProcess(config) as daemon:
+        first = write_random(drop / "sub" / "a.bin", 1000)
+        first_md5 = md5_of(first)
+        daemon.wait_states({"drop:sub/a.bin": "done"})
+        wait_until(lambda: (done / "sub" / "a.bin").exists() and not first.exists(), timeout=10, what="moved")
+        second = write_random(drop / "sub" / "a.bin", 2000)  # the same name again, other content
+        second_md5 = md5_of(second)
+        wait_until(lambda: (done / "sub" / "a (1).bin").exists(), timeout=20, what="second move")
+    assert md5_of(done / "sub" / "a.bin") == first_md5
+    assert md5_of(done / "sub" / "a (1).bin") == second_md5
+    assert not (drop / "sub" / "a.bin").exists()
+    row = daemon.rows()["drop:sub/a.bin"]
+    assert row["after_action"] == f"moved to {done / 'sub' / 'a (1).bin'}"

@@ -10,7 +10,6 @@ import socket
 import sqlite3
 import time
 
-import pytest
 import requests
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
@@ -45,15 +44,6 @@ class NotifySocket:
 
     def close(self):
         self.sock.close()
-
-
-@pytest.fixture
-def receiver(tmp_path):
-    from tests.support.peers import ReceiverPeer
-
-    peer = ReceiverPeer(tmp_path / "received")
-    yield peer
-    peer.stop()
 
 
 def test_notify_sequence_reload_and_stop(tmp_path, receiver):

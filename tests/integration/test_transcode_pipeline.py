@@ -17,15 +17,6 @@ from tests.support.tools import require_tools
 pytestmark = pytest.mark.ffmpeg
 
 
-@pytest.fixture
-def receiver(tmp_path):
-    from tests.support.peers import ReceiverPeer
-
-    peer = ReceiverPeer(tmp_path / "received")
-    yield peer
-    peer.stop()
-
-
 def make_clip(path, *, seconds=1, codec_args=("-c:v", "mpeg4", "-c:a", "pcm_s16le")):
     require_tools("ffmpeg", "ffprobe")
     subprocess.run(
