@@ -118,7 +118,7 @@ def _transcode(quick: bool) -> dict[str, Any]:
         return {"benchmark": "transcode", "skipped": "bench/transcode.py does not exist"}
     if shutil.which("ffmpeg") is None or shutil.which("ffprobe") is None:
         return {"benchmark": "transcode", "skipped": "ffmpeg / ffprobe not on PATH"}
-    args = ["--rounds", "1", "--seconds", "3"] if quick else ["--rounds", "3", "--seconds", "10"]
+    args = ["--rounds", "1", "--seconds", "3"] if quick else ["--rounds", "7", "--seconds", "10"]
     proc = subprocess.run([PYTHON, str(TRANSCODE), *args], capture_output=True, text=True, cwd=REPO,
                           timeout=900, check=False)
     out: dict[str, Any] = {"benchmark": "transcode", "args": args, "returncode": proc.returncode,
