@@ -689,3 +689,14 @@ class DaemonRun:
                 self.proc.wait(10)
         finally:
             self._close_listener()
+
+
+def save_figure(fig, out: Path) -> Path:
+    """Lay out, write (100 dpi) and close a matplotlib figure; returns ``out``."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out

@@ -34,6 +34,7 @@ from bench.common import (
     fmt_med,
     log,
     machine,
+    save_figure,
     syncd_config,
     table,
     temp_dir,
@@ -135,14 +136,11 @@ def plot(result: dict[str, Any], out: Path) -> Path:
     ax.bar(range(1, len(killed) + 1), [c["waste"] / MiB for c in killed], color="tab:blue")
     ax.axhline(result["part"] / MiB, color="red", linestyle="--", label=f"part size {result['part'] / MiB:g} MiB")
     ax.set_xlabel("kill")
+    ax.set_xticks(range(1, len(killed) + 1))
     ax.set_ylabel("MiB sent again")
     ax.legend()
     ax.set_title(f"Resume waste per SIGKILL, {result['size'] / MiB:.0f} MiB file")
-    fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -38,7 +38,17 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from bench.common import DaemonRun, dump_json, fmt_med, log, machine, syncd_config, table, temp_dir
+from bench.common import (
+    DaemonRun,
+    dump_json,
+    fmt_med,
+    log,
+    machine,
+    save_figure,
+    syncd_config,
+    table,
+    temp_dir,
+)
 from syncd.units import parse_duration
 
 
@@ -251,11 +261,7 @@ def plot(result: dict[str, Any], out: Path) -> Path:
     ax.set_xlim(left=0)
     ax.legend()
     ax.set_title(f"Settle latency, {len(pooled)} files")
-    fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -34,6 +34,7 @@ from bench.common import (
     machine,
     median,
     proc_cpu,
+    save_figure,
     summary,
     syncd_config,
     table,
@@ -164,11 +165,7 @@ def plot(result: dict[str, Any], out: Path) -> Path:
         ax2.set_ylim(bottom=0)
     axes[0].set_title(f"part size, one {result['size'] / MiB:.0f} MiB file")
     axes[1].set_title(f"{result['files']} files, 50 MiB parts")
-    fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out)
 
 
 def _ints(text: str) -> tuple[int, ...]:

@@ -57,6 +57,7 @@ from bench.common import (
     machine,
     median,
     run_measured,
+    save_figure,
     summary,
     syncd_config,
     table,
@@ -279,11 +280,7 @@ def plot(result: dict[str, Any], out: Path) -> Path:
     ax2.axvline(RSS_TARGET / MiB, color="red", linestyle="--", linewidth=1, label="80 MiB target")
     ax2.legend(fontsize=8)
     fig.suptitle(f"{result['size'] / MiB:.0f} MiB file, {result['part'] / MiB:g} MiB parts, {result['rounds']} rounds")
-    fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out)
 
 
 def main(argv: list[str] | None = None) -> int:
