@@ -234,7 +234,7 @@ class Daemon:
             log.info("resuming %d interrupted upload(s) from the journal", recovered)
         if self.config.receiver is not None:
             self._start_receiver()
-        self._apply_config(self.config, first=True)
+        self._apply_config(self.config)
         self.waker_selector = selectors.DefaultSelector()
         self.waker_selector.register(self.waker.rfd, selectors.EVENT_READ)
 
@@ -256,7 +256,7 @@ class Daemon:
             raise StartError(f"receiver: {exc}") from None
         log.info("receiver listening on %s, storing into %s", self.receiver.url, rc.root)
 
-    def _apply_config(self, config: Config, *, first: bool) -> None:
+    def _apply_config(self, config: Config) -> None:
         """Build the watch, settle and upload machinery for ``config`` (also on reload)."""
         old_backends = self.backends
         self.backends = build_backends(config)
@@ -309,9 +309,6 @@ class Daemon:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
             self.shutdown()
-
-    def request_stop(self) -> None:
-        self.waker.wake(bytes([signal.SIGTERM]))
 
     def shutdown(self) -> None:
         """Stop taking work, let in-flight parts stop, keep every session resumable."""
@@ -573,7 +570,7 @@ class Daemon:
             return False
         if new.receiver != self.config.receiver:
             log.warning("reload: receiver settings change only at the next restart")
-        self._apply_config(new, first=False)
+        self._apply_config(new)
         log.info("reloaded %s", self.config_path)
         self._notify("ready")
         return True

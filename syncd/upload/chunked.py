@@ -114,8 +114,7 @@ def raise_for_answer(resp: requests.Response, *, on_session: bool) -> dict[str, 
         except ValueError:
             body = {}
         if isinstance(body, dict) and "expected_offset" in body:
-            return_offset = int(body["expected_offset"])
-            raise OffsetMismatch(return_offset, int(body.get("provided_offset", -1)))
+            raise OffsetMismatch(int(body["expected_offset"]), int(body.get("provided_offset", -1)))
         if "checksum does not match" in detail:
             raise ChecksumMismatch(detail)
     if status in (401, 403):

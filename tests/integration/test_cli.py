@@ -13,7 +13,7 @@ import yaml
 from syncd import __version__
 from syncd.journal import Fingerprint, Journal
 from tests.support.daemon import REPO, make_config
-from tests.support.engine import md5_of, write_random
+from tests.support.files import md5_of, write_random
 
 
 def syncd(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:

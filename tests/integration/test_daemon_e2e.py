@@ -13,7 +13,7 @@ import pytest
 
 from tests.support.counting_proxy import CountingProxy
 from tests.support.daemon import DaemonProcess, make_config, wait_until
-from tests.support.engine import md5_of, write_random
+from tests.support.files import md5_of, write_random
 
 PART = 64 * 1024
 

@@ -12,7 +12,6 @@ import pytest
 import requests
 
 from tests.support.daemon import DaemonProcess, wait_until
-from tests.support.engine import md5_of
 from tests.support.failures import (
     Drop,
     KiB,
@@ -24,6 +23,7 @@ from tests.support.failures import (
     upload_offset,
 )
 from tests.support.fault_proxy import FaultProxy, Forward, Match, Rule, Stall
+from tests.support.files import md5_of
 from tests.support.peers import ReceiverPeer
 
 SESSION = r"/chunked_upload/[^/]+/$"

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import requests
 
+from tests.support.files import md5_of
 from tests.support.receiver import (
     TOKEN,
-    md5_file,
     post_whole,
     random_file,
     running,
@@ -40,7 +40,7 @@ def test_sdk_upload_is_stored_intact(tmp_path: Path, size: int) -> None:
         answer = upload_file(server.url, source, token=TOKEN, filename=f"sdk/{size}.bin")
     assert (answer["status"], answer["size"], answer["md5"]) == (2, size, md5)
     assert answer["path"] == f"sdk/{size}.bin"
-    assert md5_file(root / answer["path"]) == md5
+    assert md5_of(root / answer["path"]) == md5
 
 
 def test_sdk_access_token_header(tmp_path: Path) -> None:

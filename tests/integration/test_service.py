@@ -15,7 +15,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.daemon import DaemonProcess, make_config, wait_until
-from tests.support.engine import write_random
+from tests.support.files import write_random
 
 
 class NotifySocket:

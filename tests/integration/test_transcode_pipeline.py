@@ -11,7 +11,7 @@ import yaml
 
 from syncd.transcode import get_video_info, is_web_ready
 from tests.support.daemon import REPO, DaemonProcess, make_config
-from tests.support.engine import md5_of
+from tests.support.files import md5_of
 from tests.support.tools import require_tools
 
 pytestmark = pytest.mark.ffmpeg

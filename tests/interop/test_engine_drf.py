@@ -2,8 +2,9 @@
 
 import pytest
 
-from syncd.upload.base import Interrupted, PermanentError
-from tests.support.engine import EngineRig, md5_of, write_random
+from syncd.upload.base import PermanentError
+from tests.support.engine import EngineRig
+from tests.support.files import md5_of, write_random
 
 pytestmark = pytest.mark.interop
 PART = 64 * 1024
@@ -47,20 +48,11 @@ def test_interrupted_upload_resumes_from_server_offset(rig, drf_server, tmp_path
     path = write_random(tmp_path / "big.bin", PART * 8)
     name = f"resume-{tmp_path.name}.bin"
     job = rig.job(path, name)
-    sent = []
-
-    def on_read(n):
-        sent.append(n)
-        if sum(sent) >= PART * 3:
-            rig.stop.set()
-
-    with pytest.raises(Interrupted):
-        rig.engine.upload(job, on_read=on_read)
+    rig.interrupt_after(job, PART * 3)
     upload = rig.journal.open_upload(job.file_id, target="t")
     assert upload.session is not None and upload.offset >= PART * 2
     acked = upload.offset
-    rig.stop.clear()
-    sent.clear()
+    sent = []
     rig.engine.upload(job, on_read=sent.append)
     assert drf_server.completed()[name] == md5_of(path)
     # nothing the server had acknowledged was sent again
@@ -72,18 +64,9 @@ def test_part_the_server_already_has_is_realigned(rig, drf_server, tmp_path):
     path = write_random(tmp_path / "f.bin", PART * 4)
     name = f"realign-{tmp_path.name}.bin"
     job = rig.job(path, name)
-    seen = []
-
-    def on_read(n):
-        seen.append(n)
-        if sum(seen) >= PART * 2:
-            rig.stop.set()
-
-    with pytest.raises(Interrupted):
-        rig.engine.upload(job, on_read=on_read)
+    rig.interrupt_after(job, PART * 2)
     upload = rig.journal.open_upload(job.file_id, target="t")
     rig.journal.realign(upload.id, 0)  # forget what the server acknowledged
-    rig.stop.clear()
     rig.engine.upload(job)
     assert drf_server.completed()[name] == md5_of(path)
 

@@ -12,7 +12,6 @@ Django's upload temp dir, the server's log) sits in one temp dir removed by ``st
 
 from __future__ import annotations
 
-import hashlib
 import os
 import secrets
 import shutil
@@ -28,6 +27,8 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 import requests
+
+from tests.support.files import md5_of
 
 PROJECT_PARENT = Path(__file__).resolve().parents[1] / "interop"  # holds drf_project/
 TABLE = "drf_chunked_upload_chunkedupload"
@@ -50,14 +51,6 @@ def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def _md5_file(path: Path) -> str:
-    h = hashlib.md5()
-    with path.open("rb") as f:
-        while block := f.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()
 
 
 class DrfServer:
@@ -289,7 +282,7 @@ class DrfServer:
         A filename completed twice maps to the later upload; tests use unique names.
         """
         return {
-            s.filename: _md5_file(s.path)
+            s.filename: md5_of(s.path)
             for s in self.sessions()
             if s.status == COMPLETE and s.path is not None
         }

@@ -2,36 +2,17 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import threading
 from pathlib import Path
 
 from syncd.config import RetryPolicy
 from syncd.journal import Fingerprint, Journal
+from syncd.upload.base import Interrupted
 from syncd.upload.chunked import ChunkedBackend
 from syncd.upload.engine import UploadEngine, UploadJob
 
 FAST_RETRY = RetryPolicy(initial=0.05, max=0.2, budget=3.0, waiting_initial=0.5, waiting_max=2.0)
-
-
-def md5_of(path: Path) -> str:
-    h = hashlib.md5()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()
-
-
-def write_random(path: Path, size: int) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "wb") as f:
-        left = size
-        while left:
-            n = min(left, 1 << 20)
-            f.write(os.urandom(n))
-            left -= n
-    return path
 
 
 class EngineRig:
@@ -55,6 +36,25 @@ class EngineRig:
 
     def upload(self, path: Path, remote_name: str | None = None):
         return self.engine.upload(self.job(path, remote_name or path.name))
+
+    def interrupt_after(self, job: UploadJob, nbytes: int) -> None:
+        """Upload ``job`` and stop the engine once ``nbytes`` were read: the upload is left
+        interrupted (its session open), as a shutdown leaves it."""
+        read = 0
+
+        def on_read(n: int) -> None:
+            nonlocal read
+            read += n
+            if read >= nbytes:
+                self.stop.set()
+
+        try:
+            self.engine.upload(job, on_read=on_read)
+        except Interrupted:
+            return
+        finally:
+            self.stop.clear()
+        raise AssertionError(f"the upload finished before {nbytes} bytes were read")
 
     def close(self) -> None:
         self.backend.close()

@@ -19,7 +19,7 @@ from typing import Any
 import yaml
 
 from tests.support.daemon import REPO, DaemonProcess, make_config
-from tests.support.engine import md5_of
+from tests.support.files import md5_of
 
 KiB, MiB = 1024, 1024 * 1024
 

@@ -8,7 +8,7 @@ import secrets
 from pathlib import Path
 
 from tests.support.drf import DrfServer
-from tests.support.engine import md5_of
+from tests.support.files import md5_of
 
 
 class ReceiverPeer:

@@ -32,14 +32,6 @@ def md5_hex(data: bytes) -> str:
     return hashlib.md5(data).hexdigest()
 
 
-def md5_file(path: Path) -> str:
-    digest = hashlib.md5()
-    with path.open("rb") as f:
-        while block := f.read(1 << 22):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def random_file(path: Path, size: int) -> str:
     """Writes ``size`` random bytes in blocks; returns their MD5."""
     digest = hashlib.md5()
