@@ -23,7 +23,9 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    InstanceOf,
     SecretStr,
+    SerializeAsAny,
     ValidationError,
     field_validator,
     model_validator,
@@ -104,21 +106,16 @@ class RetryPolicy(_Model):
     """cap of that pause: a waiting file is retried at least this often, forever"""
 
 
-class Target(TokenSource):
-    protocol: Literal["chunked"] = "chunked"
-    url: str
+class TargetSettings(TokenSource):
+    """The keys every target has; each protocol's settings model (``Settings`` in its module
+    under syncd/upload/, found through syncd.upload.registry) adds its own."""
+
+    protocol: str
     part_size: Size = 50 * 1024**2
     timeout: Timeouts = Timeouts()
     retry: RetryPolicy = RetryPolicy()
     verify_tls: bool = True
     ca_bundle: Path | None = None
-
-    @field_validator("url")
-    @classmethod
-    def _url(cls, value: str) -> str:
-        if not re.match(r"^https?://[^/\s]+", value):
-            raise ValueError(f"{value!r} is not an http:// or https:// URL")
-        return value if value.endswith("/") else value + "/"
 
     @field_validator("part_size")
     @classmethod
@@ -126,6 +123,33 @@ class Target(TokenSource):
         if not 64 * 1024 <= value <= 5 * 1024**3:
             raise ValueError(f"{value} is not between 64KiB and 5GiB")
         return value
+
+    def environment_problems(self) -> list[str]:
+        """What keeps this target from working on this machine (secrets, files), each as
+        ``key: reason``; a protocol adds its own."""
+        problems = []
+        try:
+            self.resolve_token()
+        except ValueError as exc:
+            problems.append(str(exc))
+        if self.ca_bundle is not None and not self.ca_bundle.is_file():
+            problems.append(f"ca_bundle: {str(self.ca_bundle)!r} is not a file")
+        return problems
+
+    def describe(self) -> str:
+        """Where the target uploads to, for the start-up log line."""
+        return self.protocol
+
+    def tls_verify(self) -> bool | str:
+        """What requests' ``verify=`` takes: the CA bundle's path, or whether to verify."""
+        return str(self.ca_bundle) if self.ca_bundle else self.verify_tls
+
+
+def http_url(value: str) -> str:
+    """An http(s) URL, with a trailing slash; for the protocols' ``url`` validators."""
+    if not re.match(r"^https?://[^/\s]+", value):
+        raise ValueError(f"{value!r} is not an http:// or https:// URL")
+    return value if value.endswith("/") else value + "/"
 
 
 class Settle(_Model):
@@ -218,7 +242,7 @@ class Metrics(_Model):
 class Config(_Model):
     journal: Path
     staging_dir: Path
-    targets: dict[str, Target]
+    targets: dict[str, SerializeAsAny[InstanceOf[TargetSettings]]]
     watches: tuple[Watch, ...]
     concurrency: Concurrency = Concurrency()
     rescan_interval: Duration = 600.0
@@ -307,10 +331,10 @@ def _describe(error: dict[str, Any]) -> str:
     return f"{value!r}: {msg[0].lower()}{msg[1:]}" if not isinstance(value, dict) else msg
 
 
-def _errors_from(exc: ValidationError, name: str) -> list[str]:
+def _errors_from(exc: ValidationError, name: str, *, prefix: tuple[Any, ...] = ()) -> list[str]:
     seen: dict[str, str] = {}
     for error in exc.errors():
-        loc = _loc(error["loc"])
+        loc = _loc(prefix + tuple(error["loc"]))
         line = f"{name}: {loc}: {_describe(error)}" if loc else f"{name}: {_describe(error)}"
         # a union reports one error per branch: keep the first per key path
         seen.setdefault(loc, line)
@@ -346,14 +370,44 @@ def build_config(data: dict[str, Any], *, base: Path, name: str, check: bool = T
     data = _resolve_paths(data, base, "", errors, name)
     if errors and check:
         raise ConfigError(errors)
+    targets, errors = _validate_targets(data.get("targets"), name)
     try:
-        config = Config.model_validate({**data, "source": name})
+        config = Config.model_validate({**data, "targets": targets, "source": name})
     except ValidationError as exc:
-        raise ConfigError(_errors_from(exc, name)) from None
+        errors += _errors_from(exc, name)
+    if errors:
+        raise ConfigError(errors)
     errors = check_environment(config) if check else []
     if errors:
         raise ConfigError(errors)
     return config
+
+
+def _validate_targets(raw: Any, name: str) -> tuple[Any, list[str]]:
+    """Each target through its own protocol's settings model (``protocol:`` picks it;
+    ``chunked`` when absent), so each protocol validates its own keys."""
+    from syncd.upload import registry
+
+    if not isinstance(raw, dict):
+        return raw, []  # Config's own validation says what is wrong
+    errors: list[str] = []
+    out: dict[Any, Any] = {}
+    for key, value in raw.items():
+        if not isinstance(value, dict):
+            errors.append(f"{name}: targets.{key}: must be a mapping of keys")
+            continue
+        protocol = value.get("protocol", registry.DEFAULT)
+        try:
+            entry = registry.lookup(protocol)
+        except KeyError:
+            errors.append(f"{name}: targets.{key}.protocol: {protocol!r} is not a protocol "
+                          f"(known: {', '.join(registry.names())})")
+            continue
+        try:
+            out[key] = entry.settings.model_validate({**value, "protocol": protocol})
+        except ValidationError as exc:
+            errors += _errors_from(exc, name, prefix=("targets", key))
+    return out, errors
 
 
 def _within(inner: Path, outer: Path) -> bool:
@@ -370,12 +424,7 @@ def check_environment(config: Config) -> list[str]:
     if not config.targets:
         errors.append(f"{name}: targets: at least one target is required")
     for key, target in config.targets.items():
-        try:
-            target.resolve_token()
-        except ValueError as exc:
-            errors.append(f"{name}: targets.{key}.{exc}")
-        if target.ca_bundle is not None and not target.ca_bundle.is_file():
-            errors.append(f"{name}: targets.{key}.ca_bundle: {str(target.ca_bundle)!r} is not a file")
+        errors += [f"{name}: targets.{key}.{problem}" for problem in target.environment_problems()]
     if config.receiver is not None:
         try:
             token = config.receiver.resolve_token()

@@ -147,8 +147,14 @@ def test_oneshot_upload_to_the_receiver_and_again(receiver, tmp_path):
     assert out.returncode == 0, out.stderr
     assert f"uploaded as manual/one shot.bin (md5 {md5_of(path)})" in out.stdout
     assert peer.stored_md5("manual/one shot.bin") == md5_of(path)
-    again = syncd("upload", "-c", str(config), "--target", "main", str(path))
+    again = syncd("upload", "-c", str(config), "--target", "main", "--remote-dir", "manual", str(path))
     assert again.returncode == 0 and "already uploaded" in again.stdout
+    assert peer.completions("manual/one shot.bin") == 1
+    # "already uploaded" means this content to this target under this name: another
+    # remote folder is another copy (issue 13, item 1)
+    elsewhere = syncd("upload", "-c", str(config), "--target", "main", str(path))
+    assert elsewhere.returncode == 0 and "already uploaded" not in elsewhere.stdout
+    assert peer.stored_md5("one shot.bin") == md5_of(path)
     missing = syncd("upload", "-c", str(config), "--target", "main", str(tmp_path / "missing.bin"))
     assert missing.returncode == 1 and "missing.bin: No such file or directory" in missing.stderr
     wrong = syncd("upload", "-c", str(config), "--target", "nope", str(path))
