@@ -317,6 +317,33 @@ def _errors_from(exc: ValidationError, name: str) -> list[str]:
     return list(seen.values())
 
 
+class _DuplicateKey(Exception):
+    def __init__(self, key: object, *, line: int, first_line: int):
+        super().__init__(f"duplicate key {key!r}")
+        self.key, self.line, self.first_line = key, line, first_line
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """pyyaml's safe loader, except that a key given twice in one mapping is an error
+    (pyyaml keeps the last one silently). Keys brought in by a ``<<`` merge may be overridden."""
+
+    def construct_mapping(self, node: yaml.Node, deep: bool = False) -> dict[Any, Any]:
+        if isinstance(node, yaml.MappingNode):
+            first: dict[Any, int] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                line = key_node.start_mark.line + 1
+                try:
+                    if key in first:
+                        raise _DuplicateKey(key, line=line, first_line=first[key])
+                    first[key] = line
+                except TypeError:
+                    continue  # an unhashable key: pyyaml's own error names it
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_config(path: Path | str, *, check: bool = True) -> Config:
     """Read, validate and check a config file; raises ConfigError with one line per problem.
 
@@ -330,7 +357,10 @@ def load_config(path: Path | str, *, check: bool = True) -> Config:
     except OSError as exc:
         raise ConfigError([f"{path}: cannot read config: {exc.strerror}"]) from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+    except _DuplicateKey as exc:
+        raise ConfigError([f"{name}: line {exc.line}: duplicate key {exc.key!r} (first at line {exc.first_line})"]) \
+            from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""

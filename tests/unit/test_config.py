@@ -197,3 +197,36 @@ def test_status_can_load_a_service_config_without_its_credentials(base, monkeypa
     with pytest.raises(ConfigError, match="CREDENTIALS_DIRECTORY"):
         load_config(path)
     assert load_config(path, check=False).journal == base / "state/journal.db"
+
+
+# --- issue 13 item 4: duplicate keys ----------------------------------------------------------
+
+def test_duplicate_key_names_the_key_and_both_lines(base):
+    text = GOOD.replace("    token: s3cret-token\n", "    token: s3cret-token\n    part_size: 1MiB\n"
+                        "    url: http://127.0.0.1:9/chunked_upload/\n")
+    lines = errors_of(base, text)
+    assert lines == ["config.yaml: line 9: duplicate key 'url' (first at line 6)"]
+
+
+def test_duplicate_top_level_key_and_list_of_mappings(base):
+    assert errors_of(base, GOOD + "journal: elsewhere.db\n") == [
+        "config.yaml: line 12: duplicate key 'journal' (first at line 2)"]
+    text = GOOD + "    recursive: true\n    poll: false\n    recursive: false\n"
+    assert errors_of(base, text) == ["config.yaml: line 14: duplicate key 'recursive' (first at line 12)"]
+
+
+def test_same_key_in_sibling_mappings_is_fine(base):
+    text = GOOD + "  - name: other\n    path: other\n    target: main\n"
+    assert [w.name for w in load_config(write(base, text)).watches] == ["drop", "other"]
+
+
+def test_duplicate_key_in_a_flow_mapping_on_one_line(base):
+    text = GOOD + "    settle: {quiet: 1s, quiet: 2s}\n"
+    assert errors_of(base, text) == ["config.yaml: line 12: duplicate key 'quiet' (first at line 12)"]
+
+
+def test_merge_keys_may_be_overridden(base):
+    text = GOOD + "    settle: &s {quiet: 1s, max_wait: 1m}\n  - name: other\n    path: other\n" \
+                  "    target: main\n    settle: {<<: *s, quiet: 2s}\n"
+    config = load_config(write(base, text))
+    assert config.watch("other").settle.quiet == 2.0 and config.watch("other").settle.max_wait == 60.0
