@@ -47,6 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     check = sub.add_parser("check-config", help="validate a config and print it resolved (secrets redacted)")
     _add_config(check)
+    check.add_argument("--skip-secrets", action="store_true",
+                       help="check everything but the tokens: for a service config outside systemd, where "
+                            "${CREDENTIALS_DIRECTORY} is not set")
 
     status = sub.add_parser("status", help="what is uploading, waiting, failed, and why")
     _add_config(status)
@@ -82,7 +85,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "run":
             return cmd_run(args)
-        config = load_config(args.config, check=args.command not in ("status", "retry"))
+        config = load_config(args.config, check=args.command not in ("status", "retry"),
+                             skip_secrets=getattr(args, "skip_secrets", False))
     except ConfigError as exc:
         print(str(exc), file=sys.stderr)
         return EXIT_USAGE

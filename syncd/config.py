@@ -45,6 +45,15 @@ class ConfigError(Exception):
         self.lines = lines
 
 
+class _SubkeyError(ValueError):
+    """A validator's complaint about one key inside the mapping it checks: the key joins the
+    key path of the error line (``watches[0].transcode.crf: ...``)."""
+
+    def __init__(self, key: str, message: str):
+        super().__init__(message)
+        self.key = key
+
+
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -65,6 +74,9 @@ class TokenSource(_Model):
         if len(given) > 1:
             raise ValueError(f"give only one of token, token_file, token_env (got {', '.join(given)})")
         return self
+
+    def has_token_source(self) -> bool:
+        return any(getattr(self, k) is not None for k in ("token", "token_file", "token_env"))
 
     def resolve_token(self) -> str | None:
         """The secret itself; raises ValueError naming the key on a bad source."""
@@ -158,6 +170,15 @@ class Watch(_Model):
     upload_original: bool = False
     skip_if_web_ready: bool = True
 
+    @field_validator("include", "exclude", mode="before")
+    @classmethod
+    def _globs(cls, value: object) -> object:
+        if isinstance(value, str):
+            return (value,)  # `include: "*.pdf"` means a list of that one glob
+        if value is None or isinstance(value, (list, tuple)):
+            return () if value is None else value
+        raise ValueError(f"{value!r} is not a glob or a list of globs")
+
     @field_validator("remote_dir")
     @classmethod
     def _remote_dir(cls, value: str) -> str:
@@ -174,7 +195,13 @@ class Watch(_Model):
         if isinstance(value, dict):
             from syncd.transcode import TranscodeConfig
 
-            TranscodeConfig.from_mapping(value)  # its ValueError names the bad setting
+            try:
+                TranscodeConfig.from_mapping(value)
+            except ValueError as exc:  # "crf: 99 must be ..." -> key path transcode.crf
+                key, sep, rest = str(exc).partition(": ")
+                if sep and key in value:
+                    raise _SubkeyError(key, rest) from None
+                raise
         return value
 
     @model_validator(mode="after")
@@ -257,27 +284,40 @@ def render_remote_dir(template: str, *, watch: str, when: float) -> str:
 _PATH_KEYS = {"journal", "staging_dir", "path", "done_dir", "failed_dir", "token_file", "ca_bundle", "root"}
 
 
-def _resolve_paths(node: Any, base: Path, loc: str, errors: list[str], name: str) -> Any:
-    """Expand ``${VAR}`` and ``~`` and anchor relative paths at ``base``, in place of strings."""
+_SECRET_PATH_KEYS = {"token_file"}
+_UNSET_VAR = re.compile(r"\$\{(\w+)\}|\$(\w+)")
+
+
+def _resolve_paths(node: Any, base: Path, loc: str, errors: list[str], name: str, *, skip_secrets: bool) -> Any:
+    """Expand ``${VAR}`` and ``~`` and anchor relative paths at ``base``, in place of strings.
+
+    With ``skip_secrets``, a secret's path that names an unset variable is left as written."""
     if isinstance(node, dict):
         out = {}
         for key, value in node.items():
             sub = f"{loc}.{key}" if loc else str(key)
             if key in _PATH_KEYS and isinstance(value, str):
-                out[key] = _expand_path(value, base, sub, errors, name)
+                if skip_secrets and key in _SECRET_PATH_KEYS and _unset_vars(value):
+                    out[key] = value
+                else:
+                    out[key] = _expand_path(value, base, sub, errors, name)
             else:
-                out[key] = _resolve_paths(value, base, sub, errors, name)
+                out[key] = _resolve_paths(value, base, sub, errors, name, skip_secrets=skip_secrets)
         return out
     if isinstance(node, list):
-        return [_resolve_paths(v, base, f"{loc}[{i}]", errors, name) for i, v in enumerate(node)]
+        return [_resolve_paths(v, base, f"{loc}[{i}]", errors, name, skip_secrets=skip_secrets)
+                for i, v in enumerate(node)]
     return node
 
 
+def _unset_vars(value: str) -> list[str]:
+    names = [a or b for a, b in _UNSET_VAR.findall(value)]
+    return [var for var in names if var not in os.environ]
+
+
 def _expand_path(value: str, base: Path, loc: str, errors: list[str], name: str) -> str:
-    for var in re.findall(r"\$\{(\w+)\}|\$(\w+)", value):
-        var = var[0] or var[1]
-        if var not in os.environ:
-            errors.append(f"{name}: {loc}: {value!r} uses ${{{var}}}, which is not set")
+    for var in _unset_vars(value):
+        errors.append(f"{name}: {loc}: {value!r} uses ${{{var}}}, which is not set")
     path = Path(os.path.expanduser(os.path.expandvars(value)))
     return str(path if path.is_absolute() else (base / path))
 
@@ -311,6 +351,8 @@ def _errors_from(exc: ValidationError, name: str) -> list[str]:
     seen: dict[str, str] = {}
     for error in exc.errors():
         loc = _loc(error["loc"])
+        if isinstance(sub := error.get("ctx", {}).get("error"), _SubkeyError):
+            loc = f"{loc}.{sub.key}"
         line = f"{name}: {loc}: {_describe(error)}" if loc else f"{name}: {_describe(error)}"
         # a union reports one error per branch: keep the first per key path
         seen.setdefault(loc, line)
@@ -344,12 +386,14 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
-def load_config(path: Path | str, *, check: bool = True) -> Config:
+def load_config(path: Path | str, *, check: bool = True, skip_secrets: bool = False) -> Config:
     """Read, validate and check a config file; raises ConfigError with one line per problem.
 
     ``check=False`` is for commands that only read the journal (``status``, ``retry``):
     secrets and folders are not looked at, so they work outside the service's environment
-    (where ``${CREDENTIALS_DIRECTORY}`` is unset)."""
+    (where ``${CREDENTIALS_DIRECTORY}`` is unset). ``skip_secrets=True`` checks everything
+    except the tokens themselves (``check-config --skip-secrets``): a ``token_file`` whose
+    path names an unset variable is kept as written, and no token is read."""
     path = Path(path)
     name = path.name
     try:
@@ -368,19 +412,20 @@ def load_config(path: Path | str, *, check: bool = True) -> Config:
         raise ConfigError([f"{name}: {where}not valid YAML: {problem}"]) from None
     if not isinstance(data, dict):
         raise ConfigError([f"{name}: the top level must be a mapping of keys"])
-    return build_config(data, base=path.resolve().parent, name=name, check=check)
+    return build_config(data, base=path.resolve().parent, name=name, check=check, skip_secrets=skip_secrets)
 
 
-def build_config(data: dict[str, Any], *, base: Path, name: str, check: bool = True) -> Config:
+def build_config(data: dict[str, Any], *, base: Path, name: str, check: bool = True,
+                 skip_secrets: bool = False) -> Config:
     errors: list[str] = []
-    data = _resolve_paths(data, base, "", errors, name)
+    data = _resolve_paths(data, base, "", errors, name, skip_secrets=skip_secrets)
     if errors and check:
         raise ConfigError(errors)
     try:
         config = Config.model_validate({**data, "source": name})
     except ValidationError as exc:
         raise ConfigError(_errors_from(exc, name)) from None
-    errors = check_environment(config) if check else []
+    errors = check_environment(config, skip_secrets=skip_secrets) if check else []
     if errors:
         raise ConfigError(errors)
     return config
@@ -390,8 +435,9 @@ def _within(inner: Path, outer: Path) -> bool:
     return inner == outer or outer in inner.parents
 
 
-def check_environment(config: Config) -> list[str]:
-    """Checks that need the filesystem and the whole config at once."""
+def check_environment(config: Config, *, skip_secrets: bool = False) -> list[str]:
+    """Checks that need the filesystem and the whole config at once (and the tokens,
+    unless ``skip_secrets``)."""
     name = config.source
     errors: list[str] = []
     names = [w.name for w in config.watches]
@@ -401,18 +447,19 @@ def check_environment(config: Config) -> list[str]:
         errors.append(f"{name}: targets: at least one target is required")
     for key, target in config.targets.items():
         try:
-            target.resolve_token()
+            if not skip_secrets:
+                target.resolve_token()
         except ValueError as exc:
             errors.append(f"{name}: targets.{key}.{exc}")
         if target.ca_bundle is not None and not target.ca_bundle.is_file():
             errors.append(f"{name}: targets.{key}.ca_bundle: {str(target.ca_bundle)!r} is not a file")
     if config.receiver is not None:
         try:
-            token = config.receiver.resolve_token()
+            token = config.receiver.resolve_token() if not skip_secrets else config.receiver.has_token_source()
         except ValueError as exc:
             errors.append(f"{name}: receiver.{exc}")
         else:
-            if token is None and not config.receiver.allow_anonymous:
+            if not token and not config.receiver.allow_anonymous:
                 errors.append(f"{name}: receiver: give token, token_file or token_env "
                               "(or allow_anonymous: true)")
 

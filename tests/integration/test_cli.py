@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import subprocess
 import sys
 
@@ -16,9 +17,9 @@ from tests.support.daemon import REPO, make_config
 from tests.support.files import md5_of, write_random
 
 
-def syncd(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+def syncd(*args: str, timeout: float = 60, cwd=REPO, env=None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "syncd", *args], capture_output=True, text=True,
-                          timeout=timeout, cwd=REPO)
+                          timeout=timeout, cwd=cwd, env=env)
 
 
 def test_version():
@@ -184,3 +185,20 @@ def test_receiver_port_in_use_is_one_line(tmp_path):
     assert "Traceback" not in out.stderr
     errors = [line for line in out.stderr.splitlines() if "ERROR" in line]
     assert len(errors) == 1 and f"cannot start: receiver: cannot start the receiver on 127.0.0.1:{port}" in errors[0]
+
+
+def test_check_config_skip_secrets_outside_the_service(tmp_path):
+    config = make_config(tmp_path, url="http://127.0.0.1:9/chunked_upload/", token=None)
+    data = yaml.safe_load(config.read_text())
+    data["targets"]["main"]["token_file"] = "${CREDENTIALS_DIRECTORY}/token"
+    config.write_text(yaml.safe_dump(data))
+    env_without = {k: v for k, v in os.environ.items() if k != "CREDENTIALS_DIRECTORY"}
+    out = syncd("check-config", "-c", str(config), env=env_without)
+    assert out.returncode == 2 and "CREDENTIALS_DIRECTORY" in out.stderr
+    out = syncd("check-config", "--skip-secrets", "-c", str(config), env=env_without)
+    assert out.returncode == 0, out.stderr
+    assert yaml.safe_load(out.stdout)["targets"]["main"]["token_file"] == "${CREDENTIALS_DIRECTORY}/token"
+    data["watches"][0]["settle"]["quiet"] = "soon"
+    config.write_text(yaml.safe_dump(data))
+    out = syncd("check-config", "--skip-secrets", "-c", str(config), env=env_without)
+    assert out.returncode == 2 and "watches[0].settle.quiet: 'soon' is not a duration" in out.stderr
