@@ -526,11 +526,15 @@ def _writable_dir_problem(folder: Path) -> str | None:
     return None
 
 
-def default_config(base: Path, *, port: int = DEFAULT_PORT) -> Config:
+def default_config(base: Path, *, port: int = DEFAULT_PORT, create_folders: bool = True) -> Config:
     """The quick start: watch ``base/drop``, upload to an embedded receiver on loopback
-    storing into ``base/received``, journal and staging in ``base/.syncd``."""
-    for folder in ("drop", "received", ".syncd"):
-        (base / folder).mkdir(parents=True, exist_ok=True)
+    storing into ``base/received``, journal and staging in ``base/.syncd``.
+
+    ``create_folders=False`` makes nothing and checks nothing on disk: for the commands that
+    only read the quick start's journal (``status``, ``retry``) or print it (``check-config``)."""
+    if create_folders:
+        for folder in ("drop", "received", ".syncd"):
+            (base / folder).mkdir(parents=True, exist_ok=True)
     token = secrets.token_urlsafe(24)
     data = {
         "journal": ".syncd/journal.db",
@@ -541,7 +545,7 @@ def default_config(base: Path, *, port: int = DEFAULT_PORT) -> Config:
         },
         "watches": [{"name": "drop", "path": "drop", "target": "local", "settle": {"quiet": "2s"}}],
     }
-    return build_config(data, base=base, name="<built-in>")
+    return build_config(data, base=base, name="<built-in>", check=create_folders)
 
 
 def redacted(config: Config) -> dict[str, Any]:
