@@ -142,7 +142,9 @@ def cmd_check_config(config: Config) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from syncd.daemon import Daemon, StartError, describe_config
     from syncd.journal import JournalError
+    from syncd.live import LiveSettings
     from syncd.logs import register_secret, setup_logging
+    from syncd.metrics import Metrics
     from syncd.notify import Notifier
 
     if args.config is not None:
@@ -160,25 +162,22 @@ def cmd_run(args: argparse.Namespace) -> int:
                  config.watches[0].path)
     log.info("syncd %s: %s", __version__, describe_config(config))
 
-    metrics = metrics_server = None
-    daemon = None
+    daemon = live = None
     try:
         daemon = Daemon(config, config_path=args.config, notifier=Notifier.from_environ())
-        if config.metrics.listen is not None:
-            from syncd.metrics import Metrics, start_metrics_server
-
-            metrics = Metrics(state_counts=daemon.journal_counts, queue_depth=daemon.queue_depth,
-                              oldest_pending_age=daemon.oldest_pending_age)
-            daemon.metrics = metrics
-            metrics_server = start_metrics_server(metrics, *config.metrics.listen)
-            log.info("metrics on http://%s:%d/metrics", config.metrics.listen[0], metrics_server.port)
+        # metrics count from the start; metrics.listen says where (and whether) they are served
+        daemon.metrics = Metrics(state_counts=daemon.journal_counts, queue_depth=daemon.queue_depth,
+                                 oldest_pending_age=daemon.oldest_pending_age)
+        live = LiveSettings(daemon.metrics, level_override=args.log_level)
+        daemon.on_reload = live.apply
+        live.serve_metrics(config)
         daemon.open()
     except (JournalError, StartError, OSError) as exc:
         log.error("cannot start: %s", exc)
         if daemon is not None:
             daemon.shutdown()
-        if metrics_server is not None:
-            metrics_server.stop()
+        if live is not None:
+            live.close()
         return EXIT_FAILURE
     try:
         return daemon.run()
@@ -186,8 +185,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         log.error("stopping: %s", exc)
         return EXIT_FAILURE
     finally:
-        if metrics_server is not None:
-            metrics_server.stop()
+        live.close()
 
 
 def cmd_retry(config: Config, args: argparse.Namespace) -> int:
