@@ -401,7 +401,7 @@ def load_config(path: Path | str, *, check: bool = True, skip_secrets: bool = Fa
     except OSError as exc:
         raise ConfigError([f"{path}: cannot read config: {exc.strerror}"]) from None
     try:
-        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+        data = yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader subclass
     except _DuplicateKey as exc:
         raise ConfigError([f"{name}: line {exc.line}: duplicate key {exc.key!r} (first at line {exc.first_line})"]) \
             from None
