@@ -23,6 +23,7 @@ from pathlib import Path
 from syncd.config import Config, ConfigError, load_config
 from syncd.intake import Intake
 from syncd.journal import MOVE_ASIDE, Journal, JournalError
+from syncd.live import changed_keys, needs_restart
 from syncd.notify import WatchdogPinger
 from syncd.pipeline import FileProcessor, Outcome
 from syncd.sources import SourcePlanner
@@ -201,6 +202,7 @@ class Daemon:
         self._next_rescan = 0.0
         self._stopping = False
         self._reload_requested = False
+        self.on_reload: Callable[[Config, Config], None] | None = None  # (old, new) after a reload
 
     # --- lifecycle -----------------------------------------------------------------------
 
@@ -432,10 +434,13 @@ class Daemon:
             log.error("reload refused: journal: the journal cannot move while running; restart syncd")
             self._notify("ready")
             return False
-        if new.receiver != self.config.receiver:
-            log.warning("reload: receiver settings change only at the next restart")
+        old, changed = self.config, changed_keys(self.config, new)
+        if later := needs_restart(changed):
+            log.warning("reload: %s: applied only at the next restart", ", ".join(later))
         self._apply_config(new)
-        log.info("reloaded %s", self.config_path)
+        if self.on_reload is not None:
+            self.on_reload(old, new)
+        log.info("reloaded %s (%s)", self.config_path, f"changed: {', '.join(changed)}" if changed else "no changes")
         self._notify("ready")
         return True
 
