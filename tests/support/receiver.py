@@ -67,11 +67,15 @@ def put_part(
     )
 
 
-def post_whole(url: str, data: bytes, *, filename: str, md5: str | None = None) -> requests.Response:
+def post_whole(
+    url: str, data: bytes, *, filename: str, md5: str | None = None, headers: dict[str, str] | None = None
+) -> requests.Response:
     fields = {"filename": filename}
     if md5 is not None:
         fields["md5"] = md5
-    return requests.post(url, files={"file": ("x", data)}, data=fields, headers=AUTH, timeout=TIMEOUT)
+    return requests.post(
+        url, files={"file": ("x", data)}, data=fields, headers={**AUTH, **(headers or {})}, timeout=TIMEOUT
+    )
 
 
 def complete(url: str, md5: str) -> requests.Response:
