@@ -12,6 +12,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 
 from syncd.server import handlers
 from syncd.server.auth import Handler, token_middleware
+from syncd.server.drain import DRAIN, Drain
 from syncd.server.errors import ApiError
 from syncd.server.handlers import RECEIVER
 from syncd.server.hooks import ServerHooks
@@ -60,7 +61,9 @@ async def _receiver_lifecycle(app: web.Application) -> AsyncIterator[None]:
 
 
 def build_app(settings: ReceiverSettings, *, hooks: ServerHooks | None = None) -> web.Application:
-    app = web.Application(middlewares=[answer_errors, token_middleware(settings.token)])
+    drain = Drain()
+    app = web.Application(middlewares=[drain.middleware, answer_errors, token_middleware(settings.token)])
+    app[DRAIN] = drain
     app[RECEIVER] = Receiver(settings, hooks or ServerHooks())
     app.cleanup_ctx.append(_receiver_lifecycle)
 
