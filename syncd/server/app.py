@@ -73,6 +73,7 @@ def build_app(settings: ReceiverSettings, *, hooks: ServerHooks | None = None) -
     member = collection + "{id:[^/]+}"
     router = app.router
     router.add_get(f"{base}healthz", handlers.healthz, name="healthz")
+    router.add_get(collection, handlers.find_by_key, allow_head=False)
     router.add_put(collection, handlers.create_session)
     router.add_post(collection, handlers.upload_whole)
     for path in (member, member + "/"):

@@ -341,6 +341,19 @@ async def append_part(request: web.Request) -> web.Response:
     return _answer(request, session)
 
 
+async def find_by_key(request: web.Request) -> web.Response:
+    """``GET chunked_upload/`` with ``Upload-Key``: the session the client named (404 if
+    none), so a client whose first part's answer was lost can resume or abort it."""
+    receiver = _receiver(request)
+    key = _upload_key(request)
+    if key is None:
+        raise ApiError(400, f"GET on the collection needs an {KEY_HEADER} header")
+    async with receiver.key_locks.hold(key), receiver.locked_by_key(key) as named:
+        if named is None:
+            raise ApiError(404, f"No upload is named {KEY_HEADER} {key!r}")
+        return _answer(request, named)
+
+
 async def get_session(request: web.Request) -> web.Response:
     """``GET chunked_upload/{id}/``: the session, with the offset to resume from."""
     receiver = _receiver(request)
