@@ -23,7 +23,7 @@ from prometheus_client.registry import Collector
 log = logging.getLogger(__name__)
 
 # Created at zero so that rate() and alerts see them before the first retry.
-RETRY_REASONS = ("5xx", "429", "408", "timeout", "connection")
+from syncd.upload.base import RETRY_REASONS  # the labels every protocol's TransientError uses
 
 _UPLOAD_BUCKETS = (0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
 _SETTLE_BUCKETS = (0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
