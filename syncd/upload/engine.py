@@ -65,6 +65,8 @@ from syncd.upload.retry import call_with_retry
 log = logging.getLogger("syncd.upload")
 T = TypeVar("T")
 
+BACKGROUND_HASH_MIN = 16 * 1024 * 1024
+"""files at least this big are hashed on a thread of their own while they are sent"""
 WHOLE = 0
 """``uploads.part_size`` of a whole-file upload (one request, no session)"""
 MAX_RESYNCS = 10
@@ -144,12 +146,14 @@ class UploadEngine:
             fd = os.open(job.source, os.O_RDONLY)
         except FileNotFoundError:
             raise FileVanished(f"{job.label}: file vanished") from None
+        md5 = PrefixMD5(background=item.size >= BACKGROUND_HASH_MIN)
         try:
-            up = _Open(job, backend, fd, self._check_unchanged(fd, job), item, caps, PrefixMD5(), on_read)
+            up = _Open(job, backend, fd, self._check_unchanged(fd, job), item, caps, md5, on_read)
             if item.size <= caps.single_request_max:
                 return self._upload_whole(up)
             return self._upload_parts(up)
         finally:
+            md5.close()
             os.close(fd)
 
     # --- checks and retries ----------------------------------------------------------------

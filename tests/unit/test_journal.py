@@ -163,3 +163,20 @@ def test_daemon_work_excludes_oneshot_rows(journal):
     assert journal.recover_interrupted(watches=["w"]) == 1
     assert journal.get_file(oneshot.id).state == "uploading"
     assert [r.watch for r in journal.due(watches=["w"])] == ["w"]
+
+
+def test_status_shows_an_upload_being_retried_within_its_budget(journal):
+    """Issue 13, item 6: a request retried inside its budget is visible, with its try count."""
+    from syncd.status import collect, render
+
+    row = journal.mark_settled("w", "slow.bin", Fingerprint(1, 2, 1000, 5))
+    journal.set_state(row.id, "uploading")
+    journal.start_upload(row.id, target="t", source="/x", remote_name="slow.bin",
+                         fp=Fingerprint(1, 2, 1000, 5), size=1000, part_size=100)
+    journal.note_retry(row.id, "part 3: try 4 after HTTP 503: busy")
+    data = collect(journal, limit=10)
+    assert data["uploading"][0]["retrying"] == "part 3: try 4 after HTTP 503: busy"
+    assert "    retrying: part 3: try 4 after HTTP 503: busy" in render(data)
+    journal.set_state(row.id, "waiting", error="HTTP 503: busy")  # the budget ran out
+    journal.note_retry(row.id, "not for a waiting file")
+    assert journal.get_file(row.id).last_error == "HTTP 503: busy"
