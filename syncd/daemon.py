@@ -269,7 +269,8 @@ class Daemon:
         self.processor = FileProcessor(self.journal, self.engine, config, stop=self.stop_event,
                                        planner=planner, clock=self.clock, on_done=self._on_done)
         # Settling starts over on reload: the full scan below re-tracks every settling file.
-        self.settlers = {w.name: Settler(quiet=w.settle.quiet, max_wait=w.settle.max_wait)
+        self.settlers = {w.name: Settler(quiet=w.settle.quiet, max_wait=w.settle.max_wait,
+                                         close_quiet=w.settle.close_quiet if w.settle.on_close else None)
                          for w in config.watches}
         if self.watcher is not None:
             self.watcher.stop()
@@ -401,7 +402,7 @@ class Daemon:
         if event.watch not in self.settlers:
             return
         if event.kind in ("changed", "closed"):
-            self._seen(event.watch, event.relpath)
+            self._seen(event.watch, event.relpath, closed=event.kind == "closed")
         elif event.kind == "deleted":
             self.settlers[event.watch].forget(event.relpath)
             self.journal.mark_gone(event.watch, event.relpath, only_from=("settling", "growing", "ready", "waiting"))
@@ -415,7 +416,7 @@ class Daemon:
             if scan not in self._pending_scans and (event.watch, "", True) not in self._pending_scans:
                 self._pending_scans.append(scan)
 
-    def _seen(self, watch: str, relpath: str, st: os.stat_result | None = None) -> None:
+    def _seen(self, watch: str, relpath: str, st: os.stat_result | None = None, *, closed: bool = False) -> None:
         """A file exists and may be new or changed: journal it and let it settle."""
         row = self.journal.find_file(watch, relpath)
         if row is not None and row.state in ACTIVE:
@@ -431,7 +432,10 @@ class Daemon:
             except FileNotFoundError:
                 return
             self.journal.note_new(watch, relpath, Fingerprint.of(st))
-        self._touch(watch, relpath)
+        if closed:
+            self.settlers[watch].closed(relpath, self.specs[watch].root / relpath)
+        else:
+            self._touch(watch, relpath)
 
     def _touch(self, watch: str, relpath: str) -> None:
         self.settlers[watch].touch(relpath, self.specs[watch].root / relpath)
