@@ -164,6 +164,10 @@ class Watch(_Model):
     transcode: Literal["optimize_for_web"] | dict[str, Any] | None = None
     upload_original: bool = False
     skip_if_web_ready: bool = True
+    priority: int = Field(0, ge=-1000, le=1000)
+    """higher goes first: a free upload worker takes a due file of the highest priority"""
+    order: Literal["oldest", "smallest"] = "oldest"
+    """which due file of this watch goes first"""
 
     @field_validator("remote_dir")
     @classmethod

@@ -52,6 +52,7 @@ def test_good_config_resolves_paths_and_defaults(base):
     assert config.journal == base / "state/journal.db"
     assert watch.settle.quiet == 5.0 and watch.after_upload == "keep"
     assert (watch.settle.on_close, watch.settle.close_quiet) == (False, 0.25)
+    assert (watch.priority, watch.order) == (0, "oldest")
     assert config.targets["main"].part_size == 50 * 1024**2
     assert config.targets["main"].resolve_token() == "s3cret-token"
     assert "s3cret-token" not in str(redacted(config))
@@ -101,6 +102,12 @@ def test_issue_example_message(base):
      "config.yaml: watches[0].settle: close_quiet must be more than 0s"),
     ({"watches": [{"name": "a", "path": "drop", "target": "main", "settle": {"on_close": "maybe"}}]},
      "config.yaml: watches[0].settle.on_close: 'maybe': input should be a valid boolean"),
+    ({"watches": [{"name": "a", "path": "drop", "target": "main", "priority": "high"}]},
+     "config.yaml: watches[0].priority: 'high': input should be a valid integer"),
+    ({"watches": [{"name": "a", "path": "drop", "target": "main", "priority": 5000}]},
+     "config.yaml: watches[0].priority: 5000: input should be less than or equal to 1000"),
+    ({"watches": [{"name": "a", "path": "drop", "target": "main", "order": "largest"}]},
+     "config.yaml: watches[0].order: 'largest': input should be 'oldest' or 'smallest'"),
     ({"watches": [{"name": "a", "path": "drop", "target": "main", "poll": True, "settle": {"on_close": True}}]},
      "config.yaml: watches[0]: settle.on_close: a polling watch (poll: true) sees no closes"),
 ])
