@@ -507,7 +507,9 @@ class Daemon:
                 log.error("file %d: worker error: %r", file_id, result)
                 continue
             if result.state == "settling" and result.watch in self.settlers:
-                self._touch(result.watch, result.relpath)
+                # changed during its upload; the writer's close, if it came, was dropped while
+                # the worker owned the file: with settle.on_close the writers probe decides
+                self.settlers[result.watch].closed(result.relpath, self.specs[result.watch].root / result.relpath)
             elif not stopping:
                 self._recheck(file_id)
 

@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 
 from tests.support.daemon import DaemonProcess, make_config, wait_until
+from tests.support.failures import MiB, journal_rows, upload_offset
+from tests.support.fault_proxy import FaultProxy, Forward, Rule
 from tests.support.files import md5_of, write_random
 from tests.support.tools import require_tools
 
@@ -110,3 +112,25 @@ def test_closed_but_held_open_by_another_writer_waits(receiver, tmp_path) -> Non
         daemon.wait_states({"drop:shared.bin": "done"}, timeout=FAST)
     assert_arrived_once(receiver, path)
     assert path.stat().st_size == 20_000
+
+
+def test_a_writer_that_reopens_during_the_upload_is_caught(receiver, tmp_path) -> None:
+    """Found ready on its close, then appended to while it uploads (slowed by a bandwidth
+    cap): that upload is abandoned, never completed, and the final content follows."""
+    path = tmp_path / "drop" / "reopened.bin"
+    with FaultProxy(receiver.url, seed=1, rules=[Rule(Forward(bandwidth=1.5 * MiB))]) as proxy:
+        config = make_config(tmp_path, url=proxy.url_for(receiver.url), token=receiver.token,
+                             part_size="256KiB", watches=[
+                                 {"name": "drop", "path": str(tmp_path / "drop"), "target": "main",
+                                  "settle": {"quiet": QUIET, "max_wait": "2m", "on_close": True}}])
+        with DaemonProcess(config) as daemon:
+            wait_watching(daemon)
+            write_random(path, 3 * MiB)
+            wait_until(lambda: upload_offset(daemon.journal_path, "drop:reopened.bin") >= MiB, timeout=FAST,
+                       what="a third sent")
+            with open(path, "ab") as f:
+                f.write(b"z" * 100 * 1024)
+            daemon.wait_states({"drop:reopened.bin": "done"}, timeout=FAST)
+        states = [r[0] for r in journal_rows(daemon.journal_path, "SELECT state FROM uploads ORDER BY id")]
+    assert states == ["abandoned", "completed"], states
+    assert_arrived_once(receiver, path)
