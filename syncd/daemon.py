@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from syncd.config import Config, ConfigError, load_config
+from syncd.dispatch import Dispatcher, WatchQueue
 from syncd.intake import Intake
 from syncd.journal import MOVE_ASIDE, Journal, JournalError
 from syncd.live import changed_keys, needs_restart
@@ -198,7 +199,7 @@ class Daemon:
         self.engine: UploadEngine | None = None
         self.processor: FileProcessor | None = None
         self.workers: _Workers | None = None
-        self._rr = deque()  # watches in round-robin order
+        self.dispatcher = Dispatcher([])
         self._next_rescan = 0.0
         self._stopping = False
         self._reload_requested = False
@@ -265,7 +266,7 @@ class Daemon:
             log.warning("%s", warning)
         self.watcher = Watcher(specs, self._on_event)
         self.watcher.start()
-        self._rr = deque(w.name for w in config.watches)
+        self.dispatcher = Dispatcher([WatchQueue(w.name, w.priority, w.order) for w in config.watches])
         if self.workers is None or self.workers.size != config.concurrency.uploads:
             if self.workers is not None:
                 self.workers.stop(timeout=0)  # idle threads exit; busy ones finish their file first
@@ -389,29 +390,10 @@ class Daemon:
         free = self.config.concurrency.uploads - len(self.running)
         if free <= 0:
             return
-        due = [r for r in self.journal.due(watches=list(self.specs), limit=free + len(self.running))
-               if r.id not in self.running]
-        by_watch: dict[str, deque] = {}
-        for row in due:
-            by_watch.setdefault(row.watch, deque()).append(row)
-        # Round-robin over watches, so a flood in one folder never starves another.
-        while free > 0 and by_watch:
-            name = self._rr[0] if self._rr else next(iter(by_watch))
-            self._rr.rotate(-1)
-            rows = by_watch.get(name)
-            if not rows:
-                if not any(w in by_watch for w in self._rr):
-                    name = next(iter(by_watch))
-                    rows = by_watch[name]
-                else:
-                    continue
-            row = rows.popleft()
-            if not rows:
-                del by_watch[name]
+        for row in self.dispatcher.pick(self.journal, free=free, running=self.running):
             self.running.add(row.id)
             self.workers.submit(row.id)
             log.debug("%s:%s: handed to a worker (%s)", row.watch, row.relpath, row.state)
-            free -= 1
 
     def _process(self, file_id: int) -> Outcome:
         return self.processor.process(file_id)

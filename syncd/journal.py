@@ -18,6 +18,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from syncd.states import ACTIVE, PENDING, STATES, FileState, allowed_from
 
@@ -87,8 +88,33 @@ _MIGRATIONS = [
     ALTER TABLE files ADD COLUMN target TEXT;
     ALTER TABLE files ADD COLUMN verified TEXT;
     """,
+    # due() asks per watch (priorities), oldest or smallest first
+    """
+    DROP INDEX files_due;
+    CREATE INDEX files_due_oldest ON files (watch, state, coalesce(next_attempt_at, updated_at), id);
+    CREATE INDEX files_due_smallest ON files (watch, state, size, id);
+    """,
 ]
 SCHEMA_VERSION = len(_MIGRATIONS)
+
+
+DueOrder = Literal["oldest", "smallest"]
+DUE_ORDERS: tuple[DueOrder, ...] = ("oldest", "smallest")
+_WAITED = "coalesce(next_attempt_at, updated_at)"
+_DUE_SQL = {
+    "oldest": (
+        f"SELECT * FROM files WHERE watch = ? AND state = 'ready' ORDER BY {_WAITED}, id LIMIT ?",
+        f"SELECT * FROM files WHERE watch = ? AND state = 'waiting' AND {_WAITED} <= ? ORDER BY {_WAITED}, id LIMIT ?",
+    ),
+    "smallest": (
+        "SELECT * FROM files WHERE watch = ? AND state = 'ready' ORDER BY size, id LIMIT ?",
+        f"SELECT * FROM files WHERE watch = ? AND state = 'waiting' AND {_WAITED} <= ? ORDER BY size, id LIMIT ?",
+    ),
+}
+_DUE_KEY = {
+    "oldest": lambda r: (r["next_attempt_at"] if r["next_attempt_at"] is not None else r["updated_at"], r["id"]),
+    "smallest": lambda r: (r["size"], r["id"]),
+}
 
 
 class JournalError(Exception):
@@ -440,23 +466,24 @@ class Journal:
                               f" ('uploading', 'transcoding') AND watch IN ({marks})",
                               (self.clock(), *watches)).rowcount
 
-    def due(self, *, watches: Sequence[str], now: float | None = None, limit: int = 100) -> list[FileRow]:
+    def due(self, *, watches: Sequence[str], now: float | None = None, limit: int = 100,
+            order: DueOrder = "oldest") -> list[FileRow]:
         """Files of these watches to start: ``ready`` ones, and ``waiting`` ones whose time
-        has come; oldest first. (Rows of ``syncd upload`` belong to no watch.)"""
+        has come. ``oldest``: the longest waiting first (a ``waiting`` file counts from its
+        next attempt time); ``smallest``: the smallest first. (Rows of ``syncd upload``
+        belong to no watch.)"""
         now = self.clock() if now is None else now
-        marks = ",".join("?" * len(watches))
-        # Two index range scans (files_due) instead of sorting every pending row per call:
-        # the daemon asks on every loop step.
+        if order not in DUE_ORDERS:
+            raise ValueError(f"unknown order {order!r}")
+        ready_sql, waiting_sql = _DUE_SQL[order]
+        rows: list[sqlite3.Row] = []
+        # Index range scans per watch (files_due_*) instead of sorting every pending row
+        # per call: the daemon asks on every loop step.
         with self._lock:
-            rows = self._db.execute(
-                f"SELECT * FROM files WHERE state = 'ready' AND watch IN ({marks})"
-                " ORDER BY coalesce(next_attempt_at, updated_at), id LIMIT ?", (*watches, limit)).fetchall()
-            rows += self._db.execute(
-                "SELECT * FROM files WHERE state = 'waiting' AND coalesce(next_attempt_at, updated_at) <= ?"
-                f" AND watch IN ({marks}) ORDER BY coalesce(next_attempt_at, updated_at), id LIMIT ?",
-                (now, *watches, limit)).fetchall()
-        rows.sort(key=lambda r: (r["next_attempt_at"] if r["next_attempt_at"] is not None else r["updated_at"],
-                                 r["id"]))
+            for watch in dict.fromkeys(watches):
+                rows += self._db.execute(ready_sql, (watch, limit)).fetchall()
+                rows += self._db.execute(waiting_sql, (watch, now, limit)).fetchall()
+        rows.sort(key=_DUE_KEY[order])
         return [_file_row(r) for r in rows[:limit]]
 
     def next_waiting_at(self) -> float | None:

@@ -20,10 +20,12 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from syncd.upload.base import RETRY_REASONS
+
 log = logging.getLogger(__name__)
 
-# Created at zero so that rate() and alerts see them before the first retry.
-from syncd.upload.base import RETRY_REASONS  # the labels every protocol's TransientError uses
+# RETRY_REASONS (every protocol's TransientError labels) are created at zero so that rate()
+# and alerts see them before the first retry.
 
 _UPLOAD_BUCKETS = (0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
 _SETTLE_BUCKETS = (0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
