@@ -209,9 +209,14 @@ class Daemon:
 
     def open(self) -> None:
         """Everything before the loop; raises JournalError / OSError with a clear message."""
+        journal = self.config.journal
+        # a lock file outlives its journal: without one, no syncd ever ran on this journal
+        first_run = not any(journal.with_name(journal.name + suffix).exists() for suffix in (".lock", "-wal"))
         self._lock_fd = lock_journal(self.config.journal)
         self.journal = Journal(self.config.journal)
-        if self.journal.created:
+        if self.journal.created and first_run:
+            log.info("%s: starting a new journal; every file in the watches is uploaded", self.config.journal)
+        elif self.journal.created:  # the folder has been used: a journal may have been lost
             log.warning("%s: no journal yet: starting a new journal; every file in the watches is uploaded "
                         "(again, if an earlier journal was lost)", self.config.journal)
         problem = self.journal.check_integrity()

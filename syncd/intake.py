@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 from syncd.config import Config
 from syncd.journal import AFTER_PENDING, Fingerprint, Journal
-from syncd.pipeline import FileProcessor, Outcome
+from syncd.pipeline import FileProcessor, Outcome, remote_name_for
 from syncd.states import ACTIVE, IDLE_PENDING, FileState
 from syncd.watch import FileEvent, Growing, Ready, Settler, Vanished, WatchSpec, scan_tree
 
@@ -110,6 +110,9 @@ class Intake:
                 and row.fingerprint == Fingerprint.of(st):
             if row.state == FileState.DONE and row.after_action == AFTER_PENDING:
                 self.processor.redo_after_upload(row)  # a crash came between `done` and the after-action
+            elif row.state == FileState.DONE and (moved := self._destination_changed(row)):
+                log.info("%s:%s: %s since it was uploaded; uploading it again", watch, relpath, moved)
+                self.journal.set_state(row.id, FileState.READY)
             return
         if row is None or row.state == FileState.GONE:
             try:
@@ -122,6 +125,19 @@ class Intake:
             self.settlers[watch].closed(relpath, self.specs[watch].root / relpath)
         else:
             self._touch(watch, relpath)
+
+    def _destination_changed(self, row) -> str | None:
+        """What changed about where a done file goes (its watch's target or remote name),
+        or None. Rows from journals older than this record (no target) are left alone."""
+        if row.target is None:
+            return None
+        watch = self.config.watch(row.watch)
+        if watch.target != row.target:
+            return f"the watch's target changed from {row.target} to {watch.target}"
+        name = remote_name_for(watch, row)
+        if row.dest is not None and name != row.dest:
+            return f"its remote name changed from {row.dest} to {name}"
+        return None
 
     def _touch(self, watch: str, relpath: str) -> None:
         self.settlers[watch].touch(relpath, self.specs[watch].root / relpath)

@@ -86,6 +86,7 @@ _MIGRATIONS = [
     ALTER TABLE uploads ADD COLUMN upload_key TEXT;
     ALTER TABLE parts ADD COLUMN etag TEXT;
     ALTER TABLE files ADD COLUMN target TEXT;
+    ALTER TABLE files ADD COLUMN dest TEXT;
     ALTER TABLE files ADD COLUMN verified TEXT;
     """,
     # due() asks per watch (priorities), oldest or smallest first
@@ -154,6 +155,8 @@ class FileRow:
     after_action: str | None
     target: str | None = None
     """the target a ``done`` file went to"""
+    dest: str | None = None
+    """the remote name a ``done`` file was sent as (before any server-side rename)"""
     verified: str | None = None
     """what was verified of a ``done`` file's copy (``RemoteFile.verified``)"""
 
@@ -190,7 +193,8 @@ def _file_row(r: sqlite3.Row) -> FileRow:
     return FileRow(
         r["id"], r["watch"], r["relpath"], Fingerprint(r["dev"], r["ino"], r["size"], r["mtime_ns"]),
         FileState(r["state"]), r["attempts"], r["last_error"], r["next_attempt_at"], r["first_seen_at"],
-        r["updated_at"], r["done_at"], r["md5"], r["remote_name"], r["after_action"], r["target"], r["verified"],
+        r["updated_at"], r["done_at"], r["md5"], r["remote_name"], r["after_action"], r["target"], r["dest"],
+        r["verified"],
     )
 
 
@@ -399,7 +403,7 @@ class Journal:
                        (" ".join(message.split())[:300], self.clock(), file_id, *sorted(ACTIVE)))
 
     def mark_done(self, file_id: int, *, md5: str, remote_name: str, durable: bool = False,
-                  after_action: str | None = None, target: str | None = None,
+                  after_action: str | None = None, target: str | None = None, dest: str | None = None,
                   verified: str | None = None) -> None:
         """The server confirmed the whole file. ``durable`` forces the commit to disk before
         returning: required before a destructive after-action (delete / move), which is then
@@ -413,8 +417,8 @@ class Journal:
                     db.execute(
                         "UPDATE files SET state = 'done', md5 = ?, remote_name = ?, done_at = ?,"
                         " last_error = NULL, next_attempt_at = NULL, after_action = ?, updated_at = ?,"
-                        " target = ?, verified = ? WHERE id = ?",
-                        (md5, remote_name, now, after_action, now, target, verified, file_id))
+                        " target = ?, dest = ?, verified = ? WHERE id = ?",
+                        (md5, remote_name, now, after_action, now, target, dest, verified, file_id))
             finally:
                 if durable:
                     self._db.execute("PRAGMA synchronous = NORMAL")
