@@ -255,7 +255,7 @@ class UploadEngine:
         job = up.job
         row = self.journal.open_upload(job.file_id, target=job.target)
         if row is not None and (not self._same_upload(row, up) or not self._plan_fits(row, up)):
-            log.info("%s: file differs from the interrupted upload; starting over", job.label)
+            log.info("%s: the interrupted upload no longer fits the file; starting over", job.label)
             self._abandon(up, row)
             row = None
         fresh = row is None
@@ -301,6 +301,7 @@ class UploadEngine:
 
     def _upload_parts(self, up: _Open) -> tuple[RemoteFile, str]:
         fresh_sessions = 0
+        unnamed_tried = False
         while True:
             self._open_session(up)
             try:
@@ -308,7 +309,8 @@ class UploadEngine:
             except SessionGone as exc:
                 # The server forgot the session (or never named it): one new session, then give up.
                 self.journal.finish_upload(up.row.id, state="abandoned")
-                if up.session.handle is None:
+                if up.session.handle is None and not unnamed_tried:
+                    unnamed_tried = True  # an upload whose session's answer never came back
                     log.info("%s: %s; starting a new session", up.job.label, exc)
                     continue
                 fresh_sessions += 1
