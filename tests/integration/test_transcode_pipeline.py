@@ -98,7 +98,7 @@ def test_bad_transcode_setting_names_the_key(tmp_path, receiver):
                          capture_output=True, text=True, cwd=REPO, timeout=30)
     assert out.returncode == 2
     line = out.stderr.strip()
-    assert line.startswith("config.yaml: watches[0].transcode: ") and "crf" in line, line
+    assert line.startswith("config.yaml: watches[0].transcode.crf: "), line  # the key path (issue 13, item 10)
     data = yaml.safe_load(config.read_text())
     data["watches"][0]["transcode"] = {"crf": 20, "preset": "veryfast"}
     config.write_text(yaml.safe_dump(data))
