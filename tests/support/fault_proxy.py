@@ -113,6 +113,8 @@ class RequestInfo:
     content_range: str | None
     content_length: int | None
     filename: str | None
+    upload_offset: int | None = None
+    """the tus ``Upload-Offset`` header, if any"""
 
     @property
     def range(self) -> tuple[int, int, int] | None:
@@ -404,7 +406,9 @@ class FaultProxy:
                 m = _FILENAME_FIELD.search(await body.peek())
                 if m and seen.filename is None:
                     seen.filename = m[1].decode("utf-8", "replace")
-            info = RequestInfo(seen.method, seen.path, seen.content_range, length, seen.filename)
+            offset = request.headers.get("Upload-Offset", "")
+            info = RequestInfo(seen.method, seen.path, seen.content_range, length, seen.filename,
+                               upload_offset=int(offset) if offset.isdigit() else None)
             rule = self._choose(info)
             action = rule.action if rule is not None else Forward()
             seen.action = type(action).__name__.lower()
