@@ -9,15 +9,16 @@ from tests.support.conformance import DrfTarget, FakeTarget, ReceiverTarget, Tus
 from tests.support.fake_backend import registered
 
 
-@pytest.fixture(params=["fake", "receiver", pytest.param("drf", marks=pytest.mark.interop), "tus"])
+@pytest.fixture(params=["fake", "receiver", pytest.param("drf", marks=pytest.mark.interop), "tus",
+                        "tus-checksum"])
 def target(request, tmp_path):
     if request.param == "fake":
         made = FakeTarget()
         with registered(made.server):
             yield made
         return
-    if request.param == "tus":
-        made = TusTarget(tmp_path / "tus")
+    if request.param.startswith("tus"):
+        made = TusTarget(tmp_path / "tus", checksum=request.param == "tus-checksum")
     elif request.param == "receiver":
         made = ReceiverTarget(tmp_path / "received")
     else:

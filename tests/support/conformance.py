@@ -199,19 +199,24 @@ class DrfTarget(_HttpTarget):
 
 class TusTarget:
     """@tus/server with its file store, behind a fault proxy matched on method and
-    ``Upload-Offset``. ``verify`` is the target's verify policy."""
+    ``Upload-Offset``. With ``checksum`` a proxy that stands in for a server offering the
+    checksum extension sits between them (tests/support/tus_checksum_proxy.py)."""
 
     name = "tus"
     part = PART
     accepts_empty = True
     can_abort = True  # termination
 
-    def __init__(self, root: Path, *, verify: str = "server", upstream: str | None = None):
+    def __init__(self, root: Path, *, verify: str = "server", checksum: bool = False):
         from tests.support.tus import TusServer, new_token
+        from tests.support.tus_checksum_proxy import TusChecksumProxy
 
         self.server = TusServer.start_in(root, token=new_token())
         self.verify = verify
-        self.proxy = FaultProxy(upstream or self.server.url, seed=1, rules=[]).start()
+        self.checksum = TusChecksumProxy(self.server.url).start() if checksum else None
+        if checksum:
+            self.name = "tus-checksum"
+        self.proxy = FaultProxy(self.checksum.url if self.checksum else self.server.url, seed=1, rules=[]).start()
         self._rules: list[Rule] = []
         self.url = f"http://127.0.0.1:{self.proxy.port}/files"
 
@@ -265,6 +270,8 @@ class TusTarget:
     def close(self) -> None:
         try:
             self.proxy.stop()
+            if self.checksum is not None:
+                self.checksum.stop()
         finally:
             self.server.stop()
 
