@@ -535,9 +535,14 @@ class TusSession:
         """GET the finished upload and compare its MD5 with the local file's."""
         resp = self._backend.request("GET", self.handle, stream=True)
         try:
-            if resp.status_code in (404, 410):
-                raise ChecksumMismatch(f"the server does not give the finished upload back (GET: HTTP "
-                                       f"{resp.status_code}); verify: read_back needs a server that serves it")
+            if resp.status_code in (404, 410, 500):
+                # HEAD said every byte is there, yet the server cannot give them back: an
+                # object store that lost the upload's parts (@tus/s3-store after its store
+                # restarted answers 500), or a server that serves no GET. Not a copy to
+                # trust: this upload is dropped and the file sent again.
+                raise ChecksumMismatch(f"read back failed: the server cannot give the finished upload back "
+                                       f"(GET: HTTP {resp.status_code}: {_detail(resp)}); verify: read_back "
+                                       "needs a server that serves finished uploads")
             raise_for_status(resp, what="GET", on_upload=True)
             digest = hashlib.md5()
             got = 0

@@ -1,6 +1,6 @@
 """A real tus server (@tus/server 2.x with @tus/file-store) on 127.0.0.1, in a node subprocess.
 
-The packages come from ``.ci/install-tus-server`` (into ``.ci/cache/node``; another folder
+The packages come from ``.ci/install-tus-server`` (into ``.ci/cache/tus``; another folder
 through ``SYNCD_TUS_NODE_MODULES``); the server script is ``tests/support/tus_server.mjs``.
 Without node or the packages a test skips, or fails under ``SYNCD_REQUIRE_TOOLS=1``.
 
@@ -30,7 +30,7 @@ SCRIPT = Path(__file__).with_name("tus_server.mjs")
 
 
 def node_modules() -> Path:
-    return Path(os.environ.get("SYNCD_TUS_NODE_MODULES") or REPO / ".ci" / "cache" / "node" / "node_modules")
+    return Path(os.environ.get("SYNCD_TUS_NODE_MODULES") or REPO / ".ci" / "cache" / "tus" / "node_modules")
 
 
 def require_tus_server() -> None:
