@@ -28,6 +28,7 @@ import logging
 import mimetypes
 import os
 import posixpath
+import queue
 import re
 import threading
 import time
@@ -302,6 +303,64 @@ class _Stream:
             yield block
 
 
+_END = object()
+
+
+class _ReadAhead:
+    """An iterable request body of known length whose next blocks are read from disk (and
+    hashed, by the engine's body) on a helper thread while this one sends: the disk read and
+    the MD5 (both release the GIL) overlap the socket instead of taking turns with it.
+    At most ``depth`` blocks wait in memory. ``close()`` stops and joins the helper."""
+
+    def __init__(self, source: Any, length: int, *, depth: int = 3):
+        self._source = source
+        self.len = length
+        self._queue: queue.Queue[Any] = queue.Queue(maxsize=depth)
+        self._gone = threading.Event()
+        """the sender stopped taking blocks (done, or the request failed)"""
+        self._thread: threading.Thread | None = None
+
+    def _read(self) -> None:
+        left = self.len
+        try:
+            while left > 0 and not self._gone.is_set():
+                block = self._source.read(min(STREAM_BLOCK, left))
+                if not block:
+                    break
+                left -= len(block)
+                self._put(block)
+            self._put(_END)
+        except BaseException as exc:  # Interrupted, FileChanged: the sender raises it
+            self._put(exc)
+
+    def _put(self, item: Any) -> None:
+        while not self._gone.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def __iter__(self):
+        self._thread = threading.Thread(target=self._read, name="syncd-tus-read", daemon=True)
+        self._thread.start()
+        try:
+            while True:
+                item = self._queue.get()
+                if item is _END:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        self._gone.set()
+        if self._thread is not None:
+            self._thread.join()
+
+
 # --- the backend -----------------------------------------------------------------------------
 
 class TusBackend:
@@ -505,7 +564,12 @@ class TusSession:
             sent = memoryview(whole)[start - part.offset:]
             md5_hex = part.md5 if start == part.offset else None
             headers["Upload-Checksum"] = checksum_header(algorithm, sent, md5_hex=md5_hex)
-        resp = self._backend.request("PATCH", self.handle, data=_Stream(part.body, end - start), headers=headers)
+        body = _Stream(part.body, end - start) if whole is not None else _ReadAhead(part.body, end - start)
+        try:
+            resp = self._backend.request("PATCH", self.handle, data=body, headers=headers)
+        finally:
+            if isinstance(body, _ReadAhead):
+                body.close()  # the helper has finished with the file (and the MD5) before the engine goes on
         if resp.status_code == 409:
             offset, _ = self.refresh()
             raise OffsetMismatch(offset, start)
