@@ -181,3 +181,33 @@ def test_daemon_never_deletes_on_a_bad_copy_and_uploads_again(server, checksum_p
     status = syncd_status(config, as_json=True)
     assert status["verified"] == {"read-back": 1}
     assert status["done"][0]["verified"] == "read-back"
+
+
+
+def test_a_part_the_server_holds_in_part_is_finished_from_its_offset(server, tmp_path):
+    """The server holds the start of a part (a PATCH cut short, on servers that keep what
+    arrived): HEAD tells the offset and only the rest of that part is sent."""
+    import requests
+
+    with FaultProxy(server.url) as proxy:
+        rig = EngineRig(tmp_path, backend=backend_for(proxy.url_for(server.url), server))
+        try:
+            path = write_random(tmp_path / "f.bin", 4 * PART + 1)
+            job = rig.job(path, "f.bin")
+            rig.interrupt_after(job, 2 * PART)
+            upload = rig.journal.open_upload(job.file_id, target="t")
+            start = rig.journal.get_upload(upload.id).offset  # whole parts the server acknowledged
+            with open(path, "rb") as f:
+                f.seek(start)
+                piece = f.read(10_000)
+            resp = requests.patch(upload.session, data=piece, timeout=10, headers={
+                "Tus-Resumable": "1.0.0", "Upload-Offset": str(start),
+                "Content-Type": "application/offset+octet-stream", "Authorization": f"Bearer {server.token}"})
+            assert resp.status_code == 204, resp.text
+            before = len(proxy.seen)
+            remote, md5 = rig.engine.upload(job)
+            patches = [(s.upload_offset, s.content_length) for s in proxy.seen[before:] if s.method == "PATCH"]
+        finally:
+            rig.close()
+    assert server.stored_md5("f.bin") == md5 == md5_of(path)
+    assert patches[0] == (start + 10_000, PART - 10_000), patches
