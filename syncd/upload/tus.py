@@ -32,6 +32,7 @@ import queue
 import re
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Literal
@@ -579,7 +580,7 @@ class TusSession:
             raise OffsetMismatch(self._offset, end)
         return PartReceipt(number=part.number, size=part.size)
 
-    def complete(self, parts: Any, md5_hex: str) -> RemoteFile:
+    def complete(self, parts: Sequence[PartReceipt], md5_hex: str) -> RemoteFile:
         """tus has no completion call: the server must hold every byte, and then the
         target's ``verify`` policy says what else is checked."""
         offset, length = self.refresh()
