@@ -149,6 +149,17 @@ class TargetSettings(TokenSource):
             problems.append(f"ca_bundle: {str(self.ca_bundle)!r} is not a file")
         return problems
 
+    def verified_by(self) -> str:
+        """What a ``done`` file's copy on this target is verified by, as configured: ``md5``
+        (the server's MD5 of the whole file), ``part-checksum``, ``read-back`` (syncd reads
+        the upload back), or ``size`` (only the byte count). A destructive after-action
+        (delete, move) needs more than ``size`` unless the target accepts it explicitly."""
+        return "md5"
+
+    def accepts_size_only(self) -> bool:
+        """The config says a byte count is enough (tus ``verify: size``)."""
+        return False
+
     def describe(self) -> str:
         """Where the target uploads to, for the start-up log line."""
         return self.protocol
@@ -320,7 +331,8 @@ def render_remote_dir(template: str, *, watch: str, when: float) -> str:
 
 # --- loading ---------------------------------------------------------------------------
 
-_PATH_KEYS = {"journal", "staging_dir", "path", "done_dir", "failed_dir", "token_file", "ca_bundle", "root"}
+_PATH_KEYS = {"journal", "staging_dir", "path", "done_dir", "failed_dir", "token_file", "ca_bundle", "root",
+              "file"}
 
 
 _SECRET_PATH_KEYS = {"token_file"}
@@ -540,6 +552,12 @@ def check_environment(config: Config, *, skip_secrets: bool = False) -> list[str
         if watch.target not in config.targets:
             known = ", ".join(sorted(config.targets)) or "none"
             errors.append(f"{loc}.target: {watch.target!r} is not a target (known: {known})")
+        target = config.targets.get(watch.target)
+        if watch.after_upload != "keep" and target is not None and target.verified_by() == "size" \
+                and not target.accepts_size_only():
+            errors.append(f"{loc}.after_upload: {watch.after_upload} needs a verified copy, but target "
+                          f"{watch.target!r} verifies only sizes: set targets.{watch.target}.verify: read_back "
+                          "(or verify: size to accept that)")
         root = watch.path.resolve()
         if not root.is_dir():
             errors.append(f"{loc}.path: {str(watch.path)!r} does not exist or is not a folder")
@@ -618,6 +636,8 @@ def redacted(config: Config) -> dict[str, Any]:
     def scrub(node: Any) -> Any:
         if isinstance(node, dict):
             return {k: ("***" if k == "token" and v is not None else scrub(v)) for k, v in node.items()}
+        if isinstance(node, SecretStr):
+            return "***"
         if isinstance(node, (list, tuple)):
             return [scrub(v) for v in node]
         if isinstance(node, Path):

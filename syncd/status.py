@@ -1,5 +1,6 @@
 """``syncd status``: read the journal (read-only, while the daemon runs) and say what is
-uploading, waiting, failed or growing, and why."""
+uploading, waiting, failed or growing, and why; and for done files, what their copy was
+verified by (the server's MD5, part checksums, a read-back, or only the size)."""
 
 from __future__ import annotations
 
@@ -33,8 +34,16 @@ def collect(journal: Journal, *, limit: int, now: float | None = None) -> dict[s
                  "error": r.last_error, "next_attempt_at": r.next_attempt_at,
                  "since": r.first_seen_at} for r in journal.files(states=(state,))[:limit]]
 
+    done = sorted(journal.files(states=("done",)), key=lambda r: r.done_at or 0.0, reverse=True)
+    verified: dict[str, int] = {}
+    for r in done:
+        verified[r.verified or "unknown"] = verified.get(r.verified or "unknown", 0) + 1
     return {
         "counts": journal.counts(),
+        "verified": verified,
+        "done": [{"watch": r.watch, "path": r.relpath, "size": r.fingerprint.size, "target": r.target,
+                  "remote_name": r.remote_name, "md5": r.md5, "verified": r.verified or "unknown",
+                  "done_at": r.done_at} for r in done[:limit]],
         "uploading": uploading[:limit],
         "waiting": rows("waiting"),
         "failed": rows("failed"),
@@ -70,6 +79,12 @@ def render(data: dict[str, Any], *, now: float | None = None) -> str:
         for g in data["growing"]:
             lines.append(f"  {g['watch']}:{g['path']}  {format_size(g['size'])}, "
                          f"changing for {format_duration(now - g['since'])}")
+    if data["done"]:
+        by = ", ".join(f"{how} {n}" for how, n in sorted(data["verified"].items()))
+        lines += ["", f"done, the copy verified by: {by} (latest first):"]
+        for d in data["done"]:
+            lines.append(f"  {d['watch']}:{d['path']}  {format_size(d['size'])} to {d['target']} as "
+                         f"{d['remote_name']}, verified by {d['verified']}")
     return "\n".join(lines)
 
 

@@ -5,19 +5,24 @@ from __future__ import annotations
 
 import pytest
 
-from tests.support.conformance import DrfTarget, FakeTarget, ReceiverTarget
+from tests.support.conformance import DrfTarget, FakeTarget, ReceiverTarget, TusTarget
 from tests.support.fake_backend import registered
 
 
-@pytest.fixture(params=["fake", "receiver", pytest.param("drf", marks=pytest.mark.interop)])
+@pytest.fixture(params=["fake", "receiver", pytest.param("drf", marks=pytest.mark.interop), "tus",
+                        "tus-checksum"])
 def target(request, tmp_path):
     if request.param == "fake":
         made = FakeTarget()
         with registered(made.server):
             yield made
         return
-    made = ReceiverTarget(tmp_path / "received") if request.param == "receiver" \
-        else DrfTarget(request.getfixturevalue("drf_server"))
+    if request.param.startswith("tus"):
+        made = TusTarget(tmp_path / "tus", checksum=request.param == "tus-checksum")
+    elif request.param == "receiver":
+        made = ReceiverTarget(tmp_path / "received")
+    else:
+        made = DrfTarget(request.getfixturevalue("drf_server"))
     try:
         yield made
     finally:

@@ -197,8 +197,88 @@ class DrfTarget(_HttpTarget):
         return sum(1 for s in self.server.sessions() if s.filename == remote_name and s.status == 1)
 
 
+class TusTarget:
+    """@tus/server with its file store, behind a fault proxy matched on method and
+    ``Upload-Offset``. With ``checksum`` a proxy that stands in for a server offering the
+    checksum extension sits between them (tests/support/tus_checksum_proxy.py)."""
+
+    name = "tus"
+    part = PART
+    accepts_empty = True
+    can_abort = True  # termination
+
+    def __init__(self, root: Path, *, verify: str = "server", checksum: bool = False):
+        from tests.support.tus import TusServer, new_token
+        from tests.support.tus_checksum_proxy import TusChecksumProxy
+
+        self.server = TusServer.start_in(root, token=new_token())
+        self.verify = verify
+        self.checksum = TusChecksumProxy(self.server.url).start() if checksum else None
+        if checksum:
+            self.name = "tus-checksum"
+        self.proxy = FaultProxy(self.checksum.url if self.checksum else self.server.url, seed=1, rules=[]).start()
+        self._rules: list[Rule] = []
+        self.url = f"http://127.0.0.1:{self.proxy.port}/files"
+
+    def rig(self, tmp: Path, *, wrong_token: bool = False) -> EngineRig:
+        from syncd.upload.tus import TusBackend
+
+        token = "not-the-token" if wrong_token else self.server.token
+        backend = TusBackend("t", url=self.url, part_size=self.part, headers={"Authorization": f"Bearer {token}"},
+                             verify=self.verify, connect_timeout=2, read_timeout=10)
+        return EngineRig(tmp, backend=backend)
+
+    def stored_md5(self, remote_name: str) -> str | None:
+        return self.server.stored_md5(remote_name)
+
+    def completions(self, remote_name: str) -> int:
+        return len(self.server.finished(remote_name))
+
+    def open_sessions(self, remote_name: str) -> int:
+        return sum(1 for u in self.server.uploads() if u.filename == remote_name and not u.finished)
+
+    def _add(self, rule: Rule) -> None:
+        self._rules.append(rule)
+        self.proxy.set_rules(self._rules)
+
+    def _patch_at(self, number: int) -> Match:
+        start = (number - 1) * self.part
+        return Match(method="PATCH", when=lambda info: info.upload_offset == start)
+
+    def _finishes(self, info) -> bool:
+        """A PATCH whose body ends the upload: tus's completion."""
+        length = self.server.length_of(info.path.rsplit("/", 1)[-1])
+        return None not in (length, info.upload_offset, info.content_length) \
+            and info.upload_offset + info.content_length == length
+
+    def fail_part(self, number: int, *, lost_answer: bool = False) -> None:
+        self._add(Rule(Respond(504 if lost_answer else 503, forward=lost_answer), match=self._patch_at(number),
+                       times=1))
+
+    def lose_completion_answer(self) -> None:
+        self._add(Rule(Respond(504, forward=True), match=Match(method="PATCH", when=self._finishes), times=1))
+
+    def lose_session(self) -> None:
+        self._add(Rule(Respond(404, detail="Not found."), match=Match(method="HEAD"), times=1))
+
+    def refuse_part(self, number: int, status: int) -> None:
+        self._add(Rule(Respond(status, detail="refused by the test"), match=self._patch_at(number), times=1))
+
+    def abort_requests(self) -> int:
+        return sum(1 for seen in self.proxy.seen if seen.method == "DELETE")
+
+    def close(self) -> None:
+        try:
+            self.proxy.stop()
+            if self.checksum is not None:
+                self.checksum.stop()
+        finally:
+            self.server.stop()
+
+
 def unique_name(tmp: Path, stem: str) -> str:
     return f"conf/{re.sub(r'[^A-Za-z0-9_-]', '_', tmp.name)}/{stem}"
 
 
-__all__ = ["PART", "DrfTarget", "FakeTarget", "ReceiverTarget", "SessionGone", "Target", "md5_of", "unique_name"]
+__all__ = ["PART", "DrfTarget", "FakeTarget", "ReceiverTarget", "SessionGone", "Target", "TusTarget", "md5_of",
+           "unique_name"]

@@ -113,6 +113,8 @@ class RequestInfo:
     content_range: str | None
     content_length: int | None
     filename: str | None
+    upload_offset: int | None = None
+    """the tus ``Upload-Offset`` header, if any"""
 
     @property
     def range(self) -> tuple[int, int, int] | None:
@@ -167,6 +169,8 @@ class Seen:
     content_range: str | None
     content_length: int | None
     filename: str | None
+    upload_offset: int | None = None
+    """the tus ``Upload-Offset`` header, if any"""
     action: str = "forward"
     """the action that handled it ("forward", "respond", "reset", "stall"), or "upstream-down"
     when the server could not be reached"""
@@ -391,9 +395,11 @@ class FaultProxy:
 
     async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
         length = request.content_length
+        offset = request.headers.get("Upload-Offset", "")
         seen = Seen(n=0, started=time.monotonic(), method=request.method, path=request.path,
                     content_range=request.headers.get("Content-Range"), content_length=length,
-                    filename=self._sessions.get(request.path))
+                    filename=self._sessions.get(request.path),
+                    upload_offset=int(offset) if offset.isdigit() else None)
         with self._lock:
             seen.n = len(self.seen)
             self.seen.append(seen)
@@ -404,7 +410,8 @@ class FaultProxy:
                 m = _FILENAME_FIELD.search(await body.peek())
                 if m and seen.filename is None:
                     seen.filename = m[1].decode("utf-8", "replace")
-            info = RequestInfo(seen.method, seen.path, seen.content_range, length, seen.filename)
+            info = RequestInfo(seen.method, seen.path, seen.content_range, length, seen.filename,
+                               upload_offset=seen.upload_offset)
             rule = self._choose(info)
             action = rule.action if rule is not None else Forward()
             seen.action = type(action).__name__.lower()

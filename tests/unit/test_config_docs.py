@@ -52,6 +52,17 @@ def models_of(annotation: Any) -> list[type[BaseModel]]:
     return []
 
 
+def entries_of(annotation: Any) -> list[type[BaseModel]]:
+    """The models a container's entries are, or [] when an entry may also be a plain value
+    (``headers: {NAME: "text" | {env: VAR} | {file: PATH}}`` is documented as one key)."""
+    inner = _strip(annotation)
+    if typing.get_origin(inner) in (Union, types.UnionType):
+        args = [a for a in typing.get_args(inner) if a is not type(None)]
+        if any(not models_of(a) for a in args):
+            return []
+    return models_of(annotation)
+
+
 def container_of(annotation: Any) -> tuple[str, Any] | None:
     """``("NAME", X)`` for a mapping of names to X, ``("[]", X)`` for a list of X, else None."""
     annotation = _strip(annotation)
@@ -79,9 +90,9 @@ def model_keys(models: list[type[BaseModel]], prefix: str = "") -> set[str]:
         for name, field in documented_fields(model).items():
             path = f"{prefix}{name}"
             container = container_of(field.annotation)
-            if container and models_of(container[1]):
+            if container and entries_of(container[1]):
                 sep = f".{container[0]}." if container[0] == "NAME" else "[]."
-                keys |= model_keys(models_of(container[1]), path + sep)
+                keys |= model_keys(entries_of(container[1]), path + sep)
             elif models_of(field.annotation):
                 keys |= model_keys(models_of(field.annotation), path + ".")
             else:
@@ -175,14 +186,20 @@ def walk_example(data: dict[str, Any], models: list[type[BaseModel]], loc: str, 
         seen.add(key_path)
         field = known[key]
         container = container_of(field.annotation)
-        if container and models_of(container[1]) and value is not None:
+        if container and entries_of(container[1]) and value is not None:
             items = list(value.items()) if container[0] == "NAME" else list(enumerate(value))
-            for n, (name, item) in enumerate(items):
+            members = entries_of(container[1])
+            spelled: set[type[BaseModel]] = set()
+            for name, item in items:
                 sub = f"{path}.{name}." if container[0] == "NAME" else f"{path}[{name}]."
                 sub_generic = f"{key_path}.NAME." if container[0] == "NAME" else f"{key_path}[]."
-                # the first entry spells out every key with its default; later ones are examples
-                walk_example(item, models_of(container[1]), sub, check_defaults=check_defaults and n == 0,
-                             problems=problems, seen=seen if n == 0 else set(), generic=sub_generic)
+                # the first entry of each kind (each protocol's target) spells out every key with
+                # its default; later ones are examples
+                member = _member_for(members, item) if isinstance(item, dict) else None
+                first = member not in spelled
+                spelled.add(member)
+                walk_example(item, members, sub, check_defaults=check_defaults and first,
+                             problems=problems, seen=seen if first else set(), generic=sub_generic)
         elif models_of(field.annotation) and isinstance(value, dict):
             walk_example(value, models_of(field.annotation), f"{path}.", check_defaults=check_defaults,
                          problems=problems, seen=seen, generic=f"{key_path}.")
