@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from syncd import __version__
-from syncd.config import Config, ConfigError, default_config, load_config, redacted
+from syncd.config import DEFAULT_PORT, Config, ConfigError, default_config, load_config, redacted
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 DEFAULT_CONFIG_ENV = "SYNCD_CONFIG"
@@ -17,11 +17,21 @@ DEFAULT_CONFIG_ENV = "SYNCD_CONFIG"
 log = logging.getLogger("syncd")
 
 
-def _add_config(parser: argparse.ArgumentParser, *, required: bool = True) -> None:
+def _add_config(parser: argparse.ArgumentParser, *, quick_start: bool = False) -> None:
     parser.add_argument(
-        "-c", "--config", type=Path, required=required and DEFAULT_CONFIG_ENV not in os.environ,
+        "-c", "--config", type=Path, required=not quick_start and DEFAULT_CONFIG_ENV not in os.environ,
         default=os.environ.get(DEFAULT_CONFIG_ENV),
-        help=f"the YAML config file (default: ${DEFAULT_CONFIG_ENV})")
+        help=f"the YAML config file (default: ${DEFAULT_CONFIG_ENV}"
+             + ("; without either, the quick-start setup in the current folder)" if quick_start else ")"))
+    if quick_start:
+        parser.add_argument("--port", type=_port, default=None,
+                            help=f"the quick start's receiver port (default {DEFAULT_PORT}); only without -c")
+
+
+def _port(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port (1..65535)")
+    return int(text)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,8 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run the daemon",
                          description="Run the daemon. Without -c it runs the built-in quick-start setup "
                                      "in the current folder: it watches ./drop and uploads to a receiver "
-                                     "on 127.0.0.1:8765 that stores into ./received.")
-    _add_config(run, required=False)
+                                     f"on 127.0.0.1:{DEFAULT_PORT} (--port to change) that stores into "
+                                     "./received.")
+    _add_config(run, quick_start=True)
     run.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
                      help="override log.level from the config")
 
@@ -46,18 +57,22 @@ def build_parser() -> argparse.ArgumentParser:
     add_serve_arguments(serve)
 
     check = sub.add_parser("check-config", help="validate a config and print it resolved (secrets redacted)")
-    _add_config(check)
+    _add_config(check, quick_start=True)
+    check.add_argument("--skip-secrets", action="store_true",
+                       help="check everything but the tokens: for a service config outside systemd, where "
+                            "${CREDENTIALS_DIRECTORY} is not set")
 
     status = sub.add_parser("status", help="what is uploading, waiting, failed, and why")
-    _add_config(status)
+    _add_config(status, quick_start=True)
     status.add_argument("--json", action="store_true", help="machine-readable output")
     status.add_argument("--limit", type=int, default=20, help="rows per section (default 20)")
 
     retry = sub.add_parser("retry", help="try failed files again")
-    _add_config(retry)
+    _add_config(retry, quick_start=True)
     group = retry.add_mutually_exclusive_group(required=True)
     group.add_argument("--all-failed", action="store_true", help="every failed file")
-    group.add_argument("paths", nargs="*", default=[], metavar="PATH", help="files to retry")
+    group.add_argument("paths", nargs="*", default=[], metavar="PATH",
+                       help="files to retry: a path, or WATCH:RELPATH as `syncd status` prints it")
 
     upload = sub.add_parser("upload", help="upload files once, resumably, with a progress bar")
     _add_config(upload)
@@ -79,13 +94,25 @@ def main(argv: list[str] | None = None) -> int:
         from syncd.server.cli import run_serve
 
         return run_serve(args)
+    if getattr(args, "port", None) is not None and args.config is not None:
+        print(f"syncd {args.command}: --port is for the quick start (no -c); in a config file set "
+              "receiver.listen and the target's url", file=sys.stderr)
+        return EXIT_USAGE
     try:
         if args.command == "run":
             return cmd_run(args)
-        config = load_config(args.config, check=args.command not in ("status", "retry"))
+        if args.config is None:  # only commands with a quick start get here without -c
+            config = default_config(Path.cwd(), port=args.port or DEFAULT_PORT, create_folders=False)
+        else:
+            config = load_config(args.config, check=args.command not in ("status", "retry"),
+                                 skip_secrets=getattr(args, "skip_secrets", False))
     except ConfigError as exc:
         print(str(exc), file=sys.stderr)
         return EXIT_USAGE
+    if args.config is None and args.command in ("status", "retry") and not config.journal.exists():
+        print(f"syncd {args.command}: no -c given, and no quick-start journal in {config.journal.parent} "
+              "(start `syncd run` in this folder first, or give -c FILE)", file=sys.stderr)
+        return EXIT_FAILURE
     if args.command == "check-config":
         return cmd_check_config(config)
     if args.command == "status":
@@ -106,20 +133,24 @@ def cmd_check_config(config: Config) -> int:
     import yaml
 
     print(yaml.safe_dump(redacted(config), sort_keys=False, allow_unicode=True), end="")
-    print(f"# {config.source}: ok", file=sys.stderr)
+    where = config.source if config.source != "<built-in>" else \
+        f"the quick start in {config.journal.parent.parent} (no -c; `syncd run` creates its folders)"
+    print(f"# {where}: ok", file=sys.stderr)
     return EXIT_OK
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     from syncd.daemon import Daemon, StartError, describe_config
     from syncd.journal import JournalError
+    from syncd.live import LiveSettings
     from syncd.logs import register_secret, setup_logging
+    from syncd.metrics import Metrics
     from syncd.notify import Notifier
 
     if args.config is not None:
         config = load_config(args.config)
     else:
-        config = default_config(Path.cwd())
+        config = default_config(Path.cwd(), port=args.port or DEFAULT_PORT)
     setup_logging(level=args.log_level or config.log.level, fmt=config.log.format)
     for target in config.targets.values():
         if token := target.resolve_token():
@@ -131,25 +162,22 @@ def cmd_run(args: argparse.Namespace) -> int:
                  config.watches[0].path)
     log.info("syncd %s: %s", __version__, describe_config(config))
 
-    metrics = metrics_server = None
-    daemon = None
+    daemon = live = None
     try:
         daemon = Daemon(config, config_path=args.config, notifier=Notifier.from_environ())
-        if config.metrics.listen is not None:
-            from syncd.metrics import Metrics, start_metrics_server
-
-            metrics = Metrics(state_counts=daemon.journal_counts, queue_depth=daemon.queue_depth,
-                              oldest_pending_age=daemon.oldest_pending_age)
-            daemon.metrics = metrics
-            metrics_server = start_metrics_server(metrics, *config.metrics.listen)
-            log.info("metrics on http://%s:%d/metrics", config.metrics.listen[0], metrics_server.port)
+        # metrics count from the start; metrics.listen says where (and whether) they are served
+        daemon.metrics = Metrics(state_counts=daemon.journal_counts, queue_depth=daemon.queue_depth,
+                                 oldest_pending_age=daemon.oldest_pending_age)
+        live = LiveSettings(daemon.metrics, level_override=args.log_level)
+        daemon.on_reload = live.apply
+        live.serve_metrics(config)
         daemon.open()
     except (JournalError, StartError, OSError) as exc:
         log.error("cannot start: %s", exc)
         if daemon is not None:
             daemon.shutdown()
-        if metrics_server is not None:
-            metrics_server.stop()
+        if live is not None:
+            live.close()
         return EXIT_FAILURE
     try:
         return daemon.run()
@@ -157,13 +185,15 @@ def cmd_run(args: argparse.Namespace) -> int:
         log.error("stopping: %s", exc)
         return EXIT_FAILURE
     finally:
-        if metrics_server is not None:
-            metrics_server.stop()
+        live.close()
 
 
 def cmd_retry(config: Config, args: argparse.Namespace) -> int:
     from syncd.journal import Journal, JournalError
 
+    if not config.journal.exists():  # retry never starts a journal of its own
+        print(f"syncd retry: {config.journal}: no journal here (has the daemon run yet?)", file=sys.stderr)
+        return EXIT_FAILURE
     try:
         journal = Journal(config.journal)
     except JournalError as exc:
@@ -176,7 +206,7 @@ def cmd_retry(config: Config, args: argparse.Namespace) -> int:
             return EXIT_OK
         ids, missing = [], []
         for raw in args.paths:
-            row = _find_row(config, journal, Path(raw))
+            row = _find_row(config, journal, raw)
             (ids.append(row.id) if row else missing.append(raw))
         for raw in missing:
             print(f"syncd retry: {raw}: not a file syncd knows (is it inside a watch?)", file=sys.stderr)
@@ -187,8 +217,14 @@ def cmd_retry(config: Config, args: argparse.Namespace) -> int:
         journal.close()
 
 
-def _find_row(config: Config, journal, path: Path):
-    path = path.absolute()
+def _find_row(config: Config, journal, raw: str):
+    """The journal row of ``raw``: ``WATCH:RELPATH`` as ``syncd status`` prints it, or a path."""
+    watch, sep, relpath = raw.partition(":")
+    if sep and any(w.name == watch for w in config.watches):
+        row = journal.find_file(watch, relpath)
+        if row is not None:
+            return row
+    path = Path(raw).absolute()
     for watch in config.watches:
         root = watch.path.resolve()
         for candidate in (path, path.resolve()):

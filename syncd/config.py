@@ -23,7 +23,9 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    InstanceOf,
     SecretStr,
+    SerializeAsAny,
     ValidationError,
     field_validator,
     model_validator,
@@ -46,6 +48,15 @@ class ConfigError(Exception):
         self.lines = lines
 
 
+class _SubkeyError(ValueError):
+    """A validator's complaint about one key inside the mapping it checks: the key joins the
+    key path of the error line (``watches[0].transcode.crf: ...``)."""
+
+    def __init__(self, key: str, message: str):
+        super().__init__(message)
+        self.key = key
+
+
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -66,6 +77,9 @@ class TokenSource(_Model):
         if len(given) > 1:
             raise ValueError(f"give only one of token, token_file, token_env (got {', '.join(given)})")
         return self
+
+    def has_token_source(self) -> bool:
+        return any(getattr(self, k) is not None for k in ("token", "token_file", "token_env"))
 
     def resolve_token(self) -> str | None:
         """The secret itself; raises ValueError naming the key on a bad source."""
@@ -105,9 +119,11 @@ class RetryPolicy(_Model):
     """cap of that pause: a waiting file is retried at least this often, forever"""
 
 
-class Target(TokenSource):
-    protocol: Literal["chunked"] = "chunked"
-    url: str
+class TargetSettings(TokenSource):
+    """The keys every target has; each protocol's settings model (``Settings`` in its module
+    under syncd/upload/, found through syncd.upload.registry) adds its own."""
+
+    protocol: str
     part_size: Size = 50 * 1024**2
     timeout: Timeouts = Timeouts()
     retry: RetryPolicy = RetryPolicy()
@@ -115,19 +131,40 @@ class Target(TokenSource):
     ca_bundle: Path | None = None
     bandwidth: Timetable = ()
 
-    @field_validator("url")
-    @classmethod
-    def _url(cls, value: str) -> str:
-        if not re.match(r"^https?://[^/\s]+", value):
-            raise ValueError(f"{value!r} is not an http:// or https:// URL")
-        return value if value.endswith("/") else value + "/"
-
     @field_validator("part_size")
     @classmethod
     def _part_size(cls, value: int) -> int:
         if not 64 * 1024 <= value <= 5 * 1024**3:
             raise ValueError(f"{value} is not between 64KiB and 5GiB")
         return value
+
+    def environment_problems(self, *, skip_secrets: bool = False) -> list[str]:
+        """What keeps this target from working on this machine (secrets, files), each as
+        ``key: reason``; a protocol adds its own. ``skip_secrets``: secrets are not read."""
+        problems = []
+        try:
+            if not skip_secrets:
+                self.resolve_token()
+        except ValueError as exc:
+            problems.append(str(exc))
+        if self.ca_bundle is not None and not self.ca_bundle.is_file():
+            problems.append(f"ca_bundle: {str(self.ca_bundle)!r} is not a file")
+        return problems
+
+    def describe(self) -> str:
+        """Where the target uploads to, for the start-up log line."""
+        return self.protocol
+
+    def tls_verify(self) -> bool | str:
+        """What requests' ``verify=`` takes: the CA bundle's path, or whether to verify."""
+        return str(self.ca_bundle) if self.ca_bundle else self.verify_tls
+
+
+def http_url(value: str) -> str:
+    """An http(s) URL, with a trailing slash; for the protocols' ``url`` validators."""
+    if not re.match(r"^https?://[^/\s]+", value):
+        raise ValueError(f"{value!r} is not an http:// or https:// URL")
+    return value if value.endswith("/") else value + "/"
 
 
 class Settle(_Model):
@@ -160,6 +197,15 @@ class Watch(_Model):
     upload_original: bool = False
     skip_if_web_ready: bool = True
 
+    @field_validator("include", "exclude", mode="before")
+    @classmethod
+    def _globs(cls, value: object) -> object:
+        if isinstance(value, str):
+            return (value,)  # `include: "*.pdf"` means a list of that one glob
+        if value is None or isinstance(value, (list, tuple)):
+            return () if value is None else value
+        raise ValueError(f"{value!r} is not a glob or a list of globs")
+
     @field_validator("remote_dir")
     @classmethod
     def _remote_dir(cls, value: str) -> str:
@@ -176,7 +222,13 @@ class Watch(_Model):
         if isinstance(value, dict):
             from syncd.transcode import TranscodeConfig
 
-            TranscodeConfig.from_mapping(value)  # its ValueError names the bad setting
+            try:
+                TranscodeConfig.from_mapping(value)
+            except ValueError as exc:  # "crf: 99 must be ..." -> key path transcode.crf
+                key, sep, rest = str(exc).partition(": ")
+                if sep and key in value:
+                    raise _SubkeyError(key, rest) from None
+                raise
         return value
 
     @model_validator(mode="after")
@@ -220,7 +272,7 @@ class Metrics(_Model):
 class Config(_Model):
     journal: Path
     staging_dir: Path
-    targets: dict[str, Target]
+    targets: dict[str, SerializeAsAny[InstanceOf[TargetSettings]]]
     watches: tuple[Watch, ...]
     concurrency: Concurrency = Concurrency()
     rescan_interval: Duration = 600.0
@@ -260,27 +312,40 @@ def render_remote_dir(template: str, *, watch: str, when: float) -> str:
 _PATH_KEYS = {"journal", "staging_dir", "path", "done_dir", "failed_dir", "token_file", "ca_bundle", "root"}
 
 
-def _resolve_paths(node: Any, base: Path, loc: str, errors: list[str], name: str) -> Any:
-    """Expand ``${VAR}`` and ``~`` and anchor relative paths at ``base``, in place of strings."""
+_SECRET_PATH_KEYS = {"token_file"}
+_UNSET_VAR = re.compile(r"\$\{(\w+)\}|\$(\w+)")
+
+
+def _resolve_paths(node: Any, base: Path, loc: str, errors: list[str], name: str, *, skip_secrets: bool) -> Any:
+    """Expand ``${VAR}`` and ``~`` and anchor relative paths at ``base``, in place of strings.
+
+    With ``skip_secrets``, a secret's path that names an unset variable is left as written."""
     if isinstance(node, dict):
         out = {}
         for key, value in node.items():
             sub = f"{loc}.{key}" if loc else str(key)
             if key in _PATH_KEYS and isinstance(value, str):
-                out[key] = _expand_path(value, base, sub, errors, name)
+                if skip_secrets and key in _SECRET_PATH_KEYS and _unset_vars(value):
+                    out[key] = value
+                else:
+                    out[key] = _expand_path(value, base, sub, errors, name)
             else:
-                out[key] = _resolve_paths(value, base, sub, errors, name)
+                out[key] = _resolve_paths(value, base, sub, errors, name, skip_secrets=skip_secrets)
         return out
     if isinstance(node, list):
-        return [_resolve_paths(v, base, f"{loc}[{i}]", errors, name) for i, v in enumerate(node)]
+        return [_resolve_paths(v, base, f"{loc}[{i}]", errors, name, skip_secrets=skip_secrets)
+                for i, v in enumerate(node)]
     return node
 
 
+def _unset_vars(value: str) -> list[str]:
+    names = [a or b for a, b in _UNSET_VAR.findall(value)]
+    return [var for var in names if var not in os.environ]
+
+
 def _expand_path(value: str, base: Path, loc: str, errors: list[str], name: str) -> str:
-    for var in re.findall(r"\$\{(\w+)\}|\$(\w+)", value):
-        var = var[0] or var[1]
-        if var not in os.environ:
-            errors.append(f"{name}: {loc}: {value!r} uses ${{{var}}}, which is not set")
+    for var in _unset_vars(value):
+        errors.append(f"{name}: {loc}: {value!r} uses ${{{var}}}, which is not set")
     path = Path(os.path.expanduser(os.path.expandvars(value)))
     return str(path if path.is_absolute() else (base / path))
 
@@ -310,22 +375,53 @@ def _describe(error: dict[str, Any]) -> str:
     return f"{value!r}: {msg[0].lower()}{msg[1:]}" if not isinstance(value, dict) else msg
 
 
-def _errors_from(exc: ValidationError, name: str) -> list[str]:
+def _errors_from(exc: ValidationError, name: str, *, prefix: tuple[Any, ...] = ()) -> list[str]:
     seen: dict[str, str] = {}
     for error in exc.errors():
-        loc = _loc(error["loc"])
+        loc = _loc(prefix + tuple(error["loc"]))
+        if isinstance(sub := error.get("ctx", {}).get("error"), _SubkeyError):
+            loc = f"{loc}.{sub.key}"
         line = f"{name}: {loc}: {_describe(error)}" if loc else f"{name}: {_describe(error)}"
         # a union reports one error per branch: keep the first per key path
         seen.setdefault(loc, line)
     return list(seen.values())
 
 
-def load_config(path: Path | str, *, check: bool = True) -> Config:
+class _DuplicateKey(Exception):
+    def __init__(self, key: object, *, line: int, first_line: int):
+        super().__init__(f"duplicate key {key!r}")
+        self.key, self.line, self.first_line = key, line, first_line
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """pyyaml's safe loader, except that a key given twice in one mapping is an error
+    (pyyaml keeps the last one silently). Keys brought in by a ``<<`` merge may be overridden."""
+
+    def construct_mapping(self, node: yaml.Node, deep: bool = False) -> dict[Any, Any]:
+        if isinstance(node, yaml.MappingNode):
+            first: dict[Any, int] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                line = key_node.start_mark.line + 1
+                try:
+                    if key in first:
+                        raise _DuplicateKey(key, line=line, first_line=first[key])
+                    first[key] = line
+                except TypeError:
+                    continue  # an unhashable key: pyyaml's own error names it
+        return super().construct_mapping(node, deep=deep)
+
+
+def load_config(path: Path | str, *, check: bool = True, skip_secrets: bool = False) -> Config:
     """Read, validate and check a config file; raises ConfigError with one line per problem.
 
     ``check=False`` is for commands that only read the journal (``status``, ``retry``):
     secrets and folders are not looked at, so they work outside the service's environment
-    (where ``${CREDENTIALS_DIRECTORY}`` is unset)."""
+    (where ``${CREDENTIALS_DIRECTORY}`` is unset). ``skip_secrets=True`` checks everything
+    except the tokens themselves (``check-config --skip-secrets``): a ``token_file`` whose
+    path names an unset variable is kept as written, and no token is read."""
     path = Path(path)
     name = path.name
     try:
@@ -333,7 +429,10 @@ def load_config(path: Path | str, *, check: bool = True) -> Config:
     except OSError as exc:
         raise ConfigError([f"{path}: cannot read config: {exc.strerror}"]) from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader subclass
+    except _DuplicateKey as exc:
+        raise ConfigError([f"{name}: line {exc.line}: duplicate key {exc.key!r} (first at line {exc.first_line})"]) \
+            from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
@@ -341,30 +440,62 @@ def load_config(path: Path | str, *, check: bool = True) -> Config:
         raise ConfigError([f"{name}: {where}not valid YAML: {problem}"]) from None
     if not isinstance(data, dict):
         raise ConfigError([f"{name}: the top level must be a mapping of keys"])
-    return build_config(data, base=path.resolve().parent, name=name, check=check)
+    return build_config(data, base=path.resolve().parent, name=name, check=check, skip_secrets=skip_secrets)
 
 
-def build_config(data: dict[str, Any], *, base: Path, name: str, check: bool = True) -> Config:
+def build_config(data: dict[str, Any], *, base: Path, name: str, check: bool = True,
+                 skip_secrets: bool = False) -> Config:
     errors: list[str] = []
-    data = _resolve_paths(data, base, "", errors, name)
+    data = _resolve_paths(data, base, "", errors, name, skip_secrets=skip_secrets)
     if errors and check:
         raise ConfigError(errors)
+    targets, errors = _validate_targets(data.get("targets"), name)
     try:
-        config = Config.model_validate({**data, "source": name})
+        config = Config.model_validate({**data, "targets": targets, "source": name})
     except ValidationError as exc:
-        raise ConfigError(_errors_from(exc, name)) from None
-    errors = check_environment(config) if check else []
+        errors += _errors_from(exc, name)
+    if errors:
+        raise ConfigError(errors)
+    errors = check_environment(config, skip_secrets=skip_secrets) if check else []
     if errors:
         raise ConfigError(errors)
     return config
+
+
+def _validate_targets(raw: Any, name: str) -> tuple[Any, list[str]]:
+    """Each target through its own protocol's settings model (``protocol:`` picks it;
+    ``chunked`` when absent), so each protocol validates its own keys."""
+    from syncd.upload import registry
+
+    if not isinstance(raw, dict):
+        return raw, []  # Config's own validation says what is wrong
+    errors: list[str] = []
+    out: dict[Any, Any] = {}
+    for key, value in raw.items():
+        if not isinstance(value, dict):
+            errors.append(f"{name}: targets.{key}: must be a mapping of keys")
+            continue
+        protocol = value.get("protocol", registry.DEFAULT)
+        try:
+            entry = registry.lookup(protocol)
+        except KeyError:
+            errors.append(f"{name}: targets.{key}.protocol: {protocol!r} is not a protocol "
+                          f"(known: {', '.join(registry.names())})")
+            continue
+        try:
+            out[key] = entry.settings.model_validate({**value, "protocol": protocol})
+        except ValidationError as exc:
+            errors += _errors_from(exc, name, prefix=("targets", key))
+    return out, errors
 
 
 def _within(inner: Path, outer: Path) -> bool:
     return inner == outer or outer in inner.parents
 
 
-def check_environment(config: Config) -> list[str]:
-    """Checks that need the filesystem and the whole config at once."""
+def check_environment(config: Config, *, skip_secrets: bool = False) -> list[str]:
+    """Checks that need the filesystem and the whole config at once (and the tokens,
+    unless ``skip_secrets``)."""
     name = config.source
     errors: list[str] = []
     names = [w.name for w in config.watches]
@@ -373,19 +504,15 @@ def check_environment(config: Config) -> list[str]:
     if not config.targets:
         errors.append(f"{name}: targets: at least one target is required")
     for key, target in config.targets.items():
-        try:
-            target.resolve_token()
-        except ValueError as exc:
-            errors.append(f"{name}: targets.{key}.{exc}")
-        if target.ca_bundle is not None and not target.ca_bundle.is_file():
-            errors.append(f"{name}: targets.{key}.ca_bundle: {str(target.ca_bundle)!r} is not a file")
+        errors += [f"{name}: targets.{key}.{problem}"
+                   for problem in target.environment_problems(skip_secrets=skip_secrets)]
     if config.receiver is not None:
         try:
-            token = config.receiver.resolve_token()
+            token = config.receiver.resolve_token() if not skip_secrets else config.receiver.has_token_source()
         except ValueError as exc:
             errors.append(f"{name}: receiver.{exc}")
         else:
-            if token is None and not config.receiver.allow_anonymous:
+            if not token and not config.receiver.allow_anonymous:
                 errors.append(f"{name}: receiver: give token, token_file or token_env "
                               "(or allow_anonymous: true)")
 
@@ -452,11 +579,15 @@ def _writable_dir_problem(folder: Path) -> str | None:
     return None
 
 
-def default_config(base: Path, *, port: int = DEFAULT_PORT) -> Config:
+def default_config(base: Path, *, port: int = DEFAULT_PORT, create_folders: bool = True) -> Config:
     """The quick start: watch ``base/drop``, upload to an embedded receiver on loopback
-    storing into ``base/received``, journal and staging in ``base/.syncd``."""
-    for folder in ("drop", "received", ".syncd"):
-        (base / folder).mkdir(parents=True, exist_ok=True)
+    storing into ``base/received``, journal and staging in ``base/.syncd``.
+
+    ``create_folders=False`` makes nothing and checks nothing on disk: for the commands that
+    only read the quick start's journal (``status``, ``retry``) or print it (``check-config``)."""
+    if create_folders:
+        for folder in ("drop", "received", ".syncd"):
+            (base / folder).mkdir(parents=True, exist_ok=True)
     token = secrets.token_urlsafe(24)
     data = {
         "journal": ".syncd/journal.db",
@@ -467,7 +598,7 @@ def default_config(base: Path, *, port: int = DEFAULT_PORT) -> Config:
         },
         "watches": [{"name": "drop", "path": "drop", "target": "local", "settle": {"quiet": "2s"}}],
     }
-    return build_config(data, base=base, name="<built-in>")
+    return build_config(data, base=base, name="<built-in>", check=create_folders)
 
 
 def redacted(config: Config) -> dict[str, Any]:

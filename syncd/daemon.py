@@ -21,24 +21,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from syncd.config import Config, ConfigError, load_config
-from syncd.journal import ACTIVE, AFTER_PENDING, MOVE_ASIDE, Fingerprint, Journal, JournalError
+from syncd.intake import Intake
+from syncd.journal import MOVE_ASIDE, Journal, JournalError
+from syncd.live import changed_keys, needs_restart
 from syncd.notify import WatchdogPinger
 from syncd.pipeline import FileProcessor, Outcome
 from syncd.sources import SourcePlanner
-from syncd.units import format_size
-from syncd.upload.chunked import ChunkedBackend
+from syncd.upload.base import Backend
 from syncd.upload.engine import UploadEngine
+from syncd.upload.registry import build_backends
 from syncd.watch import (
     FileEvent,
-    Growing,
     PathFilter,
-    Ready,
-    Settler,
-    Vanished,
     Watcher,
     WatchSpec,
     inotify_watch_warning,
-    scan_tree,
 )
 
 log = logging.getLogger("syncd")
@@ -121,16 +118,6 @@ def lock_journal(journal: Path) -> int:
     return fd
 
 
-def build_backends(config: Config) -> dict[str, ChunkedBackend]:
-    backends = {}
-    for name, target in config.targets.items():
-        verify: bool | str = str(target.ca_bundle) if target.ca_bundle else target.verify_tls
-        backends[name] = ChunkedBackend(
-            name, url=target.url, token=target.resolve_token(), part_size=target.part_size,
-            connect_timeout=target.timeout.connect, read_timeout=target.timeout.read, verify=verify)
-    return backends
-
-
 def watch_specs(config: Config) -> list[WatchSpec]:
     own_dirs = [config.staging_dir, config.journal.parent]
     for watch in config.watches:
@@ -205,17 +192,17 @@ class Daemon:
         self._lock_fd: int | None = None
         self.receiver = None
         self.watcher: Watcher | None = None
-        self.settlers: dict[str, Settler] = {}
+        self.intake: Intake | None = None
         self.specs: dict[str, WatchSpec] = {}
-        self.backends: dict[str, ChunkedBackend] = {}
+        self.backends: dict[str, Backend] = {}
         self.engine: UploadEngine | None = None
         self.processor: FileProcessor | None = None
         self.workers: _Workers | None = None
         self._rr = deque()  # watches in round-robin order
         self._next_rescan = 0.0
-        self._pending_scans: list[tuple[str, str, bool]] = []
         self._stopping = False
         self._reload_requested = False
+        self.on_reload: Callable[[Config, Config], None] | None = None  # (old, new) after a reload
 
     # --- lifecycle -----------------------------------------------------------------------
 
@@ -259,7 +246,7 @@ class Daemon:
     def _apply_config(self, config: Config) -> None:
         """Build the watch, settle and upload machinery for ``config`` (also on reload)."""
         old_backends = self.backends
-        self.backends = build_backends(config)
+        self.backends = build_backends(config.targets)
         policies = {name: t.retry for name, t in config.targets.items()}
         self.engine = UploadEngine(self.journal, self.backends, policies, stop=self.stop_event,
                                    on_retry=self._on_retry, on_part=self._on_part)
@@ -268,9 +255,6 @@ class Daemon:
                                 on_transcoded=self._on_transcoded)
         self.processor = FileProcessor(self.journal, self.engine, config, stop=self.stop_event,
                                        planner=planner, clock=self.clock, on_done=self._on_done)
-        # Settling starts over on reload: the full scan below re-tracks every settling file.
-        self.settlers = {w.name: Settler(quiet=w.settle.quiet, max_wait=w.settle.max_wait)
-                         for w in config.watches}
         if self.watcher is not None:
             self.watcher.stop()
         specs = watch_specs(config)
@@ -288,7 +272,8 @@ class Daemon:
             self.workers = _Workers(self._process, self._finished, config.concurrency.uploads)
             self.workers.start()
         self.config = config
-        self._pending_scans = [(w.name, "", True) for w in config.watches]
+        self.intake = Intake(self.journal, config, self.specs, self.processor, self.running,
+                             on_settled=self._on_settled, clock=self.clock)
         self._next_rescan = time.monotonic() + config.rescan_interval
         for backend in old_backends.values():
             backend.close()
@@ -345,14 +330,12 @@ class Daemon:
         self.waker.wake()
 
     def _timeout(self) -> float:
-        deadlines = [s.next_deadline() for s in self.settlers.values()]
-        deadlines = [d for d in deadlines if d is not None]
         timeout = IDLE_TICK
-        if deadlines:
-            timeout = min(timeout, max(0.0, min(deadlines) - time.monotonic()))
+        if (deadline := self.intake.next_deadline()) is not None:
+            timeout = min(timeout, max(0.0, deadline - time.monotonic()))
         if self.pinger is not None and (due := self.pinger.due_in(time.monotonic())) is not None:
             timeout = min(timeout, due)
-        if self._pending_scans:
+        if self.intake.pending_scans:
             timeout = 0.0
         return max(0.0, timeout)
 
@@ -371,123 +354,21 @@ class Daemon:
         if self._reload_requested:
             self._reload_requested = False
             self.reload()
-        while self._pending_scans:
-            self._scan(*self._pending_scans.pop(0))
-        self._apply_events()
-        for name, settler in self.settlers.items():
-            for outcome in settler.poll():
-                self._apply_settled(name, outcome)
+        self.intake.step(self._take_events())
         self._drain_finished()
         if time.monotonic() >= self._next_rescan:
-            self._pending_scans = [(w.name, "", True) for w in self.config.watches]
+            self.intake.rescan_all()
             self._next_rescan = time.monotonic() + self.config.rescan_interval
         self._dispatch()
         self._notify_status()
 
-    def _apply_events(self) -> None:
+    def _take_events(self) -> list[FileEvent]:
+        events = []
         while True:
             try:
-                event = self.events.get_nowait()
+                events.append(self.events.get_nowait())
             except queue.Empty:
-                return
-            try:
-                self._apply_event(event)
-            except JournalError:
-                raise
-            except OSError as exc:
-                log.warning("%s:%s: %s", event.watch, event.relpath, exc)
-
-    def _apply_event(self, event: FileEvent) -> None:
-        if event.watch not in self.settlers:
-            return
-        if event.kind in ("changed", "closed"):
-            self._seen(event.watch, event.relpath)
-        elif event.kind == "deleted":
-            self.settlers[event.watch].forget(event.relpath)
-            self.journal.mark_gone(event.watch, event.relpath, only_from=("settling", "growing", "ready", "waiting"))
-        elif event.kind == "moved" and event.dest_relpath is not None:
-            self.settlers[event.watch].forget(event.relpath)
-            row = self.journal.rename(event.watch, event.relpath, event.dest_relpath)
-            if row is None or row.state in ("gone", "settling", "growing"):
-                self._seen(event.watch, event.dest_relpath)
-        elif event.kind == "rescan":
-            scan = (event.watch, event.relpath, event.relpath == "")
-            if scan not in self._pending_scans and (event.watch, "", True) not in self._pending_scans:
-                self._pending_scans.append(scan)
-
-    def _seen(self, watch: str, relpath: str, st: os.stat_result | None = None) -> None:
-        """A file exists and may be new or changed: journal it and let it settle."""
-        row = self.journal.find_file(watch, relpath)
-        if row is not None and row.state in ACTIVE:
-            return  # its worker re-checks the file before completing
-        if row is not None and st is not None and row.state in ("done", "failed", "ready", "waiting") \
-                and row.fingerprint == Fingerprint.of(st):
-            if row.state == "done" and row.after_action == AFTER_PENDING:
-                self.processor.redo_after_upload(row)  # a crash came between `done` and the after-action
-            return
-        if row is None or row.state == "gone":
-            try:
-                st = st or os.stat(self.specs[watch].root / relpath)
-            except FileNotFoundError:
-                return
-            self.journal.note_new(watch, relpath, Fingerprint.of(st))
-        self._touch(watch, relpath)
-
-    def _touch(self, watch: str, relpath: str) -> None:
-        self.settlers[watch].touch(relpath, self.specs[watch].root / relpath)
-
-    def _apply_settled(self, watch: str, outcome) -> None:
-        if isinstance(outcome, Ready):
-            row = self.journal.mark_settled(watch, outcome.key, Fingerprint.of(outcome.stat))
-            if row is not None and self.metrics is not None:
-                self.metrics.observe_settle_seconds(max(0.0, self.clock() - row.first_seen_at))
-        elif isinstance(outcome, Growing):
-            row = self.journal.find_file(watch, outcome.key)
-            if row is not None and self.journal.set_state(row.id, "growing", only_from=("settling",)):
-                log.warning("%s:%s: still changing after %s; not uploading it while it grows", watch,
-                            outcome.key, self.config.watch(watch).settle.max_wait)
-        elif isinstance(outcome, Vanished):
-            self.journal.mark_gone(watch, outcome.key, only_from=("settling", "growing", "ready", "waiting"))
-
-    def _scan(self, watch_name: str, relpath: str, full: bool) -> None:
-        """Reconcile a watch (or one of its folders) with the journal: files found are
-        settled; pending rows whose files were not found become ``gone`` -- except below
-        a folder that could not be read, where nothing is concluded."""
-        spec = self.specs.get(watch_name)
-        if spec is None:
-            return
-        start = spec.root / relpath if relpath else None
-        seen: set[str] = set()
-        unreadable: list[str] = []
-
-        def on_error(dir_rel: str, exc: OSError) -> None:
-            unreadable.append(dir_rel)
-
-        try:
-            for found, st in scan_tree(spec.root, spec.path_filter, recursive=spec.recursive, start=start,
-                                       on_error=on_error):
-                seen.add(found)
-                self._seen(watch_name, found, st)
-        except FileNotFoundError:
-            if not relpath:
-                log.error("watch %s: folder %s is gone; nothing is watched there until it is back",
-                          watch_name, spec.root)
-                return
-            # a folder that vanished: everything pending below it is gone
-        except OSError as exc:
-            log.warning("watch %s: cannot scan %s: %s", watch_name, start or spec.root, exc.strerror or exc)
-            return
-        if not (full or relpath):
-            return
-        prefix = f"{relpath}/" if relpath else ""
-        blind = tuple(f"{d}/" for d in unreadable)
-        for row in self.journal.files(states=("settling", "growing", "ready", "waiting"), watch=watch_name):
-            if (row.relpath in seen or row.id in self.running or not row.relpath.startswith(prefix)
-                    or (blind and row.relpath.startswith(blind))):
-                continue
-            self.settlers[watch_name].forget(row.relpath)
-            self.journal.set_state(row.id, "gone", only_from=("settling", "growing", "ready", "waiting"),
-                                   error="file vanished before it was uploaded")
+                return events
 
     def _drain_finished(self, *, stopping: bool = False) -> None:
         while True:
@@ -501,24 +382,8 @@ class Daemon:
             if isinstance(result, BaseException):
                 log.error("file %d: worker error: %r", file_id, result)
                 continue
-            if result.state == "settling" and result.watch in self.settlers:
-                self._touch(result.watch, result.relpath)
-            elif not stopping:
-                self._recheck(file_id)
-
-    def _recheck(self, file_id: int) -> None:
-        """Events for a file its worker owned were not acted on (``_seen``); a change that
-        came after the worker's last look at the file, or a rename that made it look
-        vanished, is picked up here instead of at the next periodic rescan."""
-        row = self.journal.get_file(file_id)
-        if row is None or row.watch not in self.specs or row.state in ACTIVE:
-            return
-        try:
-            st = os.stat(self.specs[row.watch].root / row.relpath)
-        except OSError:
-            return
-        if row.state == "gone" or Fingerprint.of(st) != row.fingerprint:
-            self._seen(row.watch, row.relpath, st)
+            if not stopping:
+                self.intake.worker_finished(file_id, result)
 
     def _dispatch(self) -> None:
         free = self.config.concurrency.uploads - len(self.running)
@@ -545,6 +410,7 @@ class Daemon:
                 del by_watch[name]
             self.running.add(row.id)
             self.workers.submit(row.id)
+            log.debug("%s:%s: handed to a worker (%s)", row.watch, row.relpath, row.state)
             free -= 1
 
     def _process(self, file_id: int) -> Outcome:
@@ -568,10 +434,13 @@ class Daemon:
             log.error("reload refused: journal: the journal cannot move while running; restart syncd")
             self._notify("ready")
             return False
-        if new.receiver != self.config.receiver:
-            log.warning("reload: receiver settings change only at the next restart")
+        old, changed = self.config, changed_keys(self.config, new)
+        if later := needs_restart(changed):
+            log.warning("reload: %s: applied only at the next restart", ", ".join(later))
         self._apply_config(new)
-        log.info("reloaded %s", self.config_path)
+        if self.on_reload is not None:
+            self.on_reload(old, new)
+        log.info("reloaded %s (%s)", self.config_path, f"changed: {', '.join(changed)}" if changed else "no changes")
         self._notify("ready")
         return True
 
@@ -583,6 +452,10 @@ class Daemon:
         self.rate.add(size)
         if self.metrics is not None:
             self.metrics.bytes_uploaded(size)
+
+    def _on_settled(self, seconds: float) -> None:
+        if self.metrics is not None:
+            self.metrics.observe_settle_seconds(seconds)
 
     def _on_transcoded(self, seconds: float) -> None:
         if self.metrics is not None:
@@ -635,5 +508,5 @@ class Daemon:
 
 def describe_config(config: Config) -> str:
     watches = ", ".join(f"{w.name}={w.path}" for w in config.watches)
-    targets = ", ".join(f"{n}={t.url} (parts {format_size(t.part_size)})" for n, t in config.targets.items())
+    targets = ", ".join(f"{n}={t.describe()}" for n, t in config.targets.items())
     return f"watching {watches}; uploading to {targets}; journal {config.journal}"

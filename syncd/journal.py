@@ -4,13 +4,8 @@ WAL mode, so ``syncd status`` reads while the daemon writes. Each state change i
 transaction. The schema is versioned with ``PRAGMA user_version``; ``_MIGRATIONS[n]``
 takes a journal from version n to n + 1.
 
-File states::
-
-    settling -> ready -> [transcoding ->] uploading -> done
-    growing   still changing past settle.max_wait; becomes ready once it stops
-    waiting   a transient failure; retried at next_attempt_at, forever
-    failed    a permanent failure; `syncd retry` makes it ready again
-    gone      the file vanished before it was uploaded
+File states and their allowed transitions are declared in ``syncd.states``; ``set_state``
+enforces them.
 """
 
 from __future__ import annotations
@@ -24,9 +19,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-STATES = ("settling", "growing", "ready", "transcoding", "uploading", "waiting", "done", "failed", "gone")
-ACTIVE = ("transcoding", "uploading")
-PENDING = ("settling", "growing", "ready", "transcoding", "uploading", "waiting")
+from syncd.states import ACTIVE, PENDING, STATES, FileState, allowed_from
+
 AFTER_PENDING = "pending"
 """``files.after_action`` of a ``done`` file whose delete / move has not happened yet"""
 
@@ -85,6 +79,14 @@ _MIGRATIONS = [
     """
     CREATE INDEX files_due ON files (state, coalesce(next_attempt_at, updated_at), id);
     """,
+    # uploads named by syncd before the first request; parts as the server described them;
+    # what a done file went to and what was verified
+    """
+    ALTER TABLE uploads ADD COLUMN upload_key TEXT;
+    ALTER TABLE parts ADD COLUMN etag TEXT;
+    ALTER TABLE files ADD COLUMN target TEXT;
+    ALTER TABLE files ADD COLUMN verified TEXT;
+    """,
 ]
 SCHEMA_VERSION = len(_MIGRATIONS)
 
@@ -124,6 +126,19 @@ class FileRow:
     md5: str | None
     remote_name: str | None
     after_action: str | None
+    target: str | None = None
+    """the target a ``done`` file went to"""
+    verified: str | None = None
+    """what was verified of a ``done`` file's copy (``RemoteFile.verified``)"""
+
+
+@dataclass(frozen=True)
+class PartRow:
+    number: int
+    offset: int
+    size: int
+    etag: str | None
+    acked_at: float
 
 
 @dataclass(frozen=True)
@@ -142,13 +157,14 @@ class UploadRow:
     started_at: float
     updated_at: float
     md5: str | None = None
+    upload_key: str | None = None
 
 
 def _file_row(r: sqlite3.Row) -> FileRow:
     return FileRow(
         r["id"], r["watch"], r["relpath"], Fingerprint(r["dev"], r["ino"], r["size"], r["mtime_ns"]),
-        r["state"], r["attempts"], r["last_error"], r["next_attempt_at"], r["first_seen_at"],
-        r["updated_at"], r["done_at"], r["md5"], r["remote_name"], r["after_action"],
+        FileState(r["state"]), r["attempts"], r["last_error"], r["next_attempt_at"], r["first_seen_at"],
+        r["updated_at"], r["done_at"], r["md5"], r["remote_name"], r["after_action"], r["target"], r["verified"],
     )
 
 
@@ -156,7 +172,7 @@ def _upload_row(r: sqlite3.Row) -> UploadRow:
     return UploadRow(
         r["id"], r["file_id"], r["target"], r["source"], r["remote_name"], r["size"],
         Fingerprint(r["dev"], r["ino"], r["size"], r["mtime_ns"]), r["part_size"], r["session"],
-        r["offset"], r["state"], r["started_at"], r["updated_at"], r["md5"],
+        r["offset"], r["state"], r["started_at"], r["updated_at"], r["md5"], r["upload_key"],
     )
 
 
@@ -278,13 +294,13 @@ class Journal:
     def counts(self) -> dict[str, int]:
         with self._lock:
             rows = self._db.execute("SELECT state, count(*) FROM files GROUP BY state").fetchall()
-        return {state: 0 for state in STATES} | {r[0]: r[1] for r in rows}
+        return {str(state): 0 for state in STATES} | {r[0]: r[1] for r in rows}
 
     def oldest_pending_since(self) -> float | None:
         with self._lock:
             r = self._db.execute(
                 f"SELECT min(first_seen_at) FROM files WHERE state IN ({','.join('?' * len(PENDING))})",
-                PENDING).fetchone()
+                sorted(PENDING)).fetchone()
         return r[0]
 
     def note_new(self, watch: str, relpath: str, fp: Fingerprint) -> FileRow:
@@ -333,23 +349,32 @@ class Journal:
             r = db.execute("SELECT * FROM files WHERE watch = ? AND relpath = ?", (watch, relpath)).fetchone()
         return _file_row(r)
 
-    def set_state(self, file_id: int, state: str, *, only_from: Sequence[str] = (),
+    def set_state(self, file_id: int, state: str, *, only_from: Sequence[str] | None = None,
                   error: str | None = None, next_attempt_at: float | None = None,
                   attempts_delta: int = 0) -> bool:
-        """Move a file to ``state``; with ``only_from``, only from those states. True if moved."""
+        """Move a file to ``state`` from any state the transition table allows (narrowed to
+        ``only_from``); True if it moved. Naming a forbidden transition is a ValueError."""
         if state not in STATES:
             raise ValueError(f"unknown state {state!r}")
+        sources = allowed_from(FileState(state), None if only_from is None else frozenset(only_from))
         sql = ("UPDATE files SET state = ?, last_error = ?, next_attempt_at = ?,"
-               " attempts = attempts + ?, updated_at = ? WHERE id = ?")
-        args: list[object] = [state, error, next_attempt_at, attempts_delta, self.clock(), file_id]
-        if only_from:
-            sql += f" AND state IN ({','.join('?' * len(only_from))})"
-            args += list(only_from)
+               " attempts = attempts + ?, updated_at = ? WHERE id = ?"
+               f" AND state IN ({','.join('?' * len(sources))})")
+        args: list[object] = [str(state), error, next_attempt_at, attempts_delta, self.clock(), file_id,
+                              *sorted(sources)]
         with self._write() as db:
             return db.execute(sql, args).rowcount == 1
 
+    def note_retry(self, file_id: int, message: str) -> None:
+        """A request of an active upload failed and is being tried again: say so in
+        ``last_error``, so that ``syncd status`` shows why an upload is slow."""
+        with self._write() as db:
+            db.execute("UPDATE files SET last_error = ?, updated_at = ? WHERE id = ? AND state IN (?, ?)",
+                       (" ".join(message.split())[:300], self.clock(), file_id, *sorted(ACTIVE)))
+
     def mark_done(self, file_id: int, *, md5: str, remote_name: str, durable: bool = False,
-                  after_action: str | None = None) -> None:
+                  after_action: str | None = None, target: str | None = None,
+                  verified: str | None = None) -> None:
         """The server confirmed the whole file. ``durable`` forces the commit to disk before
         returning: required before a destructive after-action (delete / move), which is then
         recorded as ``AFTER_PENDING`` until done, so that one a crash cut off is redone."""
@@ -361,9 +386,9 @@ class Journal:
                 with self._write() as db:
                     db.execute(
                         "UPDATE files SET state = 'done', md5 = ?, remote_name = ?, done_at = ?,"
-                        " last_error = NULL, next_attempt_at = NULL, after_action = ?, updated_at = ?"
-                        " WHERE id = ?",
-                        (md5, remote_name, now, after_action, now, file_id))
+                        " last_error = NULL, next_attempt_at = NULL, after_action = ?, updated_at = ?,"
+                        " target = ?, verified = ? WHERE id = ?",
+                        (md5, remote_name, now, after_action, now, target, verified, file_id))
             finally:
                 if durable:
                     self._db.execute("PRAGMA synchronous = NORMAL")
@@ -389,7 +414,7 @@ class Journal:
             r = db.execute("SELECT * FROM files WHERE id = ?", (r["id"],)).fetchone()
         return _file_row(r)
 
-    def mark_gone(self, watch: str, relpath: str, *, only_from: Sequence[str] = PENDING) -> bool:
+    def mark_gone(self, watch: str, relpath: str, *, only_from: Sequence[str] | None = None) -> bool:
         row = self.find_file(watch, relpath)
         return row is not None and self.set_state(row.id, "gone", only_from=only_from)
 
@@ -458,36 +483,51 @@ class Journal:
         return _upload_row(r) if r else None
 
     def start_upload(self, file_id: int, *, target: str, source: str, remote_name: str,
-                     fp: Fingerprint, size: int, part_size: int) -> UploadRow:
+                     fp: Fingerprint, size: int, part_size: int, upload_key: str | None = None) -> UploadRow:
+        """An upload about to begin, journaled (with its key) before any request is sent."""
         now = self.clock()
         with self._write() as db:
             cur = db.execute(
                 "INSERT INTO uploads (file_id, target, source, remote_name, size, dev, ino, mtime_ns,"
-                " part_size, started_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (file_id, target, source, remote_name, size, fp.dev, fp.ino, fp.mtime_ns, part_size, now, now))
+                " part_size, started_at, updated_at, upload_key) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (file_id, target, source, remote_name, size, fp.dev, fp.ino, fp.mtime_ns, part_size, now, now,
+                 upload_key))
             r = db.execute("SELECT * FROM uploads WHERE id = ?", (cur.lastrowid,)).fetchone()
         return _upload_row(r)
 
-    def record_part(self, upload_id: int, *, number: int, offset: int, size: int, session: str | None) -> None:
-        """The server acknowledged a part: the part and the new offset, in one transaction."""
+    def set_session(self, upload_id: int, session: str) -> None:
+        """The server made the session: keep its handle, so a crash cannot orphan it."""
+        with self._write() as db:
+            db.execute("UPDATE uploads SET session = ?, updated_at = ? WHERE id = ?",
+                       (session, self.clock(), upload_id))
+
+    def record_part(self, upload_id: int, *, number: int, offset: int, size: int, etag: str | None = None,
+                    session: str | None = None) -> None:
+        """The server acknowledged a part: the part, the bytes held and the session's handle,
+        in one transaction."""
         now = self.clock()
         with self._write() as db:
-            db.execute("INSERT OR REPLACE INTO parts (upload_id, number, offset, size, acked_at)"
-                       " VALUES (?, ?, ?, ?, ?)", (upload_id, number, offset, size, now))
-            db.execute("UPDATE uploads SET offset = ?, session = coalesce(?, session), updated_at = ?"
-                       " WHERE id = ?", (offset + size, session, now, upload_id))
+            db.execute("INSERT OR REPLACE INTO parts (upload_id, number, offset, size, acked_at, etag)"
+                       " VALUES (?, ?, ?, ?, ?, ?)", (upload_id, number, offset, size, now, etag))
+            db.execute("UPDATE uploads SET offset = (SELECT coalesce(sum(size), 0) FROM parts WHERE upload_id = ?),"
+                       " session = coalesce(?, session), updated_at = ? WHERE id = ?",
+                       (upload_id, session, now, upload_id))
 
-    def realign(self, upload_id: int, offset: int) -> None:
-        """The server's view wins: forget parts past its offset."""
+    def forget_parts(self, upload_id: int, numbers: Sequence[int]) -> None:
+        """The server's view wins: these parts are not (or no longer) on the server."""
+        if not numbers:
+            return
         with self._write() as db:
-            db.execute("DELETE FROM parts WHERE upload_id = ? AND offset + size > ?", (upload_id, offset))
-            db.execute("UPDATE uploads SET offset = ?, updated_at = ? WHERE id = ?",
-                       (offset, self.clock(), upload_id))
+            db.executemany("DELETE FROM parts WHERE upload_id = ? AND number = ?",
+                           [(upload_id, n) for n in numbers])
+            db.execute("UPDATE uploads SET offset = (SELECT coalesce(sum(size), 0) FROM parts WHERE upload_id = ?),"
+                       " updated_at = ? WHERE id = ?", (upload_id, self.clock(), upload_id))
 
-    def parts(self, upload_id: int) -> list[tuple[int, int, int]]:
+    def parts(self, upload_id: int) -> dict[int, PartRow]:
         with self._lock:
-            return [tuple(r) for r in self._db.execute(
-                "SELECT number, offset, size FROM parts WHERE upload_id = ? ORDER BY number", (upload_id,))]
+            return {r["number"]: PartRow(r["number"], r["offset"], r["size"], r["etag"], r["acked_at"])
+                    for r in self._db.execute("SELECT * FROM parts WHERE upload_id = ? ORDER BY number",
+                                              (upload_id,))}
 
     def recent_rate(self, upload_id: int, *, now: float, window: float = 60.0) -> float | None:
         """Bytes per second over the parts acknowledged in the last ``window`` seconds."""

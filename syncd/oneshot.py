@@ -13,10 +13,13 @@ from pathlib import Path
 from tqdm import tqdm
 
 from syncd.config import Config
-from syncd.daemon import build_backends
 from syncd.journal import Fingerprint, Journal, JournalError
-from syncd.upload.base import FileChanged, FileVanished, Interrupted, PermanentError
+from syncd.outcomes import verdict_for
+from syncd.states import ACTIVE, FileState
 from syncd.upload.engine import UploadEngine, UploadJob
+from syncd.upload.registry import build_backend
+
+tqdm.monitor_interval = 0  # no monitor thread: the bar is updated from the upload itself
 
 ONESHOT_WATCH = "@upload"  # journal rows of one-shot uploads; no watch can have this name
 
@@ -34,7 +37,7 @@ def cmd_upload(config: Config, *, target: str, files: list[Path], remote_dir: st
         return 1
     stop = threading.Event()
     previous = signal.signal(signal.SIGINT, lambda *_: stop.set())
-    backends = {target: build_backends(config)[target]}
+    backends = {target: build_backend(target, config.targets[target])}
     engine = UploadEngine(journal, backends, {target: config.targets[target].retry}, stop=stop)
     failures = 0
     try:
@@ -44,6 +47,9 @@ def cmd_upload(config: Config, *, target: str, files: list[Path], remote_dir: st
                 return 1
             if not _upload_one(journal, engine, target, path, remote_dir):
                 failures += 1
+    except JournalError as exc:
+        print(f"syncd upload: {exc}", file=sys.stderr)
+        return 1
     finally:
         signal.signal(signal.SIGINT, previous)
         for backend in backends.values():
@@ -63,43 +69,37 @@ def _upload_one(journal: Journal, engine: UploadEngine, target: str, path: Path,
         return False
     source = path.resolve()
     fp = Fingerprint.of(st)
-    row = journal.find_file(ONESHOT_WATCH, str(source))
-    if row is not None and row.state == "done" and row.fingerprint == fp:
-        print(f"{path}: already uploaded as {row.remote_name} (md5 {row.md5})")
-        return True
-    if row is not None and row.state in ("uploading", "transcoding"):
-        journal.set_state(row.id, "ready")  # an earlier run was killed mid-upload: resume it
-    row = journal.mark_settled(ONESHOT_WATCH, str(source), fp)
-    if row is None:  # failed before with the same content: this run is the retry
-        existing = journal.find_file(ONESHOT_WATCH, str(source))
-        journal.retry(file_ids=[existing.id])
-        row = journal.get_file(existing.id)
-    journal.set_state(row.id, "uploading")
     remote_name = posixpath.join(remote_dir.strip("/"), source.name) if remote_dir.strip("/") else source.name
+    row = journal.find_file(ONESHOT_WATCH, str(source))
+    # "already uploaded" means: this content, to this target, under this name
+    if row is not None and row.state == FileState.DONE and row.fingerprint == fp and journal.completed_upload(
+            row.id, target=target, source=str(source), fp=fp, remote_name=remote_name) is not None:
+        print(f"{path}: already uploaded as {row.remote_name} (md5 {row.md5}) to target {target}")
+        return True
+    if row is not None and row.state in ACTIVE:
+        journal.set_state(row.id, FileState.READY)  # an earlier run was killed mid-upload: resume it
+    settled = journal.mark_settled(ONESHOT_WATCH, str(source), fp)
+    if settled is None:  # done (elsewhere) or failed before with the same content: go again
+        journal.set_state(row.id, FileState.READY)
+        settled = journal.get_file(row.id)
+    row = settled
+    journal.set_state(row.id, FileState.UPLOADING)
     job = UploadJob(file_id=row.id, target=target, source=source, fingerprint=fp,
                     remote_name=remote_name, label=str(path))
     try:
         with tqdm(total=fp.size, unit="B", unit_scale=True, unit_divisor=1024, desc=source.name,
                   disable=None, file=sys.stderr) as bar:
             remote, md5 = engine.upload(job, on_read=bar.update)
-    except Interrupted:
-        journal.set_state(row.id, "ready")
-        print(f"syncd upload: {path}: interrupted; run again to resume", file=sys.stderr)
-        return False
-    except (FileChanged, FileVanished) as exc:
-        journal.set_state(row.id, "ready", error=str(exc))
-        print(f"syncd upload: {exc}", file=sys.stderr)
-        return False
-    except PermanentError as exc:
-        journal.set_state(row.id, "failed", error=str(exc), attempts_delta=1)
-        print(f"syncd upload: {path}: {exc}", file=sys.stderr)
-        return False
     except Exception as exc:
-        if not engine.backends[target].is_retryable(exc) and not isinstance(exc, OSError):
-            raise
-        journal.set_state(row.id, "waiting", error=str(exc), attempts_delta=1)
-        print(f"syncd upload: {path}: {exc} (run again to resume)", file=sys.stderr)
+        verdict = verdict_for(exc, label=str(path))  # the same map as the daemon's
+        # a one-shot row is never settled by a watcher: a changed or vanished file waits for
+        # the next run, which looks at it afresh
+        state = verdict.state if verdict.state in (FileState.FAILED, FileState.WAITING) else FileState.READY
+        journal.set_state(row.id, state, error=None if verdict.state == FileState.READY else verdict.reason,
+                          attempts_delta=1 if verdict.counts_attempt else 0)
+        again = " (run again to resume)" if verdict.retried else ""
+        print(f"syncd upload: {path}: {verdict.reason}{again}", file=sys.stderr)
         return False
-    journal.mark_done(row.id, md5=md5, remote_name=remote.name)
-    print(f"{path}: uploaded as {remote.name} (md5 {md5})")
+    journal.mark_done(row.id, md5=md5, remote_name=remote.name, target=target, verified=remote.verified)
+    print(f"{path}: uploaded as {remote.name} (md5 {md5}) to target {target}, verified by {remote.verified}")
     return True

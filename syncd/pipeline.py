@@ -20,16 +20,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from syncd.config import Config, Watch, render_remote_dir
-from syncd.journal import AFTER_PENDING, FileRow, Fingerprint, Journal, JournalError
+from syncd.journal import AFTER_PENDING, FileRow, Fingerprint, Journal
+from syncd.outcomes import verdict_for
 from syncd.sources import Source, SourcePlanner, needs_transcode
-from syncd.transcode import TranscodeCancelled, VideoTranscodeError
-from syncd.upload.base import (
-    ChecksumMismatch,
-    FileChanged,
-    FileVanished,
-    Interrupted,
-    PermanentError,
-)
+from syncd.states import FileState
+from syncd.upload.base import FileChanged
 from syncd.upload.engine import UploadEngine, UploadJob
 from syncd.upload.retry import waiting_delay
 
@@ -131,51 +126,54 @@ class FileProcessor:
                     raise FileChanged(f"{label}: changed while it was transcoded")
                 self.journal.set_state(row.id, "uploading", only_from=("transcoding",))
             results = []
+            sent = 0
+
+            def count(n: int) -> None:
+                nonlocal sent
+                sent += n
+
             for source in sources:
                 job = UploadJob(file_id=row.id, target=watch.target, source=source.path,
                                 fingerprint=source.fingerprint, remote_name=source.remote_name, label=label)
-                results.append(self.engine.upload(job))
-        except (Interrupted, TranscodeCancelled):
-            self._to(row, "ready", error=None)
-            log.info("%s: interrupted by shutdown; it resumes at the next start", label)
-            return Outcome(row.id, row.watch, row.relpath, "ready")
-        except FileVanished:
-            return self._gone(row, label)
-        except FileChanged as exc:
-            return self._resettle(row, label, str(exc).removeprefix(f"{label}: "))
-        except (PermanentError, VideoTranscodeError) as exc:
-            return self._failed(row, watch, label, str(exc))
-        except PermissionError as exc:
-            return self._failed(row, watch, label, f"cannot read: {exc.strerror}")
-        except ChecksumMismatch as exc:
-            # The server holds other bytes than the file has now (rewritten in place with its
-            # size and mtime kept while syncd was down, or damaged on the way). The engine
-            # dropped that session: the next attempt uploads the file whole again.
-            return self._waiting(row, watch, label, exc)
-        except JournalError:
-            raise  # not this file's failure: the daemon stops (see Daemon._drain_finished)
+                results.append(self.engine.upload(job, on_read=count))
         except Exception as exc:
-            backend = self.engine.backends[watch.target]
-            if backend.is_retryable(exc) or isinstance(exc, OSError):
-                return self._waiting(row, watch, label, exc)
-            log.exception("%s: unexpected error", label)
-            return self._failed(row, watch, label, f"unexpected error: {exc}")
+            return self._conclude(row, watch, label, exc)
         remote, md5 = results[0]
         self._discard_staged(sources)
 
         seconds = time.monotonic() - started
         destructive = watch.after_upload != "keep"
         self.journal.mark_done(row.id, md5=md5, remote_name=remote.name, durable=destructive,
-                               after_action=AFTER_PENDING if destructive else None)
-        rate = row.fingerprint.size / 1024**2 / max(seconds, 1e-6)
-        log.info("%s: uploaded as %s (%d bytes, md5 %s, %.1fs, %.1f MiB/s)", label, remote.name,
-                 row.fingerprint.size, md5, seconds, rate)
+                               after_action=AFTER_PENDING if destructive else None, target=watch.target,
+                               verified=remote.verified)
+        # the size and rate of what was sent (the web version, when transcoded), and of the
+        # bytes this run sent (a resumed upload sends only the rest)
+        log.info("%s: uploaded as %s (%d bytes, md5 %s, verified by %s, %.1fs, %.1f MiB/s sent)", label,
+                 remote.name, sources[0].fingerprint.size, md5, remote.verified, seconds,
+                 sent / 1024**2 / max(seconds, 1e-6))
         if destructive:
             self._after_upload(row, watch, path, label)
         outcome = Outcome(row.id, row.watch, row.relpath, "done", row.fingerprint.size, seconds)
         if self._on_done is not None:
             self._on_done(outcome)
         return outcome
+
+    def _conclude(self, row: FileRow, watch: Watch, label: str, exc: Exception) -> Outcome:
+        """Write down what a failure means for the file (syncd.outcomes decides)."""
+        verdict = verdict_for(exc, label=label)  # re-raises JournalError: the daemon stops
+        if verdict.state == FileState.READY:
+            self._to(row, "ready", error=None)
+            log.info("%s: interrupted by shutdown; it resumes at the next start", label)
+            return Outcome(row.id, row.watch, row.relpath, "ready")
+        if verdict.state == FileState.GONE:
+            return self._gone(row, label)
+        if verdict.state == FileState.SETTLING:
+            return self._resettle(row, label, verdict.reason)
+        if verdict.state == FileState.WAITING:
+            return self._waiting(row, watch, label, verdict.reason)
+        if verdict.reason.startswith("unexpected error"):
+            log.error("%s: unexpected error", label, exc_info=exc)
+        return self._failed(row, watch, label, verdict.reason)
 
     @staticmethod
     def _discard_staged(sources: list[Source]) -> None:
@@ -198,10 +196,9 @@ class FileProcessor:
         log.info("%s: %s; settling it again", label, why)
         return Outcome(row.id, row.watch, row.relpath, "settling")
 
-    def _waiting(self, row: FileRow, watch: Watch, label: str, exc: BaseException) -> Outcome:
+    def _waiting(self, row: FileRow, watch: Watch, label: str, reason: str) -> Outcome:
         policy = self.config.targets[watch.target].retry
         delay = waiting_delay(row.attempts + 1, policy)
-        reason = " ".join(str(exc).split())[:300] or type(exc).__name__
         self._to(row, "waiting", error=reason, next_attempt_at=self.clock() + delay, attempts_delta=1)
         log.warning("%s: %s; waiting %.0fs before attempt %d", label, reason, delay, row.attempts + 2)
         return Outcome(row.id, row.watch, row.relpath, "waiting")

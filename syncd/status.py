@@ -59,7 +59,7 @@ def render(data: dict[str, Any], *, now: float | None = None) -> str:
             due = f"next try in {format_duration(max(0.0, when - now))}" if when else "next try soon"
             lines.append(f"  {w['watch']}:{w['path']}  {due}, attempt {w['attempts'] + 1}: {w['error']}")
     if data["failed"]:
-        lines += ["", "failed (syncd retry -c CONFIG --all-failed, or PATH...):"]
+        lines += ["", "failed (syncd retry [-c CONFIG] --all-failed, or the WATCH:PATH shown here):"]
         for f in data["failed"]:
             lines.append(f"  {f['watch']}:{f['path']}  {f['error']}")
     if data["growing"]:

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.support.drf import DrfServer
+from tests.support.tmp_cleanup import remove_this_runs_tmp  # noqa: F401 - a session fixture
 
 
 def _live_threads() -> set[threading.Thread]:

@@ -12,10 +12,12 @@ from aiohttp.http_exceptions import HttpProcessingError
 
 from syncd.server import handlers
 from syncd.server.auth import Handler, token_middleware
+from syncd.server.drain import DRAIN, Drain
 from syncd.server.errors import ApiError
 from syncd.server.handlers import RECEIVER
 from syncd.server.hooks import ServerHooks
 from syncd.server.receiver import Receiver
+from syncd.server.replies import answer_then_hang_up
 from syncd.server.settings import ReceiverSettings
 
 log = logging.getLogger("syncd.server")
@@ -41,16 +43,8 @@ async def answer_errors(request: web.Request, handler: Handler) -> web.StreamRes
         # aiohttp's own refusals (no such route, wrong method) in the same JSON shape.
         headers = {k: v for k, v in exc.headers.items() if k in ("Allow", "WWW-Authenticate")}
         response = ApiError(exc.status, exc.reason, headers=headers).response()
-    if request.body_exists and not request.content.is_eof():
-        # The client is still sending a body that will not be read (refused from its
-        # headers, or cut off mid-part): answer, then hang up, rather than draining
-        # gigabytes first.
-        response.force_close()
-        with contextlib.suppress(ConnectionError):  # it may have hung up first
-            await response.prepare(request)
-            await response.write_eof()
-        request.protocol.force_close()
-    return response
+    # Refused from its headers, or cut off mid-part: the rest of the body is not read.
+    return await answer_then_hang_up(request, response)
 
 
 async def _receiver_lifecycle(app: web.Application) -> AsyncIterator[None]:
@@ -67,7 +61,9 @@ async def _receiver_lifecycle(app: web.Application) -> AsyncIterator[None]:
 
 
 def build_app(settings: ReceiverSettings, *, hooks: ServerHooks | None = None) -> web.Application:
-    app = web.Application(middlewares=[answer_errors, token_middleware(settings.token)])
+    drain = Drain()
+    app = web.Application(middlewares=[drain.middleware, answer_errors, token_middleware(settings.token)])
+    app[DRAIN] = drain
     app[RECEIVER] = Receiver(settings, hooks or ServerHooks())
     app.cleanup_ctx.append(_receiver_lifecycle)
 

@@ -8,11 +8,12 @@ import contextlib
 import threading
 from types import TracebackType
 
+from syncd.server.drain import stop_gracefully
 from syncd.server.hooks import ServerHooks
 from syncd.server.listen import display_url, start_site
 from syncd.server.settings import ReceiverSettings
 
-STOP_TIMEOUT = 2.0  # in-flight requests get this long, then are cancelled (parts stay resumable)
+STOP_GRACE = 2.0  # requests in flight get this long to finish, then are cut off (parts stay resumable)
 
 
 class ReceiverStartError(RuntimeError):
@@ -20,11 +21,15 @@ class ReceiverStartError(RuntimeError):
 
 
 class EmbeddedReceiver:
-    """``start()`` returns once the socket listens; ``stop()`` shuts down and joins."""
+    """``start()`` returns once the socket listens; ``stop()`` stops listening, lets requests
+    in flight finish (up to ``stop_grace`` seconds), shuts down and joins."""
 
-    def __init__(self, settings: ReceiverSettings, *, hooks: ServerHooks | None = None) -> None:
+    def __init__(
+        self, settings: ReceiverSettings, *, hooks: ServerHooks | None = None, stop_grace: float = STOP_GRACE
+    ) -> None:
         self.settings = settings
         self._hooks = hooks
+        self._stop_grace = stop_grace
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
@@ -89,11 +94,9 @@ class EmbeddedReceiver:
     async def _serve(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
-        runner, self.port = await start_site(
-            self.settings, hooks=self._hooks, access_log=False, shutdown_timeout=STOP_TIMEOUT
-        )
+        runner, self.port = await start_site(self.settings, hooks=self._hooks, access_log=False)
         try:
             self._ready.set()
             await self._stop.wait()
         finally:
-            await runner.cleanup()
+            await stop_gracefully(runner, grace=self._stop_grace)

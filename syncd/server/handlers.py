@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
@@ -18,9 +19,13 @@ from syncd.server.forms import (
     read_text,
     skip,
 )
+from syncd.server.keys import HEADER as KEY_HEADER
+from syncd.server.keys import BadUploadKey, parse_upload_key
 from syncd.server.names import BadFilename, normalize_filename
 from syncd.server.ranges import ContentRange, RangeError, parse_content_range
-from syncd.server.receiver import Receiver, Session
+from syncd.server.receiver import OFFSETS_MISMATCH, Receiver, Session
+from syncd.server.records import COMPLETE
+from syncd.server.replies import answer_then_hang_up
 from syncd.server.views import session_json, session_url
 from syncd.server.writer import BATCH_BYTES
 
@@ -62,6 +67,13 @@ def _filename(raw: str | None) -> str:
         raise ApiError(400, f"Invalid filename: {exc}") from None
 
 
+def _upload_key(request: web.Request) -> str | None:
+    try:
+        return parse_upload_key(request.headers.getall(KEY_HEADER, []))
+    except BadUploadKey as exc:
+        raise ApiError(400, str(exc)) from None
+
+
 async def _receive_form(
     request: web.Request,
     session: Session,
@@ -69,11 +81,13 @@ async def _receive_form(
     expected: int | None,
     limit: int | None,
     naming: bool,
+    before_file: Callable[[dict[str, str]], None] | None = None,
 ) -> dict[str, str]:
     """Streams the ``file`` part into ``session``; returns the small fields.
 
     When ``naming`` (a new session), the ``filename`` field is checked before any data
-    is written if it comes first, else right after.
+    is written if it comes first, else right after. ``before_file`` sees the fields that
+    came before the file part and may refuse the request before a byte is written.
     """
     receiver = _receiver(request)
     timeout = receiver.hooks.body_timeout
@@ -83,6 +97,8 @@ async def _receive_form(
         if part.name == "file":
             if received is not None:
                 raise ApiError(400, "More than one file was submitted")
+            if before_file is not None:
+                before_file(fields)
             if naming and "filename" in fields:
                 receiver.assign_name(session, _filename(fields["filename"]))
             received = await receiver.receive(
@@ -103,27 +119,166 @@ async def healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok", "open_sessions": _receiver(request).open_sessions()})
 
 
-async def create_session(request: web.Request) -> web.Response:
-    """``PUT chunked_upload/``: a new session with its first part."""
+async def create_session(request: web.Request) -> web.StreamResponse:
+    """``PUT chunked_upload/``: a new session with its first part.
+
+    With an ``Upload-Key`` that names a session already (the client lost the answer),
+    the part goes to that session instead, as a ``PUT`` to its URL would.
+    """
     receiver = _receiver(request)
     span = _content_range(request)
+    key = _upload_key(request)
     if span.start != 0:
         raise ApiError(400, "The first part must start at offset 0", provided_offset=span.start)
     receiver.check_size(span.total)
+    if key is None:
+        return await _create(request, span, key=None)
+    async with receiver.key_locks.hold(key), receiver.locked_by_key(key) as named:
+        if named is None:
+            return await _create(request, span, key=key)
+        return await _repeat_first_part(request, named, span, key)
+
+
+async def _create(request: web.Request, span: ContentRange, *, key: str | None) -> web.Response:
+    receiver = _receiver(request)
     receiver.check_space(span.total)
-    async with receiver.creating(span.total) as session:
-        await _receive_form(request, session, expected=span.length, limit=span.length, naming=True)
+    async with receiver.creating(span.total, upload_key=key) as session:
+        await _receive_form(
+            request,
+            session,
+            expected=span.length,
+            limit=span.length,
+            naming=True,
+            before_file=None if key is None else _name_first,
+        )
         await receiver.register(session)
     return _answer(request, session)
+
+
+def _name_first(fields: dict[str, str]) -> None:
+    """A keyed first part names its file before its data, so a repeat can be checked
+    against its session without reading the data."""
+    if "filename" not in fields:
+        raise ApiError(400, f"With {KEY_HEADER}, the filename field must come before the file part")
+
+
+def _check_same_file(key: str, session: Session, *, filename: str | None, size: int) -> None:
+    """400 when the request describes another file than the session its key names."""
+    record = session.record
+    if size != record.total:
+        raise ApiError(
+            400,
+            f"{KEY_HEADER} {key!r} names an upload of {record.total} bytes, not {size}",
+        )
+    if filename is not None and _filename(filename) != record.filename:
+        raise ApiError(
+            400,
+            f"{KEY_HEADER} {key!r} names an upload of {record.filename!r}, "
+            f"not {_filename(filename)!r}",
+        )
+
+
+async def _repeat_first_part(
+    request: web.Request, session: Session, span: ContentRange, key: str
+) -> web.StreamResponse:
+    """A keyed first part whose session exists: that session's answer (it holds the lock)."""
+    receiver = _receiver(request)
+    _check_same_file(key, session, filename=None, size=span.total)
+    url = session_url(request, receiver.settings, session.record.id)
+    if session.record.state == COMPLETE:
+        fields = await _fields_before_file(request)
+        _name_first(fields)
+        _check_same_file(key, session, filename=fields["filename"], size=span.total)
+        return await answer_then_hang_up(request, _answer(request, session))
+
+    def before_file(fields: dict[str, str]) -> None:
+        _name_first(fields)
+        _check_same_file(key, session, filename=fields["filename"], size=span.total)
+        try:
+            receiver.check_part(session, start=span.start, total=span.total)
+        except ApiError as err:
+            if err.detail == OFFSETS_MISMATCH:  # tell the client where its session is
+                err.extra.update(id=session.record.id, url=url)
+            raise
+
+    await _receive_form(
+        request, session, expected=span.length, limit=span.length, naming=False, before_file=before_file
+    )
+    return _answer(request, session)
+
+
+async def _fields_before_file(request: web.Request) -> dict[str, str]:
+    """The small fields up to the file part (whose data is left unread)."""
+    timeout = _receiver(request).hooks.body_timeout
+    fields: dict[str, str] = {}
+    parts = iter_parts(request, timeout=timeout)
+    try:
+        async for part in parts:
+            if part.name == "file":
+                return fields
+            if part.name in ("filename", "md5"):
+                fields[part.name] = await read_text(part, timeout=timeout)
+            else:
+                await skip(part, timeout=timeout)
+    finally:
+        await parts.aclose()
+    raise ApiError(400, NO_FILE)
 
 
 async def upload_whole(request: web.Request) -> web.Response:
     """``POST chunked_upload/``: a whole file with its md5 in one request.
 
-    A file part of at most ``SMALL_FILE`` bytes is kept in memory (as much as one write
-    batch of a streamed part) and stored by ``Receiver.store_whole`` in one I/O call;
-    a larger one is streamed to disk like any part.
+    With an ``Upload-Key`` that names a stored file already (the client lost the
+    answer), the answer is that file's again and nothing new is stored.
     """
+    key = _upload_key(request)
+    if key is None:
+        return await _store_whole(request, key=None)
+    async with _receiver(request).key_locks.hold(key), _receiver(request).locked_by_key(key) as named:
+        if named is None:
+            return await _store_whole(request, key=key)
+        return await _repeat_whole(request, named, key)
+
+
+async def _repeat_whole(request: web.Request, session: Session, key: str) -> web.Response:
+    """A keyed whole file whose key names a session: the stored file's answer, checked
+    against what was sent (read and dropped) so two files are never taken for one."""
+    record = session.record
+    if record.state != COMPLETE:
+        raise ApiError(
+            400,
+            f"{KEY_HEADER} {key!r} names an upload still open for parts "
+            f"({record.offset} of {record.total} bytes), not a whole file",
+        )
+    timeout = _receiver(request).hooks.body_timeout
+    fields: dict[str, str] = {}
+    size: int | None = None
+    async for part in iter_parts(request, timeout=timeout):
+        if part.name == "file":
+            if size is not None:
+                raise ApiError(400, "More than one file was submitted")
+            read, size = chunk_reader(part, timeout=timeout), 0
+            while chunk := await read():
+                size += len(chunk)
+                if size > record.total:  # another file: refused now, the rest never read
+                    _check_same_file(key, session, filename=None, size=size)
+        elif part.name in ("filename", "md5"):
+            fields[part.name] = await read_text(part, timeout=timeout)
+        else:
+            await skip(part, timeout=timeout)
+    if size is None:
+        raise ApiError(400, NO_FILE)
+    _check_same_file(key, session, filename=fields.get("filename"), size=size)
+    md5 = fields.get("md5")
+    if md5 is not None and md5.strip().lower() != record.md5:
+        raise ApiError(400, f"{KEY_HEADER} {key!r} names an upload with another md5 ({record.md5})")
+    return _answer(request, session)
+
+
+async def _store_whole(request: web.Request, *, key: str | None) -> web.Response:
+    """A file part of at most ``SMALL_FILE`` bytes is kept in memory (as much as one write
+    batch of a streamed part) and stored by ``Receiver.store_whole`` in one I/O call;
+    a larger one is streamed to disk like any part."""
     receiver = _receiver(request)
     limit = receiver.settings.max_size
     announced = request.content_length
@@ -148,7 +303,7 @@ async def upload_whole(request: web.Request) -> web.Response:
                 if ended:
                     small = head
                     continue
-                streamed = await stack.enter_async_context(receiver.creating(0))
+                streamed = await stack.enter_async_context(receiver.creating(0, upload_key=key))
                 if name is not None:
                     receiver.assign_name(streamed, name)
                 await receiver.receive(streamed, prepend(head, read), expected=None, limit=limit)
@@ -166,7 +321,7 @@ async def upload_whole(request: web.Request) -> web.Response:
         raise ApiError(400, NO_FILE)
     if name is None:
         name = _checked_name(receiver, fields.get("filename"))
-    return _answer(request, await receiver.store_whole(name, small, fields.get("md5")))
+    return _answer(request, await receiver.store_whole(name, small, fields.get("md5"), upload_key=key))
 
 
 def _checked_name(receiver: Receiver, raw: str | None) -> str:

@@ -10,6 +10,9 @@ from syncd.server.app import build_app
 from syncd.server.hooks import ServerHooks
 from syncd.server.settings import ReceiverSettings
 
+# After the grace, requests still running are cancelled; they get this long to clean up.
+CUT_OFF_TIMEOUT = 1.0
+
 
 def display_url(host: str, port: int, base_path: str) -> str:
     shown = f"[{host}]" if ":" in host else host
@@ -21,13 +24,13 @@ async def start_site(
     *,
     hooks: ServerHooks | None,
     access_log: bool,
-    shutdown_timeout: float,
 ) -> tuple[web.AppRunner, int]:
-    """Runs the app's startup, then binds; returns the runner and the port it bound."""
+    """Runs the app's startup, then binds; returns the runner and the port it bound.
+
+    Stop it with ``drain.stop_gracefully``: requests in flight get a grace first.
+    """
     options: dict[str, Any] = {} if access_log else {"access_log": None}
-    runner = web.AppRunner(
-        build_app(settings, hooks=hooks), shutdown_timeout=shutdown_timeout, **options
-    )
+    runner = web.AppRunner(build_app(settings, hooks=hooks), shutdown_timeout=CUT_OFF_TIMEOUT, **options)
     await runner.setup()
     try:
         site = web.TCPSite(runner, settings.host, settings.port, reuse_address=True)

@@ -2,7 +2,11 @@
 
 A name may carry folders (``a/b/c.mp4``). It is NFC-normalized, empty and ``.`` segments
 and repeated slashes are dropped; everything that could point elsewhere or confuse a
-reader is refused with a reason the client sees in the 400 answer. This only checks the
+reader is refused with a reason the client sees in the 400 answer: control characters,
+and invisible ones that change how a name reads (bidi overrides such as U+202E make
+``\u202egnp.exe`` show as ``exe.png``; zero-width characters make two names look alike).
+That includes every format character (category Cf), so also the zero-width joiners of
+emoji sequences and Persian text. This only checks the
 *text*: symlinks already on disk are handled where files are opened (``safefs``).
 """
 
@@ -20,7 +24,19 @@ _REFUSED_CATEGORIES = {
     "Cs": "an unpaired surrogate",
     "Zl": "a line separator",
     "Zp": "a paragraph separator",
+    "Cf": "an invisible format character",
 }
+# Not in a refused category, but shown as nothing at all.
+_INVISIBLE = frozenset(
+    {
+        "͏",  # COMBINING GRAPHEME JOINER
+        "ᅟ",  # HANGUL CHOSEONG FILLER
+        "ᅠ",  # HANGUL JUNGSEONG FILLER
+        "⠀",  # BRAILLE PATTERN BLANK
+        "ㅤ",  # HANGUL FILLER
+        "ﾠ",  # HALFWIDTH HANGUL FILLER
+    }
+)
 
 
 class BadFilename(ValueError):
@@ -35,8 +51,11 @@ def normalize_filename(raw: str) -> str:
         if ch == "\0":
             raise BadFilename("filename contains a NUL character")
         what = _REFUSED_CATEGORIES.get(unicodedata.category(ch))
+        if what is None and ch in _INVISIBLE:
+            what = "an invisible character"
         if what:
-            raise BadFilename(f"filename contains {what} (U+{ord(ch):04X})")
+            label = unicodedata.name(ch, "")
+            raise BadFilename(f"filename contains {what} (U+{ord(ch):04X}{' ' + label if label else ''})")
     name = unicodedata.normalize("NFC", raw)
     if "\\" in name:
         raise BadFilename("filename contains a backslash: separate folders with /")

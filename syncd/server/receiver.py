@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 from syncd.server import safefs
 from syncd.server.errors import NOT_FOUND, ApiError
 from syncd.server.hooks import ServerHooks
+from syncd.server.keys import KeyLocks
 from syncd.server.placement import PlacementError, Upload, place
 from syncd.server.records import (
     COMPLETE,
@@ -48,6 +49,7 @@ MD5_REQUIRED = "Checksum of type 'md5' is required"
 CHECKSUM_MISMATCH = "checksum does not match"
 ALREADY_COMPLETE = 'Upload has already been marked as "complete"'
 EXPIRED_DETAIL = "Upload has expired"
+OFFSETS_MISMATCH = "Offsets do not match"
 
 
 class Session:
@@ -69,6 +71,10 @@ class Receiver:
         # Registered sessions still uploading: what ``check_space`` reserves room for. The
         # completed ones stay in ``_sessions`` for ``expire`` (thousands, with small files).
         self._uploading: set[Session] = set()
+        # Sessions by the client's Upload-Key (open and completed ones; an expired
+        # session frees its key).
+        self._by_key: dict[str, Session] = {}
+        self.key_locks = KeyLocks()
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._root_fd = -1
         self._store: IncomingStore | None = None
@@ -146,9 +152,37 @@ class Receiver:
     # -- lookup ------------------------------------------------------------------------
 
     def _add(self, session: Session) -> None:
-        self._sessions[session.record.id] = session
-        if session.record.state == UPLOADING:
+        record = session.record
+        self._sessions[record.id] = session
+        if record.state == UPLOADING:
             self._uploading.add(session)
+        if record.upload_key is not None and record.state != EXPIRED:
+            other = self._by_key.get(record.upload_key)
+            if other is not None and other is not session:
+                log.warning(
+                    "sessions %s and %s have the same upload key; %s answers it",
+                    other.record.id,
+                    record.id,
+                    record.id,
+                )
+            self._by_key[record.upload_key] = session
+
+    def _forget(self, session: Session) -> None:
+        """Drops the session from every index (its files are the caller's to remove)."""
+        record = session.record
+        if self._sessions.get(record.id) is session:
+            del self._sessions[record.id]
+        self._uploading.discard(session)
+        self._drop_key(session)
+
+    def _drop_key(self, session: Session) -> None:
+        key = session.record.upload_key
+        if key is not None and self._by_key.get(key) is session:
+            del self._by_key[key]
+
+    def by_key(self, key: str) -> Session | None:
+        """The open or completed session the client named ``key``; hold ``key_locks`` first."""
+        return self._by_key.get(key)
 
     def lookup(self, raw_id: str) -> Session:
         session_id = canonical_id(raw_id)
@@ -169,13 +203,27 @@ class Receiver:
                 raise ApiError(410, EXPIRED_DETAIL)
             yield session
 
+    @asynccontextmanager
+    async def locked_by_key(self, key: str) -> AsyncIterator[Session | None]:
+        """Holds the lock of the open or completed session named ``key``; None if there is
+        none (never was, aborted, or expired just now: then the key is free again).
+        The caller holds ``key_locks`` for ``key``."""
+        session = self._by_key.get(key)
+        if session is None:
+            yield None
+            return
+        async with session.lock:
+            if session.record.state == UPLOADING and self._idle_out(session.record):
+                await self._expire(session)
+            yield session if self._by_key.get(key) is session else None
+
     def _idle_out(self, record: SessionRecord) -> bool:
         return record.updated_at + self.settings.expire <= self.hooks.clock()
 
     # -- creating ----------------------------------------------------------------------
 
     @asynccontextmanager
-    async def creating(self, total: int) -> AsyncIterator[Session]:
+    async def creating(self, total: int, *, upload_key: str | None = None) -> AsyncIterator[Session]:
         """A new session for its first part; registered by ``register``, else removed on exit."""
         now = self.hooks.clock()
         record = SessionRecord(
@@ -186,6 +234,7 @@ class Receiver:
             state=UPLOADING,
             created_at=now,
             updated_at=now,
+            upload_key=upload_key,
         )
         await self._run(self.store.create_part, record.id)
         session = Session(record, hashlib.md5())
@@ -220,7 +269,7 @@ class Receiver:
         if start != record.offset:
             raise ApiError(
                 400,
-                "Offsets do not match",
+                OFFSETS_MISMATCH,
                 expected_offset=record.offset,
                 provided_offset=start,
             )
@@ -383,7 +432,9 @@ class Receiver:
         self._log_stored(session, placed.reused)
         return done
 
-    async def store_whole(self, filename: str, data: Sequence[bytes], md5: str | None) -> Session:
+    async def store_whole(
+        self, filename: str, data: Sequence[bytes], md5: str | None, *, upload_key: str | None = None
+    ) -> Session:
         """Stores a whole file that is already in memory (a small ``POST``); a new session.
 
         Checking the MD5, writing and fsyncing the data, placing it (``place`` fsyncs
@@ -392,7 +443,9 @@ class Receiver:
         folders checked by the caller. The data and its name are durable before this
         returns; the completed session's record is not fsynced, since nothing depends on
         it after a crash: the answer already told the client everything, and the file
-        is there whatever became of the record (``load`` drops the leftover data).
+        is there whatever became of the record (``load`` drops the leftover data). A
+        repeated ``upload_key`` after a power cut that lost the record stores nothing
+        new either: ``place`` finds the identical file already under its name.
         """
         if not md5:
             raise ApiError(400, MD5_REQUIRED)
@@ -406,6 +459,7 @@ class Receiver:
             state=UPLOADING,
             created_at=now,
             updated_at=now,
+            upload_key=upload_key,
         )
         try:
             done, reused = await self._run(self._store_whole, record, data, md5.strip().lower())
@@ -478,16 +532,17 @@ class Receiver:
 
     async def abort(self, session: Session) -> None:
         """Forgets the session and its partial data; a stored file stays where it is."""
-        del self._sessions[session.record.id]
-        self._uploading.discard(session)
+        self._forget(session)
         await self._run(self.store.remove, session.record.id)
         log.info("session %s (%s) aborted by the client", session.record.id, session.record.filename)
 
     async def _expire(self, session: Session) -> None:
         record = session.record
-        tombstone = replace(record, state=EXPIRED, updated_at=self.hooks.clock())
+        # The key expires with the session: sent again, it opens a new one.
+        tombstone = replace(record, state=EXPIRED, updated_at=self.hooks.clock(), upload_key=None)
         await self._run(self.store.remove_part, record.id)
         await self._run(self.store.save, tombstone)
+        self._drop_key(session)
         session.record, session.hasher = tombstone, None
         self._uploading.discard(session)
         log.info(
@@ -511,8 +566,7 @@ class Receiver:
                 if record.state == UPLOADING:
                     await self._expire(session)
                 else:
-                    del self._sessions[record.id]
-                    self._uploading.discard(session)
+                    self._forget(session)
                     await self._run(self.store.remove, record.id)
 
     async def sweep_forever(self) -> None:

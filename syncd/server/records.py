@@ -8,6 +8,8 @@ import uuid
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+from syncd.server.keys import is_upload_key
+
 UPLOADING = "uploading"
 COMPLETE = "complete"
 EXPIRED = "expired"  # a tombstone: the data is gone, the id answers 410 for a while
@@ -47,6 +49,7 @@ class SessionRecord:
     completed_at: float | None = None
     md5: str | None = None  # set when complete
     path: str | None = None  # where the file was stored, relative to the root
+    upload_key: str | None = None  # the client's name for the session (``keys``), if it gave one
 
     def to_json(self) -> bytes:
         return json.dumps(asdict(self), sort_keys=True).encode("utf-8")
@@ -71,6 +74,7 @@ class SessionRecord:
             or not isinstance(record.total, int)
             or not isinstance(record.offset, int)
             or not 0 <= record.offset <= record.total
+            or not (record.upload_key is None or is_upload_key(record.upload_key))
         ):
             raise ValueError("session record has invalid values")
         return record

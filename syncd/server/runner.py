@@ -7,6 +7,7 @@ import logging
 import signal
 
 from syncd.notify import Notifier, WatchdogPinger
+from syncd.server.drain import stop_gracefully
 from syncd.server.embedded import ReceiverStartError
 from syncd.server.hooks import ServerHooks
 from syncd.server.listen import display_url, start_site
@@ -16,7 +17,7 @@ from syncd.units import format_size
 
 log = logging.getLogger("syncd.server")
 
-SHUTDOWN_TIMEOUT = 10.0  # in-flight parts get this long after SIGTERM; the rest resume later
+SHUTDOWN_TIMEOUT = 10.0  # requests in flight get this long to finish after SIGTERM; the rest resume later
 
 
 def run_forever(
@@ -45,9 +46,7 @@ async def _serve(
     notifier = notifier or Notifier.from_environ()
     try:
         try:
-            runner, port = await start_site(
-                settings, hooks=hooks, access_log=access_log, shutdown_timeout=SHUTDOWN_TIMEOUT
-            )
+            runner, port = await start_site(settings, hooks=hooks, access_log=access_log)
         except (OSError, UnsafePath) as exc:
             raise ReceiverStartError(
                 f"cannot start the receiver on {settings.host}:{settings.port}: {exc}"
@@ -65,11 +64,11 @@ async def _serve(
             )
             notifier.ready()
             await stop.wait()
-            log.info("stopping: open sessions stay resumable")
+            log.info("stopping: no new requests; open sessions stay resumable")
             notifier.stopping()
         finally:
             pinger.cancel()
-            await runner.cleanup()
+            await stop_gracefully(runner, grace=SHUTDOWN_TIMEOUT)
     finally:
         for signum in signals:
             loop.remove_signal_handler(signum)

@@ -1,19 +1,40 @@
-"""Streaming a part of a file from disk, hashing the whole file in the same single read.
+"""Part bodies: streamed from disk or sent from memory, hashing the whole file in the
+same single read.
 
 ``PrefixMD5`` hashes the file's bytes in order and remembers how far it got, so a part
 that is sent twice (a retry rewinds its body) is hashed once, and a resumed upload
 hashes the already-sent prefix once before going on.
+
+Every body checks ``stop`` (anything with ``is_set()``) before each read, so a shutdown
+or a failed sibling part stops a part mid-flight, and reports each block to ``on_read``
+(progress, byte counters) before it is sent.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import os
-import threading
+from collections.abc import Callable
+from typing import Protocol
 
 from syncd.upload.base import FileChanged, Interrupted
 
 READ_SIZE = 1024 * 1024
+
+
+class StopFlag(Protocol):
+    def is_set(self) -> bool: ...
+
+
+class AnyOf:
+    """Set when any of its events is: the daemon's stop, or one upload's cancel."""
+
+    def __init__(self, *events: StopFlag):
+        self._events = events
+
+    def is_set(self) -> bool:
+        return any(event.is_set() for event in self._events)
 
 
 class PrefixMD5:
@@ -30,7 +51,7 @@ class PrefixMD5:
             self._md5.update(data[self.position - offset:])
             self.position = end
 
-    def catch_up(self, fd: int, upto: int, *, stop: threading.Event | None = None) -> None:
+    def catch_up(self, fd: int, upto: int, *, stop: StopFlag | None = None) -> None:
         """Read and hash ``[position, upto)`` (the prefix a resumed upload does not resend)."""
         while self.position < upto:
             if stop is not None and stop.is_set():
@@ -54,7 +75,7 @@ class FileSlice:
     """
 
     def __init__(self, fd: int, offset: int, size: int, *, md5: PrefixMD5 | None = None,
-                 stop: threading.Event | None = None, on_read=None):
+                 stop: StopFlag | None = None, on_read: Callable[[int], None] | None = None):
         self._fd = fd
         self._start = offset
         self._pos = offset
@@ -82,5 +103,40 @@ class FileSlice:
             self._md5.feed(self._pos, data)
         self._pos += len(data)
         if self._on_read is not None:
+            self._on_read(len(data))
+        return data
+
+
+def read_part(fd: int, offset: int, size: int) -> bytes:
+    """``fd[offset:offset + size]`` in one read; FileChanged if the file is shorter."""
+    data = os.pread(fd, size, offset)
+    while len(data) < size:  # pread may return less for very large reads
+        more = os.pread(fd, size - len(data), offset + len(data))
+        if not more:
+            raise FileChanged(f"file got shorter while reading at byte {offset + len(data)}")
+        data += more
+    return data
+
+
+class MemoryBody(io.BytesIO):
+    """A part already read (and hashed) into memory, sent from there: seekable, with a
+    ``len`` of what is left, checking ``stop`` and reporting reads like ``FileSlice``."""
+
+    def __init__(self, data: bytes, *, stop: StopFlag | None = None,
+                 on_read: Callable[[int], None] | None = None):
+        super().__init__(data)
+        self._size = len(data)
+        self._stop = stop
+        self._on_read = on_read
+
+    @property
+    def len(self) -> int:
+        return self._size - self.tell()
+
+    def read(self, size: int | None = -1) -> bytes:
+        if self._stop is not None and self._stop.is_set():
+            raise Interrupted()
+        data = super().read(size)
+        if data and self._on_read is not None:
             self._on_read(len(data))
         return data

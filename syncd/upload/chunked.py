@@ -8,6 +8,12 @@ drf-chunked-upload and by ``syncd serve``.
 - ``GET {session}`` tells the server's ``offset``; ``POST {session}`` with ``md5`` completes.
 - ``POST {url}`` with ``filename``, ``file`` and ``md5`` sends a small file whole.
 
+Two additions that ``syncd serve`` understands and other servers ignore: the ``Upload-Key``
+header on a first part or a whole-file POST names the upload before the server has made it
+(a repeated key finds the same session, so a crash between sending and journaling the
+answer leaves no orphan), and a server that answers ``Syncd-Raw-Parts: 1`` takes later
+parts as a raw ``application/offset+octet-stream`` body instead of multipart.
+
 Parts stream from disk through requests-toolbelt's encoder: a part is never in memory.
 """
 
@@ -18,43 +24,53 @@ import json
 import posixpath
 import threading
 import time
-from typing import Any, BinaryIO
+from collections.abc import Sequence
+from typing import Any, BinaryIO, Literal
 from urllib.parse import urljoin
 
 import requests
+from pydantic import field_validator
 from requests_toolbelt import MultipartEncoder
 
 from syncd import __version__
+from syncd.config import TargetSettings, http_url
+from syncd.units import format_size
 from syncd.upload.base import (
     AuthRejected,
+    Capabilities,
     ChecksumMismatch,
     OffsetMismatch,
+    Part,
     PartReceipt,
     PermanentError,
     RemoteFile,
     SessionGone,
+    StorageFull,
     TransientError,
     UploadItem,
 )
+from syncd.upload.registry import ProtocolEntry
 
 STREAM_BLOCK = 1024 * 1024
 # A whole-file POST carries its MD5, so the file is read twice (hash, then send): worth
 # saving a request only for small files, whose second read comes from the page cache.
 SINGLE_REQUEST_MAX = 4 * 1024 * 1024
+UPLOAD_KEY_HEADER = "Upload-Key"
+RAW_PART_TYPE = "application/offset+octet-stream"
 _RETRY_STATUSES = {408, 429} | set(range(500, 600)) - {507}
 
 
-class _StreamingBody:
+class _Stream:
     """An iterable request body of known length: requests sends Content-Length and the
-    encoder's bytes in 1 MiB blocks instead of http.client's 8 KiB reads."""
+    source's bytes in 1 MiB blocks instead of http.client's 8 KiB reads."""
 
-    def __init__(self, encoder: MultipartEncoder):
-        self._encoder = encoder
-        self.len = encoder.len
+    def __init__(self, source: Any, length: int):
+        self._source = source
+        self.len = length
 
     def __iter__(self):
         while True:
-            block = self._encoder.read(STREAM_BLOCK)
+            block = self._source.read(STREAM_BLOCK)
             if not block:
                 return
             yield block
@@ -114,7 +130,8 @@ def raise_for_answer(resp: requests.Response, *, on_session: bool) -> dict[str, 
         except ValueError:
             body = {}
         if isinstance(body, dict) and "expected_offset" in body:
-            raise OffsetMismatch(int(body["expected_offset"]), int(body.get("provided_offset", -1)))
+            raise OffsetMismatch(int(body["expected_offset"]), int(body.get("provided_offset", -1)),
+                                 session_url=body.get("url"))
         if "checksum does not match" in detail:
             raise ChecksumMismatch(detail)
     if status in (401, 403):
@@ -124,11 +141,27 @@ def raise_for_answer(resp: requests.Response, *, on_session: bool) -> dict[str, 
     if status == 413:
         raise PermanentError(f"too large for the server (HTTP 413): {detail}")
     if status == 507:
-        raise PermanentError(f"server storage is full (HTTP 507): {detail}")
+        raise StorageFull(f"server storage is full (HTTP 507): {detail}")
     if status in _RETRY_STATUSES:
-        reason = "429" if status == 429 else "408" if status == 408 else "5xx"
+        reason = "throttled" if status == 429 else "timeout" if status == 408 else "server"
         raise TransientError(f"HTTP {status}: {detail}", reason=reason, retry_after=_retry_after(resp))
     raise PermanentError(f"HTTP {status}: {detail}")
+
+
+class Settings(TargetSettings):
+    """A ``protocol: chunked`` target: the Synapse SDK's protocol (drf-chunked-upload,
+    ``syncd serve``)."""
+
+    protocol: Literal["chunked"] = "chunked"
+    url: str
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        return http_url(value)
+
+    def describe(self) -> str:
+        return f"{self.url} (parts {format_size(self.part_size)})"
 
 
 class ChunkedBackend:
@@ -138,7 +171,8 @@ class ChunkedBackend:
         self.name = name
         self.url = url
         self.part_size = part_size
-        self.single_request_max = min(part_size, SINGLE_REQUEST_MAX)
+        self.raw_parts = False
+        """the server said (``Syncd-Raw-Parts: 1``) it takes a part's bytes without multipart"""
         self._timeout = (connect_timeout, read_timeout)
         self._verify = verify
         self._headers = {"User-Agent": f"syncd/{__version__}"}
@@ -147,6 +181,12 @@ class ChunkedBackend:
         self._local = threading.local()
         self._sessions: list[requests.Session] = []
         self._sessions_lock = threading.Lock()
+
+    @classmethod
+    def from_settings(cls, name: str, settings: Settings) -> ChunkedBackend:
+        return cls(name, url=settings.url, token=settings.resolve_token(), part_size=settings.part_size,
+                   connect_timeout=settings.timeout.connect, read_timeout=settings.timeout.read,
+                   verify=settings.tls_verify())
 
     def _http(self) -> requests.Session:
         """One requests.Session per worker thread (they are not thread-safe)."""
@@ -161,10 +201,27 @@ class ChunkedBackend:
         return http
 
     def request(self, method: str, url: str, **kw: Any) -> requests.Response:
-        return self._http().request(method, url, timeout=self._timeout, allow_redirects=False, **kw)
+        """One request; a dropped connection or a timeout becomes a TransientError."""
+        try:
+            resp = self._http().request(method, url, timeout=self._timeout, allow_redirects=False, **kw)
+        except requests.Timeout as exc:
+            raise TransientError(f"{method} timed out: {exc}", reason="timeout") from exc
+        except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError) as exc:
+            raise TransientError(f"{method} failed: {exc}", reason="connection") from exc
+        if resp.headers.get("Syncd-Raw-Parts") == "1":
+            self.raw_parts = True
+        return resp
 
-    def open_session(self, item: UploadItem, *, resume: str | None) -> ChunkedSession:
-        return ChunkedSession(self, item, url=resume)
+    def plan(self, item: UploadItem) -> Capabilities:
+        return Capabilities(part_size=self.part_size, min_part=1, max_part=5 * 1024**3, max_parts=2**31,
+                            concurrency=1, verifies="md5",
+                            single_request_max=min(self.part_size, SINGLE_REQUEST_MAX))
+
+    def create(self, item: UploadItem) -> ChunkedSession:
+        return ChunkedSession(self, item, url=None)
+
+    def resume(self, item: UploadItem, handle: str | None) -> ChunkedSession:
+        return ChunkedSession(self, item, url=handle)
 
     def upload_whole(self, item: UploadItem, body: BinaryIO, md5_hex: str) -> RemoteFile:
         encoder = MultipartEncoder(fields=[
@@ -172,27 +229,21 @@ class ChunkedBackend:
             ("md5", md5_hex),
             ("file", (posixpath.basename(item.remote_name), body, "application/octet-stream")),
         ])
-        resp = self.request("POST", self.url, data=_StreamingBody(encoder),
-                            headers={"Content-Type": encoder.content_type})
+        headers = {"Content-Type": encoder.content_type}
+        if item.key:
+            headers[UPLOAD_KEY_HEADER] = item.key
+        resp = self.request("POST", self.url, data=_Stream(encoder, encoder.len), headers=headers)
         data = raise_for_answer(resp, on_session=False)
         return _remote_file(data, item, md5_hex)
-
-    def is_retryable(self, exc: BaseException) -> bool:
-        return isinstance(exc, (TransientError, requests.ConnectionError, requests.Timeout,
-                                requests.exceptions.ChunkedEncodingError))
-
-    def retry_reason(self, exc: BaseException) -> str:
-        if isinstance(exc, TransientError):
-            return exc.reason
-        if isinstance(exc, requests.Timeout):
-            return "timeout"
-        return "connection"
 
     def close(self) -> None:
         with self._sessions_lock:
             for http in self._sessions:
                 http.close()
             self._sessions.clear()
+
+
+PROTOCOL = ProtocolEntry("chunked", Settings, ChunkedBackend.from_settings)
 
 
 def _remote_file(data: dict[str, Any], item: UploadItem, md5_hex: str) -> RemoteFile:
@@ -208,71 +259,116 @@ def _remote_file(data: dict[str, Any], item: UploadItem, md5_hex: str) -> Remote
 
 
 class ChunkedSession:
-    parallel_parts = 1  # offsets must arrive in order
+    """An offset session: parts must arrive in order, and the server reports how many bytes
+    it holds; ``committed`` turns that offset into the plan's whole parts."""
 
     def __init__(self, backend: ChunkedBackend, item: UploadItem, *, url: str | None):
         self._backend = backend
         self._item = item
-        self.token = url
-        self._offset = 0
+        self.handle = url
+        self._offset: int | None = None
+        """bytes the server holds, as far as we know (None: not asked yet)"""
         self._complete = False
 
-    @property
-    def part_size(self) -> int:
-        return self._backend.part_size
-
     def refresh(self) -> None:
-        resp = self._backend.request("GET", self.token)
+        resp = self._backend.request("GET", self.handle)
         data = raise_for_answer(resp, on_session=True)
         self._offset = int(data.get("offset", 0))
         self._complete = data.get("status") == 2
 
-    def committed(self) -> int:
-        if self.token is not None:
-            self.refresh()
-        return self._offset
+    def _find_by_key(self) -> None:
+        """A session made by a first part whose answer was lost: ``syncd serve`` finds it by
+        its upload key (``GET {url}`` with ``Upload-Key``); other servers know nothing of keys."""
+        if self.handle is not None or not self._item.key:
+            return
+        resp = self._backend.request("GET", self._backend.url, headers={UPLOAD_KEY_HEADER: self._item.key})
+        try:
+            data = resp.json() if resp.status_code == 200 else None
+        except ValueError:
+            return
+        if isinstance(data, dict) and data.get("upload_key") == self._item.key and data.get("url"):
+            self.handle = urljoin(self._backend.url, str(data["url"]))
 
-    def send_part(self, number: int, offset: int, body: BinaryIO, size: int) -> PartReceipt:
-        total = self._item.size
-        encoder = MultipartEncoder(fields=[
-            ("filename", self._item.remote_name),
-            ("file", (posixpath.basename(self._item.remote_name), body, "application/octet-stream")),
-        ])
-        headers = {
-            "Content-Type": encoder.content_type,
-            "Content-Range": f"bytes {offset}-{offset + size - 1}/{total}",
-        }
-        url = self.token or self._backend.url
-        resp = self._backend.request("PUT", url, data=_StreamingBody(encoder), headers=headers)
-        data = raise_for_answer(resp, on_session=self.token is not None)
-        if self.token is None:
-            if "url" not in data:
+    def committed(self) -> dict[int, PartReceipt]:
+        self._find_by_key()
+        if self.handle is None:
+            return {}  # not made yet (or the server knows no keys: a first part sent again
+            # with the same key finds it on servers that do)
+        self.refresh()
+        size, part_size = self._item.size, self._item.part_size
+        held = size if self._complete else min(self._offset, size)
+        whole = held // part_size if part_size else 0
+        receipts = {n: PartReceipt(number=n, size=part_size) for n in range(1, whole + 1)}
+        if held == size and size % part_size:
+            receipts[whole + 1] = PartReceipt(number=whole + 1, size=size - whole * part_size)
+        return receipts
+
+    def send_part(self, part: Part) -> PartReceipt:
+        start, end = part.offset, part.offset + part.size
+        known = self._offset or 0
+        if self.handle is not None and known > start:
+            # The server holds the start of this part (a part cut short earlier): send the rest.
+            skip = min(known, end) - start
+            while skip:
+                skip -= len(part.body.read(min(skip, STREAM_BLOCK)))
+            start = min(known, end)
+            if start == end:
+                return PartReceipt(number=part.number, size=part.size)
+        headers = {"Content-Range": f"bytes {start}-{end - 1}/{self._item.size}"}
+        if self.handle is not None and self._backend.raw_parts:
+            headers["Content-Type"] = RAW_PART_TYPE
+            data: Any = _Stream(part.body, end - start)
+        else:
+            encoder = MultipartEncoder(fields=[
+                ("filename", self._item.remote_name),
+                ("file", (posixpath.basename(self._item.remote_name), part.body, "application/octet-stream")),
+            ])
+            headers["Content-Type"] = encoder.content_type
+            data = _Stream(encoder, encoder.len)
+        if self.handle is None and self._item.key:
+            headers[UPLOAD_KEY_HEADER] = self._item.key
+        try:
+            resp = self._backend.request("PUT", self.handle or self._backend.url, data=data, headers=headers)
+            answer = raise_for_answer(resp, on_session=self.handle is not None)
+        except OffsetMismatch as exc:
+            if self.handle is None and exc.session_url:
+                self.handle = urljoin(self._backend.url, str(exc.session_url))
+            self._offset = exc.expected
+            raise
+        if self.handle is None:
+            if "url" not in answer:
                 raise PermanentError("server made a session without a url")
-            self.token = urljoin(self._backend.url, str(data["url"]))
-        self._offset = int(data.get("offset", offset + size))
-        return PartReceipt(number=number, offset=offset, size=size, server_offset=self._offset)
+            self.handle = urljoin(self._backend.url, str(answer["url"]))
+        self._offset = int(answer.get("offset", end))
+        if answer.get("status") == 2:
+            self._complete = True
+        return PartReceipt(number=part.number, size=part.size)
 
-    def complete(self, md5_hex: str) -> RemoteFile:
+    def complete(self, parts: Sequence[PartReceipt], md5_hex: str) -> RemoteFile:
         if self._complete:
             # A previous run completed it and crashed before writing that down; the
             # server checked our MD5 then.
             return RemoteFile(name=self._item.remote_name, size=self._item.size, md5=None,
-                              location=self.token)
-        resp = self._backend.request("POST", self.token, data={"md5": md5_hex})
+                              location=self.handle)
+        resp = self._backend.request("POST", self.handle, data={"md5": md5_hex})
         try:
             data = raise_for_answer(resp, on_session=True)
         except PermanentError as exc:
             if 'already been marked as "complete"' in str(exc):
                 return RemoteFile(name=self._item.remote_name, size=self._item.size, md5=None,
-                                  location=self.token)
+                                  location=self.handle)
             raise
         self._complete = True
         return _remote_file(data, self._item, md5_hex)
 
     def abort(self) -> None:
-        if self.token is None or self._complete:
+        try:
+            self._find_by_key()
+        except TransientError:
+            return
+        if self.handle is None or self._complete:
             return
         try:
-            self._backend.request("DELETE", self.token)
-        except requests.RequestException:
+            self._backend.request("DELETE", self.handle)
+        except TransientError:
             pass  # best effort; an idle session expires on the server

@@ -1,21 +1,39 @@
 """The resumable upload driver. It knows the journal and the ``Backend`` interface, and
 nothing of any protocol.
 
-For one local file it opens (or resumes) a session, asks the server how much it holds
-(the server's view wins), hashes the prefix it will not resend, streams the remaining
-parts from disk while hashing them in the same read, records each part only after the
-server acknowledged it, re-stats the file, and completes with the whole-file MD5.
-A file that changed on the way is never completed: ``FileChanged`` is raised and the
-session abandoned.
+For one local file it asks the backend what it can do (``Capabilities``), fits a plan of
+numbered parts to the file, opens a session (journaling its upload key before any request
+and its handle the moment the server made it) or resumes the journaled one, asks the
+server which parts it holds (the server's view wins over the journal's), and sends exactly
+the missing parts, each recorded only after the server acknowledged it. It then re-stats
+the file and completes with the whole-file MD5. A file that changed on the way is never
+completed: ``FileChanged`` is raised and the session aborted.
+
+Every byte is read from disk once, and the whole-file MD5 is computed in that same read:
+
+- streaming (one part in flight, no part checksum: ``chunked``): each part streams from
+  disk into the request, hashed as it is read; memory per file is one 1 MiB read block.
+- buffered (parts in parallel, or a part checksum wanted up front: S3, tus with the
+  checksum extension): this thread reads the parts in order into memory, hashes them, and
+  hands them to ``concurrency`` sender threads. At most ``concurrency + 1`` parts are in
+  memory at once (one being read while the others are sent), so memory per file is
+  bounded by ``(concurrency + 1) * part_size``.
+
+A part the server holds that the journal does not know is kept if the server's MD5 of it
+(when it tells one) matches the local part, else sent again under its own number: parts
+are never renumbered.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
+import secrets
 import threading
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TypeVar
 
@@ -23,23 +41,42 @@ from syncd.config import RetryPolicy
 from syncd.journal import Fingerprint, Journal, UploadRow
 from syncd.upload.base import (
     Backend,
+    Capabilities,
     ChecksumMismatch,
     FileChanged,
     FileVanished,
     Interrupted,
-    OffsetMismatch,
+    Part,
+    PartPlan,
     PartReceipt,
     PermanentError,
     RemoteFile,
+    Resync,
     Session,
     SessionGone,
+    TransientError,
     UploadItem,
+    plan_parts,
+    receipts_in_order,
 )
-from syncd.upload.body import FileSlice, PrefixMD5
+from syncd.upload.body import AnyOf, FileSlice, MemoryBody, PrefixMD5, read_part
 from syncd.upload.retry import call_with_retry
 
 log = logging.getLogger("syncd.upload")
 T = TypeVar("T")
+
+WHOLE = 0
+"""``uploads.part_size`` of a whole-file upload (one request, no session)"""
+MAX_RESYNCS = 10
+"""times in a row the server's view may surprise the engine before it gives up for now"""
+
+
+def new_upload_key() -> str:
+    return secrets.token_urlsafe(24)
+
+
+def is_retryable(exc: BaseException) -> bool:
+    return isinstance(exc, TransientError)
 
 
 @dataclass(frozen=True)
@@ -53,6 +90,24 @@ class UploadJob:
     remote_name: str
     label: str
     """how logs name the file (watch and relative path)"""
+
+
+@dataclass
+class _Open:
+    """One upload in progress: the local file, its journal row and its session."""
+
+    job: UploadJob
+    backend: Backend
+    fd: int
+    ctime_ns: int
+    item: UploadItem
+    caps: Capabilities
+    md5: PrefixMD5
+    on_read: Callable[[int], None] | None
+    row: UploadRow | None = None
+    session: Session | None = None
+    resumed: bool = False
+    """the session was journaled by an earlier attempt (so the server may hold parts)"""
 
 
 class UploadEngine:
@@ -70,16 +125,19 @@ class UploadEngine:
         self._sleep = sleep
 
     def upload(self, job: UploadJob, *, on_read: Callable[[int], None] | None = None) -> tuple[RemoteFile, str]:
-        """Upload ``job.source``; returns what the server holds and the MD5 it confirmed.
+        """Upload ``job.source``; returns what the server holds and the file's MD5.
 
-        Raises FileChanged, FileVanished, Interrupted, PermanentError, or the backend's
-        retryable error once the request's retry budget is spent.
+        Raises FileChanged, FileVanished, Interrupted, PermanentError, ChecksumMismatch, or
+        a TransientError once the request's retry budget is spent.
         """
         backend = self.backends[job.target]
+        item = UploadItem(remote_name=job.remote_name, size=job.fingerprint.size,
+                          mtime_ns=job.fingerprint.mtime_ns)
+        caps = backend.plan(item)
         done = self.journal.completed_upload(job.file_id, target=job.target, source=str(job.source),
                                              fp=job.fingerprint, remote_name=job.remote_name)
         if done is not None:  # finished before a crash or restart cut the file's work short
-            return RemoteFile(name=job.remote_name, size=done.size, md5=done.md5), done.md5
+            return RemoteFile(name=job.remote_name, size=done.size, md5=done.md5, verified=caps.verifies), done.md5
         try:
             fd = os.open(job.source, os.O_RDONLY | getattr(os, "O_NOATIME", 0))
         except PermissionError:
@@ -87,28 +145,32 @@ class UploadEngine:
         except FileNotFoundError:
             raise FileVanished(f"{job.label}: file vanished") from None
         try:
-            ctime_ns = self._check_unchanged(fd, job)
-            item = UploadItem(remote_name=job.remote_name, size=job.fingerprint.size)
-            if item.size <= backend.single_request_max:
-                return self._upload_whole(backend, job, item, fd, ctime_ns, on_read)
-            return self._upload_parts(backend, job, item, fd, ctime_ns, on_read)
+            up = _Open(job, backend, fd, self._check_unchanged(fd, job), item, caps, PrefixMD5(), on_read)
+            if item.size <= caps.single_request_max:
+                return self._upload_whole(up)
+            return self._upload_parts(up)
         finally:
             os.close(fd)
 
-    # --- helpers -----------------------------------------------------------------------
+    # --- checks and retries ----------------------------------------------------------------
 
-    def _retry(self, fn: Callable[[], T], backend: Backend, job: UploadJob, what: str) -> T:
+    def _retry(self, fn: Callable[[], T], up: _Open, what: str) -> T:
+        tries = 0
+
         def on_retry(exc: BaseException, _delay: float) -> None:
-            if self._on_retry is not None:
-                self._on_retry(job.target, backend.retry_reason(exc))
+            nonlocal tries
+            tries += 1
+            self.journal.note_retry(up.job.file_id, f"{what}: try {tries + 1} after {exc}")
+            if self._on_retry is not None and isinstance(exc, TransientError):
+                self._on_retry(up.job.target, exc.reason)
 
         def attempt() -> T:
             if self.stop.is_set():
                 raise Interrupted()
             return fn()
 
-        return call_with_retry(attempt, is_retryable=backend.is_retryable, policy=self.policies[job.target],
-                               stop=self.stop, what=f"{job.label}: {what}", on_retry=on_retry,
+        return call_with_retry(attempt, is_retryable=is_retryable, policy=self.policies[up.job.target],
+                               stop=self.stop, what=f"{up.job.label}: {what}", on_retry=on_retry,
                                sleep=self._sleep)
 
     @staticmethod
@@ -125,36 +187,49 @@ class UploadEngine:
             raise FileChanged(f"{job.label}: file changed during upload")
         return st.st_ctime_ns
 
-    @staticmethod
-    def _check_path_unchanged(job: UploadJob, ctime_ns: int) -> None:
+    def _check_file(self, up: _Open) -> None:
         """The path must still hold the same, unchanged file: checked before each part (a
         deleted or replaced file stops its upload) and last before completing."""
         try:
-            st = os.stat(job.source)
+            st = os.stat(up.job.source)
         except FileNotFoundError:
-            raise FileVanished(f"{job.label}: file vanished during upload") from None
-        if Fingerprint.of(st) != job.fingerprint or st.st_ctime_ns != ctime_ns:
-            raise FileChanged(f"{job.label}: file changed during upload")
+            raise FileVanished(f"{up.job.label}: file vanished during upload") from None
+        if Fingerprint.of(st) != up.job.fingerprint or st.st_ctime_ns != up.ctime_ns:
+            raise FileChanged(f"{up.job.label}: file changed during upload")
+        try:
+            self._check_unchanged(up.fd, up.job, up.ctime_ns)
+        except FileChanged:
+            if not os.path.lexists(up.job.source):  # unlinked between the two looks
+                raise FileVanished(f"{up.job.label}: file vanished during upload") from None
+            raise
 
-    def _upload_whole(self, backend: Backend, job: UploadJob, item: UploadItem, fd: int, ctime_ns: int,
-                      on_read: Callable[[int], None] | None) -> tuple[RemoteFile, str]:
-        md5 = PrefixMD5()
-        md5.catch_up(fd, item.size, stop=self.stop)
-        self._check_unchanged(fd, job, ctime_ns)
-        digest = md5.hexdigest()
-        # An upload a crash interrupted stays open in the journal: close it (and free its
-        # session on the server, if it had one), as a whole-file upload resumes nothing.
+    # --- a small file in one request ---------------------------------------------------------
+
+    def _upload_whole(self, up: _Open) -> tuple[RemoteFile, str]:
+        job = up.job
+        up.md5.catch_up(up.fd, up.item.size, stop=self.stop)
+        self._check_unchanged(up.fd, job, up.ctime_ns)
+        digest = up.md5.hexdigest()
+        # An upload a crash interrupted stays open in the journal. The same whole-file upload
+        # goes on under its key (a server that knows the key answers without a second copy);
+        # anything else is closed, and its session freed.
+        row = None
         while (stale := self.journal.open_upload(job.file_id, target=job.target)) is not None:
-            self._abandon(backend, stale, item)
-        row = self.journal.start_upload(job.file_id, target=job.target, source=str(job.source),
-                                        remote_name=job.remote_name, fp=job.fingerprint, size=item.size,
-                                        part_size=item.size)
+            if self._same_upload(stale, up) and stale.part_size == WHOLE and stale.upload_key:
+                row = stale
+                break
+            self._abandon(up, stale)
+        if row is None:
+            row = self.journal.start_upload(job.file_id, target=job.target, source=str(job.source),
+                                            remote_name=job.remote_name, fp=job.fingerprint, size=up.item.size,
+                                            part_size=WHOLE, upload_key=new_upload_key())
+        item = replace(up.item, key=row.upload_key or "")
         try:
             remote = self._retry(
-                lambda: backend.upload_whole(item, FileSlice(fd, 0, item.size, stop=self.stop, on_read=on_read),
-                                             digest),
-                backend, job, "upload")
-            self._check_path_unchanged(job, ctime_ns)
+                lambda: up.backend.upload_whole(
+                    item, FileSlice(up.fd, 0, item.size, stop=self.stop, on_read=up.on_read), digest),
+                up, "upload")
+            self._check_file(up)
         except BaseException:
             self.journal.finish_upload(row.id, state="abandoned")
             raise
@@ -163,89 +238,251 @@ class UploadEngine:
             self._on_part(item.size)
         return remote, digest
 
-    def _resumable(self, backend: Backend, job: UploadJob, item: UploadItem) -> tuple[UploadRow, Session]:
-        """The stored session if it still fits and the server still has it, else a new one."""
-        row = self.journal.open_upload(job.file_id, target=job.target)
-        if row is not None and (row.fingerprint != job.fingerprint or row.source != str(job.source)
-                                or row.remote_name != job.remote_name):
-            log.info("%s: file differs from the interrupted upload; starting over", job.label)
-            self._abandon(backend, row, item)
-            row = None
-        if row is not None and row.session is not None:
-            log.info("%s: resuming upload session", job.label)
-            return row, backend.open_session(item, resume=row.session)
-        if row is None:
-            row = self.journal.start_upload(job.file_id, target=job.target, source=str(job.source),
-                                            remote_name=job.remote_name, fp=job.fingerprint, size=item.size,
-                                            part_size=backend.part_size)
-        return row, backend.open_session(item, resume=None)
+    # --- parts ------------------------------------------------------------------------------
 
-    def _abandon(self, backend: Backend, row: UploadRow, item: UploadItem) -> None:
-        if row.session is not None:
-            try:
-                backend.open_session(item, resume=row.session).abort()
-            except Exception as exc:  # best effort: the server expires idle sessions anyway
-                log.debug("abort of %s failed: %s", row.session, exc)
+    @staticmethod
+    def _same_upload(row: UploadRow, up: _Open) -> bool:
+        return (row.fingerprint == up.job.fingerprint and row.source == str(up.job.source)
+                and row.remote_name == up.job.remote_name)
+
+    def _open_session(self, up: _Open) -> None:
+        """The journaled session if it still fits, else a new one: its key journaled before
+        the first request, its handle the moment the server made it."""
+        job = up.job
+        row = self.journal.open_upload(job.file_id, target=job.target)
+        if row is not None and (not self._same_upload(row, up) or not self._plan_fits(row, up)):
+            log.info("%s: file differs from the interrupted upload; starting over", job.label)
+            self._abandon(up, row)
+            row = None
+        fresh = row is None
+        if fresh:
+            plan = plan_parts(up.item.size, up.caps)
+            row = self.journal.start_upload(job.file_id, target=job.target, source=str(job.source),
+                                            remote_name=job.remote_name, fp=job.fingerprint, size=up.item.size,
+                                            part_size=plan.part_size, upload_key=new_upload_key())
+        up.row = row
+        up.item = replace(up.item, key=row.upload_key or "", part_size=row.part_size)
+        if not fresh and (row.session is not None or row.upload_key):
+            log.info("%s: resuming upload session", job.label)
+            up.session = up.backend.resume(up.item, row.session)
+            up.resumed = True
+            return
+        up.session = self._retry(lambda: up.backend.create(up.item), up, "create session")
+        up.resumed = False
+        if up.session.handle is not None:
+            self.journal.set_session(row.id, up.session.handle)
+
+    @staticmethod
+    def _plan_fits(row: UploadRow, up: _Open) -> bool:
+        """An interrupted upload goes on with its own part size, if the protocol still takes it
+        (not a whole-file upload, nor one from before upload keys with nothing to resume)."""
+        if row.part_size == WHOLE or (row.upload_key is None and row.session is None):
+            return False
+        plan = PartPlan(up.item.size, row.part_size)
+        return (plan.count <= up.caps.max_parts and row.part_size <= up.caps.max_part
+                and (plan.count == 1 or row.part_size >= up.caps.min_part))
+
+    def _abandon(self, up: _Open, row: UploadRow) -> None:
+        if row.session is not None or row.upload_key:
+            item = replace(up.item, key=row.upload_key or "", part_size=row.part_size)
+            self._abort(up.backend.resume(item, row.session))
         self.journal.finish_upload(row.id, state="abandoned")
 
-    def _upload_parts(self, backend: Backend, job: UploadJob, item: UploadItem, fd: int, ctime_ns: int,
-                      on_read: Callable[[int], None] | None) -> tuple[RemoteFile, str]:
-        md5 = PrefixMD5()
+    @staticmethod
+    def _abort(session: Session) -> None:
+        try:
+            session.abort()
+        except Exception as exc:  # best effort: servers expire idle sessions anyway
+            log.debug("abort of %s failed: %s", session.handle, exc)
+
+    def _upload_parts(self, up: _Open) -> tuple[RemoteFile, str]:
         fresh_sessions = 0
         while True:
-            row, session = self._resumable(backend, job, item)
+            self._open_session(up)
             try:
-                return self._send_and_complete(backend, job, item, fd, ctime_ns, row, session, md5, on_read)
+                return self._send_and_complete(up)
             except SessionGone as exc:
-                # The server forgot the session mid-upload: one new session, then give up.
-                self.journal.finish_upload(row.id, state="abandoned")
+                # The server forgot the session (or never named it): one new session, then give up.
+                self.journal.finish_upload(up.row.id, state="abandoned")
+                if up.session.handle is None:
+                    log.info("%s: %s; starting a new session", up.job.label, exc)
+                    continue
                 fresh_sessions += 1
                 if fresh_sessions > 1:
                     raise PermanentError(f"upload session lost twice: {exc}") from exc
-                log.warning("%s: %s; starting a new session", job.label, exc)
-            except (FileChanged, FileVanished, ChecksumMismatch, PermanentError):
-                session.abort()
-                self.journal.finish_upload(row.id, state="abandoned")
+                log.warning("%s: %s; starting a new session", up.job.label, exc)
+            except PermanentError as exc:
+                # The clean-up registered with the session: abort it, unless the server keeps
+                # what it got for a later `syncd retry` (a full disk).
+                if not exc.keep_session:
+                    self._abort(up.session)
+                    self.journal.finish_upload(up.row.id, state="abandoned")
+                raise
+            except (FileChanged, FileVanished, ChecksumMismatch):
+                self._abort(up.session)
+                self.journal.finish_upload(up.row.id, state="abandoned")
                 raise
 
-    def _send_and_complete(self, backend: Backend, job: UploadJob, item: UploadItem, fd: int, ctime_ns: int,
-                           row: UploadRow, session: Session, md5: PrefixMD5,
-                           on_read: Callable[[int], None] | None) -> tuple[RemoteFile, str]:
-        offset = self._retry(session.committed, backend, job, "ask offset") if session.token else 0
-        if offset != row.offset:
-            self.journal.realign(row.id, offset)
-        number = len(self.journal.parts(row.id)) + 1
-        part_size = row.part_size
-        while offset < item.size:
-            self._check_path_unchanged(job, ctime_ns)  # first: a deleted file also has a new ctime
-            self._check_unchanged(fd, job, ctime_ns)
-            md5.catch_up(fd, offset, stop=self.stop)
-            size = min(part_size, item.size - offset)
-            start = offset
-            def send(number: int = number, start: int = start, size: int = size) -> PartReceipt:
-                # a fresh body for every try: a retry rewinds the part, never the file
-                body = FileSlice(fd, start, size, md5=md5, stop=self.stop, on_read=on_read)
-                return session.send_part(number, start, body, size)
-
+    def _send_and_complete(self, up: _Open) -> tuple[RemoteFile, str]:
+        plan = PartPlan(up.item.size, up.item.part_size)
+        resyncs = 0
+        while True:
+            held = self._retry(up.session.committed, up, "ask what the server holds") \
+                if up.resumed or up.session.handle is not None else {}
+            self._reconcile(up, held)
             try:
-                receipt = self._retry(send, backend, job, f"part {number}")
-            except OffsetMismatch as exc:
-                log.info("%s: %s; realigning", job.label, exc)
-                if not 0 <= exc.expected <= item.size:
-                    raise PermanentError(f"server expects offset {exc.expected} of a {item.size}-byte file") from exc
-                self.journal.realign(row.id, exc.expected)
-                offset = exc.expected
-                number = len(self.journal.parts(row.id)) + 1
-                continue
-            self.journal.record_part(row.id, number=number, offset=start, size=size, session=session.token)
-            if self._on_part is not None:
-                self._on_part(size)
-            offset = receipt.server_offset
-            number += 1
-        md5.catch_up(fd, item.size, stop=self.stop)
-        self._check_path_unchanged(job, ctime_ns)
-        self._check_unchanged(fd, job, ctime_ns)
-        digest = md5.hexdigest()
-        remote = self._retry(lambda: session.complete(digest), backend, job, "complete")
-        self.journal.finish_upload(row.id, state="completed", md5=digest)
+                receipts = self._send_missing(up, plan, held)
+                break
+            except Resync as exc:
+                resyncs += 1
+                if resyncs > MAX_RESYNCS:
+                    raise TransientError(f"server's view keeps changing: {exc}", reason="protocol") from exc
+                log.info("%s: %s; asking the server what it holds", up.job.label, exc)
+        up.md5.catch_up(up.fd, up.item.size, stop=self.stop)
+        self._check_file(up)
+        digest = up.md5.hexdigest()
+        parts = receipts_in_order(receipts)
+        remote = self._retry(lambda: up.session.complete(parts, digest), up, "complete")
+        self.journal.finish_upload(up.row.id, state="completed", md5=digest)
         return remote, digest
+
+    def _reconcile(self, up: _Open, held: Mapping[int, PartReceipt]) -> None:
+        """The server's view wins: parts the journal has and the server lacks are forgotten."""
+        known = self.journal.parts(up.row.id)
+        lost = [n for n, part in known.items() if n not in held or held[n].size != part.size]
+        if lost:
+            log.info("%s: the server lacks %d part(s) the journal had; sending them again", up.job.label, len(lost))
+            self.journal.forget_parts(up.row.id, lost)
+
+    def _record(self, up: _Open, receipt: PartReceipt, offset: int) -> None:
+        self.journal.record_part(up.row.id, number=receipt.number, offset=offset, size=receipt.size,
+                                 etag=receipt.etag, session=up.session.handle)
+        log.debug("%s: part %d acknowledged (%d bytes at %d)", up.job.label, receipt.number, receipt.size, offset)
+        if self._on_part is not None:
+            self._on_part(receipt.size)
+
+    def _keep_held(self, up: _Open, have: PartReceipt | None, size: int, part_md5: str | None) -> bool:
+        """A part the server holds counts if its size fits and its MD5, when the server
+        tells one, is the local part's."""
+        if have is None or have.size != size:
+            return False
+        if have.md5 is not None and part_md5 is not None and have.md5.lower() != part_md5:
+            log.info("%s: the server holds other bytes as part %d; sending it again", up.job.label, have.number)
+            return False
+        return True
+
+    def _send_missing(self, up: _Open, plan: PartPlan, held: Mapping[int, PartReceipt]) -> dict[int, PartReceipt]:
+        if up.caps.concurrency > 1 or up.caps.part_checksum:
+            return self._send_buffered(up, plan, held)
+        return self._send_streaming(up, plan, held)
+
+    def _send_streaming(self, up: _Open, plan: PartPlan,
+                        held: Mapping[int, PartReceipt]) -> dict[int, PartReceipt]:
+        known = self.journal.parts(up.row.id)
+        receipts: dict[int, PartReceipt] = {}
+        for number in range(1, plan.count + 1):
+            offset, size = plan.bounds(number)
+            self._check_file(up)
+            have = held.get(number)
+            if have is not None and have.md5 is None and have.size == size:
+                up.md5.catch_up(up.fd, offset + size, stop=self.stop)  # hashed, not sent
+                receipts[number] = have
+                if number not in known:
+                    self._record(up, have, offset)
+                continue
+            if have is not None:  # the server tells the part's MD5: compare before keeping it
+                data = read_part(up.fd, offset, size)
+                up.md5.feed(offset, data)
+                if self._keep_held(up, have, size, hashlib.md5(data).hexdigest()):
+                    receipts[number] = have
+                    if number not in known:
+                        self._record(up, have, offset)
+                    continue
+            up.md5.catch_up(up.fd, offset, stop=self.stop)
+
+            def send(number: int = number, offset: int = offset, size: int = size) -> PartReceipt:
+                # a fresh body for every try: a retry rewinds the part, never the file
+                body = FileSlice(up.fd, offset, size, md5=up.md5, stop=self.stop, on_read=up.on_read)
+                return up.session.send_part(Part(number=number, offset=offset, size=size, body=body))
+
+            receipt = self._retry(send, up, f"part {number}")
+            self._note_handle(up)
+            receipts[number] = receipt
+            self._record(up, receipt, offset)
+        return receipts
+
+    def _note_handle(self, up: _Open) -> None:
+        """A session the server made with its first part: journal the handle at once."""
+        if up.session.handle is not None and up.row.session != up.session.handle:
+            self.journal.set_session(up.row.id, up.session.handle)
+            up.row = replace(up.row, session=up.session.handle)
+
+    def _send_buffered(self, up: _Open, plan: PartPlan,
+                       held: Mapping[int, PartReceipt]) -> dict[int, PartReceipt]:
+        known = self.journal.parts(up.row.id)
+        receipts: dict[int, PartReceipt] = {}
+        cancel = threading.Event()
+        stop = AnyOf(self.stop, cancel)
+        slots = threading.BoundedSemaphore(up.caps.concurrency + 1)
+        futures: list[Future] = []
+
+        def send(number: int, offset: int, data: bytes, part_md5: str | None) -> None:
+            try:
+                def attempt() -> PartReceipt:
+                    if stop.is_set():
+                        raise Interrupted()
+                    body = MemoryBody(data, stop=stop, on_read=up.on_read)
+                    return up.session.send_part(Part(number=number, offset=offset, size=len(data), body=body,
+                                                     md5=part_md5))
+
+                receipt = self._retry(attempt, up, f"part {number}")
+                receipts[number] = receipt
+                self._record(up, receipt, offset)
+            except BaseException:
+                cancel.set()  # the other parts stop at their next read
+                raise
+            finally:
+                slots.release()
+
+        executor = ThreadPoolExecutor(max_workers=up.caps.concurrency,
+                                      thread_name_prefix=f"syncd-part-{up.job.file_id}")
+        try:
+            for number in range(1, plan.count + 1):
+                while not slots.acquire(timeout=0.5):
+                    if stop.is_set():
+                        break
+                if stop.is_set():
+                    break
+                offset, size = plan.bounds(number)
+                try:
+                    self._check_file(up)
+                    data = read_part(up.fd, offset, size)
+                except BaseException:
+                    slots.release()
+                    raise
+                up.md5.feed(offset, data)
+                have = held.get(number)
+                wants_md5 = up.caps.part_checksum or (have is not None and have.md5 is not None)
+                part_md5 = hashlib.md5(data).hexdigest() if wants_md5 else None
+                if self._keep_held(up, have, size, part_md5):
+                    receipts[number] = have
+                    if number not in known:
+                        self._record(up, have, offset)
+                    slots.release()
+                    continue
+                futures.append(executor.submit(send, number, offset, data, part_md5))
+                del data
+        except BaseException:
+            cancel.set()
+            raise
+        finally:
+            executor.shutdown(wait=True, cancel_futures=cancel.is_set() or self.stop.is_set())
+        errors = [f.exception() for f in futures if not f.cancelled() and f.exception() is not None]
+        if errors:
+            # the first failure is the cause; the others were stopped because of it
+            real = [e for e in errors if not isinstance(e, Interrupted)]
+            raise (real or errors)[0]
+        if self.stop.is_set():
+            raise Interrupted()
+        self._note_handle(up)
+        return receipts

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import subprocess
 import sys
 
@@ -16,9 +17,9 @@ from tests.support.daemon import REPO, make_config
 from tests.support.files import md5_of, write_random
 
 
-def syncd(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+def syncd(*args: str, timeout: float = 60, cwd=REPO, env=None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "syncd", *args], capture_output=True, text=True,
-                          timeout=timeout, cwd=REPO)
+                          timeout=timeout, cwd=cwd, env=env)
 
 
 def test_version():
@@ -147,8 +148,14 @@ def test_oneshot_upload_to_the_receiver_and_again(receiver, tmp_path):
     assert out.returncode == 0, out.stderr
     assert f"uploaded as manual/one shot.bin (md5 {md5_of(path)})" in out.stdout
     assert peer.stored_md5("manual/one shot.bin") == md5_of(path)
-    again = syncd("upload", "-c", str(config), "--target", "main", str(path))
+    again = syncd("upload", "-c", str(config), "--target", "main", "--remote-dir", "manual", str(path))
     assert again.returncode == 0 and "already uploaded" in again.stdout
+    assert peer.completions("manual/one shot.bin") == 1
+    # "already uploaded" means this content to this target under this name: another
+    # remote folder is another copy (issue 13, item 1)
+    elsewhere = syncd("upload", "-c", str(config), "--target", "main", str(path))
+    assert elsewhere.returncode == 0 and "already uploaded" not in elsewhere.stdout
+    assert peer.stored_md5("one shot.bin") == md5_of(path)
     missing = syncd("upload", "-c", str(config), "--target", "main", str(tmp_path / "missing.bin"))
     assert missing.returncode == 1 and "missing.bin: No such file or directory" in missing.stderr
     wrong = syncd("upload", "-c", str(config), "--target", "nope", str(path))
@@ -184,3 +191,125 @@ def test_receiver_port_in_use_is_one_line(tmp_path):
     assert "Traceback" not in out.stderr
     errors = [line for line in out.stderr.splitlines() if "ERROR" in line]
     assert len(errors) == 1 and f"cannot start: receiver: cannot start the receiver on 127.0.0.1:{port}" in errors[0]
+
+
+def test_check_config_skip_secrets_outside_the_service(tmp_path):
+    config = make_config(tmp_path, url="http://127.0.0.1:9/chunked_upload/", token=None)
+    data = yaml.safe_load(config.read_text())
+    data["targets"]["main"]["token_file"] = "${CREDENTIALS_DIRECTORY}/token"
+    config.write_text(yaml.safe_dump(data))
+    env_without = {k: v for k, v in os.environ.items() if k != "CREDENTIALS_DIRECTORY"}
+    out = syncd("check-config", "-c", str(config), env=env_without)
+    assert out.returncode == 2 and "CREDENTIALS_DIRECTORY" in out.stderr
+    out = syncd("check-config", "--skip-secrets", "-c", str(config), env=env_without)
+    assert out.returncode == 0, out.stderr
+    assert yaml.safe_load(out.stdout)["targets"]["main"]["token_file"] == "${CREDENTIALS_DIRECTORY}/token"
+    data["watches"][0]["settle"]["quiet"] = "soon"
+    config.write_text(yaml.safe_dump(data))
+    out = syncd("check-config", "--skip-secrets", "-c", str(config), env=env_without)
+    assert out.returncode == 2 and "watches[0].settle.quiet: 'soon' is not a duration" in out.stderr
+
+
+# --- issue 13 items 5 and 7: the quick start for every command; retry takes what status prints ----
+
+def _quick_start_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k != "SYNCD_CONFIG"}
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_status_retry_check_config_without_c_use_the_quick_start(tmp_path):
+    env = _quick_start_env()
+    out = syncd("status", cwd=tmp_path, env=env)
+    assert out.returncode == 1, out
+    assert "no -c given" in out.stderr and f"{tmp_path}/.syncd" in out.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # status creates nothing
+    out = syncd("retry", "--all-failed", cwd=tmp_path, env=env)
+    assert out.returncode == 1 and "no -c given" in out.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+    journal = Journal(tmp_path / ".syncd" / "journal.db")
+    write_random(tmp_path / "drop" / "broken.bin", 10)
+    row = journal.mark_settled("drop", "broken.bin", Fingerprint.of(os.stat(tmp_path / "drop" / "broken.bin")))
+    journal.set_state(row.id, "failed", error="HTTP 413: too large")
+    journal.close()
+    out = syncd("status", cwd=tmp_path, env=env)
+    assert out.returncode == 0, out.stderr
+    assert "failed 1" in out.stdout and "drop:broken.bin  HTTP 413: too large" in out.stdout
+    out = syncd("retry", "drop:broken.bin", cwd=tmp_path, env=env)
+    assert out.returncode == 0 and "1 file(s) will be tried again" in out.stdout, out
+
+    out = syncd("check-config", "--port", "9123", cwd=tmp_path, env=env)
+    assert out.returncode == 0, out.stderr
+    resolved = yaml.safe_load(out.stdout)
+    assert resolved["targets"]["local"]["url"] == "http://127.0.0.1:9123/chunked_upload/"
+    assert resolved["receiver"]["listen"] == ["127.0.0.1", 9123]
+    assert resolved["journal"] == str(tmp_path / ".syncd" / "journal.db")
+    assert not (tmp_path / "received").exists()  # check-config creates nothing either
+
+
+def test_port_with_a_config_file_is_a_usage_error(tmp_path):
+    config = make_config(tmp_path, url="http://127.0.0.1:9/chunked_upload/", token="t")
+    for command in ("run", "status", "check-config"):
+        out = syncd(command, "-c", str(config), "--port", "9123")
+        assert out.returncode == 2, out
+        assert "--port is for the quick start" in out.stderr
+
+
+def test_quick_start_on_another_port_then_status(tmp_path):
+    env = _quick_start_env()
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "syncd", "run", "--port", str(port)], cwd=tmp_path, env=env,
+                            stdout=subprocess.DEVNULL, stderr=(tmp_path / "run.log").open("wb"))
+    try:
+        from tests.support.daemon import wait_until
+
+        wait_until(lambda: (tmp_path / "drop").is_dir() and (tmp_path / ".syncd" / "journal.db").exists(),
+                   timeout=20, what="quick start folders")
+        path = write_random(tmp_path / "drop" / "a.bin", 5000)
+        wait_until(lambda: proc.poll() is not None or (tmp_path / "received" / "a.bin").exists(), timeout=30,
+                   what="a.bin received")
+        assert proc.poll() is None, (tmp_path / "run.log").read_text()
+        assert md5_of(tmp_path / "received" / "a.bin") == md5_of(path)
+        assert f"127.0.0.1:{port}" in (tmp_path / "run.log").read_text()
+        out = wait_until(lambda: (o := syncd("status", cwd=tmp_path, env=env)).returncode == 0
+                         and "done 1" in o.stdout and o, timeout=10, what="status done 1")
+        assert "failed 0" in out.stdout
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+
+def test_retry_accepts_the_names_status_prints(tmp_path):
+    config = _journal_with_rows(tmp_path)
+    status = syncd("status", "-c", str(config))
+    assert "drop:a.bin  too large" in status.stdout
+    out = syncd("retry", "-c", str(config), "drop:a.bin", "drop:nope.bin", "elsewhere:c.bin")
+    assert out.returncode == 1
+    assert "1 file(s) will be tried again" in out.stdout
+    assert "drop:nope.bin: not a file syncd knows" in out.stderr
+    assert "elsewhere:c.bin: not a file syncd knows" in out.stderr
+    journal = Journal(tmp_path / "state" / "journal.db", readonly=True)
+    try:
+        assert journal.find_file("drop", "a.bin").state == "ready"
+        assert journal.find_file("drop", "c.bin").state == "failed"
+    finally:
+        journal.close()
+
+
+def test_retry_without_a_journal_creates_none(tmp_path):
+    config = make_config(tmp_path, url="http://127.0.0.1:9/chunked_upload/", token="t")
+    out = syncd("retry", "-c", str(config), "--all-failed")
+    assert out.returncode == 1 and "no journal here" in out.stderr
+    assert not (tmp_path / "state").exists()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import unicodedata
 from pathlib import Path
 
 import pytest
@@ -35,6 +36,9 @@ DATA = b"payload-" * 100
         ("a\\..\\b", "backslash"),
         ("bad\0name", "NUL"),
         ("bad\nname", "control character"),
+        ("\u202egnp.exe", "invisible format character (U+202E RIGHT-TO-LEFT OVERRIDE)"),
+        ("in\u200dvoice.pdf", "invisible format character (U+200D ZERO WIDTH JOINER)"),
+        ("\u3164", "invisible character (U+3164 HANGUL FILLER)"),
         ("dir/", "ends with /"),
         ("x" * 256, "longer than 255 bytes"),
         (".incoming/11111111-1111-4111-8111-111111111111.part", "reserved"),
@@ -52,7 +56,9 @@ def test_hostile_names_are_refused_with_the_reason(tmp_path: Path, name: str, re
     assert incoming(root) == [] and stored_files(root) == {}
 
 
-_PIECES = st.sampled_from(["..", ".", "/", "//", "\\", "a", "b.txt", " ", "\t", "\x7f", "~", ".incoming", "é"])
+_PIECES = st.sampled_from(
+    ["..", ".", "/", "//", "\\", "a", "b.txt", " ", "\t", "\x7f", "~", ".incoming", "é", "\u202e", "\u2067", "\u200b"]
+)
 
 
 @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -72,6 +78,7 @@ def test_generated_names_never_escape_the_root(tmp_path_factory: pytest.TempPath
     assert not any(p.is_symlink() for p in root.rglob("*"))
     if answer.status_code == 200:
         stored = answer.json()["path"]
+        assert not any(unicodedata.category(ch) in ("Cc", "Cf") for ch in stored)
         assert (root / stored).resolve().is_relative_to(root.resolve())
         assert stored_files(root) == {stored: DATA}
     else:

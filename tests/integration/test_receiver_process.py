@@ -17,7 +17,16 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.support.receiver import md5_hex, stored_files
+from tests.support.receiver import (
+    RawPart,
+    complete,
+    get,
+    md5_hex,
+    refuses_connections,
+    running,
+    stored_files,
+    wait_until,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 TOKEN = "process-test-token-91c2"
@@ -167,3 +176,43 @@ def test_token_file(tmp_path: Path) -> None:
         serve.proc.send_signal(signal.SIGTERM)
         assert serve.finish() == 0
     assert TOKEN not in serve.text
+
+
+def test_sigterm_lets_a_part_in_flight_finish(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    first, part = os.urandom(1000), os.urandom(4 << 20)
+    total = len(first) + len(part)
+    serve = Serve("--root", str(root), "--listen", "127.0.0.1:0", "--no-auth")
+    raw: RawPart | None = None
+    try:
+        url = serve.wait_for(r"listening on (http://\S+)").group(1)
+        port = int(re.search(r":(\d+)/", url).group(1))  # type: ignore[union-attr]
+        doc = requests.put(
+            url,
+            files={"file": ("x", first)},
+            data={"filename": "f.bin"},
+            headers={"Content-Range": f"bytes 0-999/{total}"},
+            timeout=10,
+        ).json()
+        raw = RawPart(port, f"/chunked_upload/{doc['id']}/", part, start=1000, total=total)
+        raw.send(len(part) // 2)
+        data_file = root / ".incoming" / f"{doc['id']}.part"
+        wait_until(lambda: data_file.stat().st_size > 1000, what="the part is being written")
+        serve.proc.send_signal(signal.SIGTERM)
+        serve.wait_for(r"waiting up to 10s for 1 request\(s\) in flight")
+        assert refuses_connections(port)
+        status, answer = raw.finish()
+        assert (status, answer["offset"]) == (200, total)
+        assert serve.finish() == 0
+    finally:
+        if raw is not None:
+            raw.close()
+        if serve.proc.poll() is None:
+            serve.proc.kill()
+            serve.proc.communicate()
+    assert "Traceback" not in serve.text and "cut off" not in serve.text
+    with running(root) as again:
+        resumed = f"{again.url}{doc['id']}/"
+        assert get(resumed).json()["offset"] == total
+        assert complete(resumed, md5_hex(first + part)).status_code == 200
+    assert stored_files(root) == {"f.bin": first + part}

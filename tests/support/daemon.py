@@ -55,7 +55,8 @@ def make_config(base: Path, *, url: str, token: str | None, part_size: str | int
 
 
 class DaemonProcess:
-    def __init__(self, config: Path, *, env: dict[str, str] | None = None, log_level: str = "DEBUG"):
+    def __init__(self, config: Path, *, env: dict[str, str] | None = None, log_level: str | None = "DEBUG"):
+        """``log_level=None`` leaves the level to the config's ``log.level``."""
         self.config = config
         self.log_path = config.parent / "daemon.log"
         self.env = {**os.environ, **(env or {})}
@@ -67,7 +68,8 @@ class DaemonProcess:
     def start(self) -> DaemonProcess:
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "syncd", "run", "-c", str(self.config), "--log-level", self.log_level],
+            [sys.executable, "-m", "syncd", "run", "-c", str(self.config),
+             *(["--log-level", self.log_level] if self.log_level else [])],
             stdout=log, stderr=subprocess.STDOUT, env=self.env, cwd=REPO)
         log.close()
         return self

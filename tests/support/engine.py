@@ -8,7 +8,7 @@ from pathlib import Path
 
 from syncd.config import RetryPolicy
 from syncd.journal import Fingerprint, Journal
-from syncd.upload.base import Interrupted
+from syncd.upload.base import Backend, Interrupted
 from syncd.upload.chunked import ChunkedBackend
 from syncd.upload.engine import UploadEngine, UploadJob
 
@@ -16,13 +16,13 @@ FAST_RETRY = RetryPolicy(initial=0.05, max=0.2, budget=3.0, waiting_initial=0.5,
 
 
 class EngineRig:
-    """A journal, a chunked backend and an engine, ready to upload local files."""
+    """A journal, a backend (chunked unless given) and an engine, ready to upload local files."""
 
-    def __init__(self, tmp: Path, *, url: str, token: str | None, part_size: int,
-                 policy: RetryPolicy = FAST_RETRY):
+    def __init__(self, tmp: Path, *, url: str = "", token: str | None = None, part_size: int = 0,
+                 policy: RetryPolicy = FAST_RETRY, backend: Backend | None = None):
         self.journal = Journal(tmp / "journal.db")
-        self.backend = ChunkedBackend("t", url=url, token=token, part_size=part_size,
-                                      connect_timeout=2, read_timeout=10)
+        self.backend = backend or ChunkedBackend("t", url=url, token=token, part_size=part_size,
+                                                 connect_timeout=2, read_timeout=10)
         self.stop = threading.Event()
         self.retries: list[str] = []
         self.engine = UploadEngine(self.journal, {"t": self.backend}, {"t": policy}, stop=self.stop,

@@ -6,8 +6,11 @@ Every test talks HTTP over loopback to a real receiver (``EmbeddedReceiver`` on 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
-from collections.abc import Iterator
+import socket
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -67,11 +70,15 @@ def put_part(
     )
 
 
-def post_whole(url: str, data: bytes, *, filename: str, md5: str | None = None) -> requests.Response:
+def post_whole(
+    url: str, data: bytes, *, filename: str, md5: str | None = None, headers: dict[str, str] | None = None
+) -> requests.Response:
     fields = {"filename": filename}
     if md5 is not None:
         fields["md5"] = md5
-    return requests.post(url, files={"file": ("x", data)}, data=fields, headers=AUTH, timeout=TIMEOUT)
+    return requests.post(
+        url, files={"file": ("x", data)}, data=fields, headers={**AUTH, **(headers or {})}, timeout=TIMEOUT
+    )
 
 
 def complete(url: str, md5: str) -> requests.Response:
@@ -131,3 +138,63 @@ class FreeSpace:
 
     def __call__(self, path: Path) -> int:
         return self.free
+
+
+class RawPart:
+    """A part sent by hand over one socket, so a test can pause it mid-body.
+
+    ``send(n)`` sends the next ``n`` bytes of the request (headers first);
+    ``finish()`` sends the rest and returns the status and JSON of the answer.
+    """
+
+    def __init__(
+        self, port: int, path: str, data: bytes, *, start: int, total: int, headers: dict[str, str] | None = None
+    ) -> None:
+        body = (
+            b'--b\r\nContent-Disposition: form-data; name="file"; filename="x"\r\n\r\n' + data + b"\r\n--b--\r\n"
+        )
+        fields = {
+            **AUTH,
+            **(headers or {}),
+            "Host": "x",
+            "Content-Range": f"bytes {start}-{start + len(data) - 1}/{total}",
+            "Content-Type": "multipart/form-data; boundary=b",
+            "Content-Length": str(len(body)),
+            "Connection": "close",
+        }
+        head = f"PUT {path} HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in fields.items()) + "\r\n"
+        self._request = memoryview(head.encode() + body)
+        self._sent = 0
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT)
+
+    def send(self, n: int) -> None:
+        self.sock.sendall(self._request[self._sent : self._sent + n])
+        self._sent += n
+
+    def finish(self) -> tuple[int, dict[str, Any]]:
+        self.sock.sendall(self._request[self._sent :])
+        reply = b""
+        while chunk := self.sock.recv(65536):
+            reply += chunk
+        self.sock.close()
+        head, _, body = reply.partition(b"\r\n\r\n")
+        return int(head.split(b" ", 2)[1]), json.loads(body)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def wait_until(condition: Callable[[], bool], *, what: str, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting until {what}")
+        time.sleep(0.02)
+
+
+def refuses_connections(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT).close()
+    except ConnectionRefusedError:
+        return True
+    return False

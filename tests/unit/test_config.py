@@ -197,3 +197,102 @@ def test_status_can_load_a_service_config_without_its_credentials(base, monkeypa
     with pytest.raises(ConfigError, match="CREDENTIALS_DIRECTORY"):
         load_config(path)
     assert load_config(path, check=False).journal == base / "state/journal.db"
+
+
+# --- issue 13 item 4: duplicate keys ----------------------------------------------------------
+
+def test_duplicate_key_names_the_key_and_both_lines(base):
+    text = GOOD.replace("    token: s3cret-token\n", "    token: s3cret-token\n    part_size: 1MiB\n"
+                        "    url: http://127.0.0.1:9/chunked_upload/\n")
+    lines = errors_of(base, text)
+    assert lines == ["config.yaml: line 9: duplicate key 'url' (first at line 6)"]
+
+
+def test_duplicate_top_level_key_and_list_of_mappings(base):
+    assert errors_of(base, GOOD + "journal: elsewhere.db\n") == [
+        "config.yaml: line 12: duplicate key 'journal' (first at line 2)"]
+    text = GOOD + "    recursive: true\n    poll: false\n    recursive: false\n"
+    assert errors_of(base, text) == ["config.yaml: line 14: duplicate key 'recursive' (first at line 12)"]
+
+
+def test_same_key_in_sibling_mappings_is_fine(base):
+    text = GOOD + "  - name: other\n    path: other\n    target: main\n"
+    assert [w.name for w in load_config(write(base, text)).watches] == ["drop", "other"]
+
+
+def test_duplicate_key_in_a_flow_mapping_on_one_line(base):
+    text = GOOD + "    settle: {quiet: 1s, quiet: 2s}\n"
+    assert errors_of(base, text) == ["config.yaml: line 12: duplicate key 'quiet' (first at line 12)"]
+
+
+def test_merge_keys_may_be_overridden(base):
+    text = GOOD + "    settle: &s {quiet: 1s, max_wait: 1m}\n  - name: other\n    path: other\n" \
+                  "    target: main\n    settle: {<<: *s, quiet: 2s}\n"
+    config = load_config(write(base, text))
+    assert config.watch("other").settle.quiet == 2.0 and config.watch("other").settle.max_wait == 60.0
+
+
+# --- issue 13 item 10: config messages ---------------------------------------------------------
+
+@pytest.mark.parametrize("key", ["include", "exclude"])
+def test_one_glob_as_a_string_is_a_list_of_one(base, key):
+    config = load_config(write(base, GOOD + f'    {key}: "*.pdf"\n'))
+    assert getattr(config.watches[0], key) == ("*.pdf",)
+
+
+@pytest.mark.parametrize("value,expected", [
+    ("5", "config.yaml: watches[0].include: 5 is not a glob or a list of globs"),
+    ("[a, 3]", "config.yaml: watches[0].include[1]: 3: input should be a valid string"),
+    ("{a: b}", "config.yaml: watches[0].include: {'a': 'b'} is not a glob or a list of globs"),
+])
+def test_include_that_is_not_globs(base, value, expected):
+    assert errors_of(base, GOOD + f"    include: {value}\n") == [expected]
+
+
+@pytest.mark.parametrize("transcode,expected", [
+    ("{crf: 99}", "config.yaml: watches[0].transcode.crf: 99 must be >= 0 and <= 51"),
+    ("{crff: 20}", "config.yaml: watches[0].transcode.crff: unknown transcode setting (known: "),
+    ("{duration: soon}", "config.yaml: watches[0].transcode.duration: 'soon' is not a duration"),
+    ("fast", "config.yaml: watches[0].transcode: 'fast': "),
+])
+def test_transcode_errors_name_the_setting_as_a_key_path(base, transcode, expected):
+    lines = errors_of(base, GOOD + f"    transcode: {transcode}\n")
+    assert len(lines) == 1 and lines[0].startswith(expected), lines
+
+
+@pytest.mark.parametrize("text,expected", [("10 MB", 10 * 1000**2), ("10MiB", 10 * 1024**2),
+                                           ("10 MiB", 10 * 1024**2), (" 64 KiB ", 64 * 1024)])
+def test_part_size_with_a_space_is_accepted(base, text, expected):
+    config = load_config(write(base, GOOD.replace("token: s3cret-token", f"token: t\n    part_size: '{text}'")))
+    assert config.targets["main"].part_size == expected
+
+
+def test_skip_secrets_validates_everything_but_credentials(base, monkeypatch):
+    monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
+    monkeypatch.delenv("SYNCD_TEST_UNSET_VAR", raising=False)
+    data = yaml.safe_load(GOOD)
+    data["targets"]["main"] = {"url": "http://127.0.0.1:1/", "token_file": "${CREDENTIALS_DIRECTORY}/token"}
+    data["targets"]["env"] = {"url": "http://127.0.0.1:1/", "token_env": "SYNCD_TEST_UNSET_VAR"}
+    data["receiver"] = {"root": "received", "token_file": "${CREDENTIALS_DIRECTORY}/receiver"}
+    path = write(base, yaml.safe_dump(data))
+    with pytest.raises(ConfigError, match="CREDENTIALS_DIRECTORY"):
+        load_config(path)
+    config = load_config(path, skip_secrets=True)
+    assert str(config.targets["main"].token_file) == "${CREDENTIALS_DIRECTORY}/token"
+    # everything else is still checked
+    data["watches"][0]["target"] = "nope"
+    with pytest.raises(ConfigError) as err:
+        load_config(write(base, yaml.safe_dump(data)), skip_secrets=True)
+    assert err.value.lines == ["config.yaml: watches[0].target: 'nope' is not a target (known: env, main)"]
+    data["journal"] = "${SYNCD_TEST_UNSET_VAR}/journal.db"
+    with pytest.raises(ConfigError) as err:
+        load_config(write(base, yaml.safe_dump(data)), skip_secrets=True)
+    assert err.value.lines == ["config.yaml: journal: '${SYNCD_TEST_UNSET_VAR}/journal.db' uses "
+                               "${SYNCD_TEST_UNSET_VAR}, which is not set"]
+
+
+def test_skip_secrets_still_wants_a_receiver_token_source(base):
+    data = yaml.safe_load(GOOD)
+    data["receiver"] = {"root": "received"}
+    with pytest.raises(ConfigError, match="receiver: give token, token_file or token_env"):
+        load_config(write(base, yaml.safe_dump(data)), skip_secrets=True)

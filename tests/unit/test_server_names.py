@@ -58,6 +58,16 @@ def test_accepted_names_are_normalized(raw: str, expected: str) -> None:
         ("/".join(["d" * 200] * 6), "longer than 1024 bytes"),
         (".incoming/x.part", "reserved"),
         ("./.incoming/x", "reserved"),
+        ("\u202egnp.exe", "invisible format character (U+202E RIGHT-TO-LEFT OVERRIDE)"),
+        ("photo\u2066.jpg", "invisible format character (U+2066 LEFT-TO-RIGHT ISOLATE)"),
+        ("in\u200bvoice.pdf", "invisible format character (U+200B ZERO WIDTH SPACE)"),
+        ("\ufeffname.txt", "invisible format character (U+FEFF ZERO WIDTH NO-BREAK SPACE)"),
+        ("soft\u00adhyphen", "invisible format character (U+00AD SOFT HYPHEN)"),
+        ("a/\u200f/b", "invisible format character (U+200F RIGHT-TO-LEFT MARK)"),
+        ("tag\U000e0041", "invisible format character (U+E0041 TAG LATIN CAPITAL LETTER A)"),
+        ("\u3164.txt", "an invisible character (U+3164 HANGUL FILLER)"),
+        ("blank\u2800.txt", "an invisible character (U+2800 BRAILLE PATTERN BLANK)"),
+        ("e\u034f.txt", "an invisible character (U+034F COMBINING GRAPHEME JOINER)"),
     ],
 )
 def test_hostile_names_are_refused_with_a_reason(raw: str, reason: str) -> None:
@@ -72,8 +82,9 @@ def test_longest_segment_is_accepted() -> None:
 
 
 _PIECES = st.sampled_from(
-    ["..", ".", "", "/", "//", "\\", "\0", "\n", "a", "é", "e\u0301", ".incoming", " ", "~", "$HOME", "%2e%2e"]
-)
+    ["..", ".", "", "/", "//", "\\", "\0", "\n", "a", "é", "e\u0301", ".incoming", " ", "~", "$HOME", "%2e%2e",
+     "\u202e", "\u200b", "\u2066", "\ufeff", "\u3164"]
+)  # fmt: skip
 
 
 @given(st.lists(_PIECES | st.text(max_size=8), max_size=12).map("".join) | st.text())
@@ -89,10 +100,22 @@ def test_no_accepted_name_can_leave_the_root(raw: str) -> None:
     assert not name.startswith("/")
     assert all(seg not in ("", ".", "..") for seg in segments)
     assert all(len(seg.encode("utf-8")) <= MAX_SEGMENT_BYTES for seg in segments)
-    assert not any(unicodedata.category(ch) == "Cc" for ch in name)
+    assert not any(unicodedata.category(ch) in ("Cc", "Cf", "Cs", "Zl", "Zp") for ch in name)
     assert "\\" not in name
     root = "/srv/root"
     joined = posixpath.normpath(posixpath.join(root, name))
     assert joined.startswith(root + "/")
     assert os.path.commonpath([root, joined]) == root
     assert normalize_filename(name) == name  # normalizing is idempotent
+
+
+@given(
+    st.text(max_size=10),
+    st.characters(categories=["Cf"]),
+    st.text(max_size=10),
+)
+def test_any_format_character_is_refused_wherever_it_stands(before: str, cf: str, after: str) -> None:
+    with pytest.raises(BadFilename, match=r"^filename contains "):  # the first refused character's reason
+        normalize_filename(f"ok{before}{cf}{after}.txt")
+    with pytest.raises(BadFilename, match=rf"^filename contains an invisible format character \(U\+{ord(cf):04X}"):
+        normalize_filename(f"ok{cf}.txt")

@@ -63,6 +63,17 @@ def test_records_survive_a_reload(tmp_path: Path, store: IncomingStore) -> None:
     assert not list((tmp_path / ".incoming").glob("*.tmp"))
 
 
+def test_upload_keys_survive_a_reload_and_older_records_have_none(tmp_path: Path, store: IncomingStore) -> None:
+    keyed = record(ID2, upload_key="a-client-key_0123456789")
+    for r in (record(), keyed):
+        store.create_part(r.id)
+        os.truncate(tmp_path / ".incoming" / f"{r.id}.part", 10)
+    store.save(keyed)
+    older = {k: v for k, v in json.loads(record().to_json()).items() if k != "upload_key"}
+    (tmp_path / ".incoming" / f"{ID1}.json").write_text(json.dumps(older))
+    assert sorted(store.load(), key=lambda r: r.id) == [record(), keyed]
+
+
 def test_data_shorter_than_the_acknowledged_offset_resumes_from_the_data(
     tmp_path: Path, store: IncomingStore
 ) -> None:
@@ -113,6 +124,8 @@ def test_tombstones_load_without_data(store: IncomingStore) -> None:
         json.dumps({**json.loads(record().to_json()), "state": "weird"}).encode(),
         json.dumps({**json.loads(record().to_json()), "extra": 1}).encode(),
         json.dumps({**json.loads(record().to_json()), "id": ID2}).encode(),
+        json.dumps({**json.loads(record().to_json()), "upload_key": "../../etc"}).encode(),
+        json.dumps({**json.loads(record().to_json()), "upload_key": 12345678901234567}).encode(),
     ],
 )
 def test_unreadable_records_are_ignored(tmp_path: Path, store: IncomingStore, content: bytes) -> None:

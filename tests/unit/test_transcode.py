@@ -62,8 +62,7 @@ def _ffmpeg(*args: str) -> None:
 @pytest.fixture(scope="session")
 def clips() -> Iterator[dict[str, Path]]:
     require_tools("ffmpeg", "ffprobe")
-    # Not tmp_path_factory: with tmp_path_retention_policy = "none", any other pytest
-    # session of the same user that finishes meanwhile deletes this session's basetemp.
+    # A folder of its own (written before tmp_path runs were isolated from each other; harmless).
     folder = Path(tempfile.mkdtemp(prefix="syncd-test-clips-"))
     try:
         yield _make_clips(folder)

@@ -66,3 +66,10 @@ def test_parse_listen(text, expected):
 def test_parse_listen_rejects(bad):
     with pytest.raises(ValueError):
         parse_listen(bad)
+
+
+@given(st.integers(min_value=0, max_value=2**40), st.sampled_from(["B", "KiB", "MiB", "GiB", "KB", "MB", "GB", "k"]),
+       st.sampled_from([" ", "  ", "\t"]))
+def test_a_space_between_number_and_unit_is_allowed(n, unit, space):
+    """Decided in issue 13: `10 MB` is 10 * 1000**2 bytes, as `10MB` is (and `50 MiB` is how syncd prints sizes)."""
+    assert parse_size(f"{n}{space}{unit}") == parse_size(f"{n}{unit}")
