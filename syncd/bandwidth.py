@@ -25,11 +25,15 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, GetCoreSchemaHandler, field_validator
+from pydantic_core import CoreSchema, core_schema
 
 from syncd.units import format_size, parse_size
+
+if TYPE_CHECKING:
+    from syncd.config import Config
 
 BURST_SECONDS = 0.1
 """a bucket's capacity, in seconds of its rate: how far a sender may run ahead"""
@@ -130,11 +134,12 @@ class TimetableEntry(BaseModel):
 EVERY_DAY = "00:00"
 
 
-def _as_timetable(value: object) -> object:
-    """A single rate is a timetable of one entry, in force all week."""
+def _as_entries(value: object) -> object:
+    """A single rate is a timetable of one entry, in force all week; ``off`` is no entry."""
     if isinstance(value, (list, tuple)):
         return value
-    return ({"at": EVERY_DAY, "limit": parse_rate(value)},)
+    rate = parse_rate(value)
+    return () if rate is None else ({"at": EVERY_DAY, "limit": rate},)
 
 
 def _no_clashes(entries: tuple[TimetableEntry, ...]) -> tuple[TimetableEntry, ...]:
@@ -148,8 +153,21 @@ def _no_clashes(entries: tuple[TimetableEntry, ...]) -> tuple[TimetableEntry, ..
     return entries
 
 
-Timetable = Annotated[tuple[TimetableEntry, ...], BeforeValidator(_as_timetable), AfterValidator(_no_clashes)]
-"""The config type of every ``bandwidth`` key; ``()`` means no limit."""
+class Timetable(tuple):
+    """The config type of every ``bandwidth`` key: a tuple of ``TimetableEntry``, written in
+    YAML as a rate, ``off`` (the empty timetable: no limit), ``0`` or a list of entries.
+
+    A tuple subclass rather than ``tuple[TimetableEntry, ...]`` so that the key is one value
+    (one README row, one example line), while errors still name ``bandwidth[1].limit``."""
+
+    @classmethod
+    def __get_pydantic_core_schema__(cls, source: Any, handler: GetCoreSchemaHandler) -> CoreSchema:
+        entries = handler.generate_schema(tuple[TimetableEntry, ...])
+        return core_schema.no_info_before_validator_function(
+            _as_entries,
+            core_schema.no_info_after_validator_function(lambda v: cls(_no_clashes(v)), entries),
+            serialization=core_schema.plain_serializer_function_ser_schema(
+                lambda v: [entry.model_dump() for entry in v]))
 
 
 @dataclass(frozen=True)
@@ -213,8 +231,17 @@ class _Bucket:
         return max(1.0, rate * BURST_SECONDS)
 
 
+FLAG_POLL = 0.05
+"""how often a wait looks at a stop flag that cannot be waited on (``body.AnyOf``)"""
+
+
 def _wait_on(stop: threading.Event, seconds: float) -> bool:
-    return stop.wait(seconds)
+    if hasattr(stop, "wait"):
+        return stop.wait(seconds)
+    deadline = time.monotonic() + seconds
+    while not stop.is_set() and (left := deadline - time.monotonic()) > 0:
+        time.sleep(min(left, FLAG_POLL))
+    return stop.is_set()
 
 
 class BandwidthLimiter:
@@ -312,3 +339,8 @@ class Limits:
             return ""
         text = f"limit {format_rate(self.overall)}"
         return f"{text} ({', '.join(per_target)})" if per_target else text
+
+
+def timetables_of(config: Config) -> dict[str, Any]:
+    """``BandwidthLimiter.configure``'s arguments (and ``Limits.at``'s) from a config."""
+    return {"overall": config.bandwidth, "targets": {name: t.bandwidth for name, t in config.targets.items()}}

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from syncd.bandwidth import BandwidthLimiter, timetables_of
 from syncd.config import Config, ConfigError, load_config
 from syncd.intake import Intake
 from syncd.journal import MOVE_ASIDE, Journal, JournalError
@@ -184,6 +185,7 @@ class Daemon:
         self.finished: queue.SimpleQueue[tuple[int, Outcome | BaseException]] = queue.SimpleQueue()
         self.running: set[int] = set()
         self.rate = RateMeter()
+        self.limiter = BandwidthLimiter()  # one for the daemon's life: a reload re-times it in place
         self.notifier = notifier
         # pinged from the loop that does the work, so a hung loop stops the pings
         self.pinger = WatchdogPinger(notifier) if notifier is not None else None
@@ -248,8 +250,9 @@ class Daemon:
         old_backends = self.backends
         self.backends = build_backends(config.targets)
         policies = {name: t.retry for name, t in config.targets.items()}
+        self.limiter.configure(**timetables_of(config))
         self.engine = UploadEngine(self.journal, self.backends, policies, stop=self.stop_event,
-                                   on_retry=self._on_retry, on_part=self._on_part)
+                                   on_retry=self._on_retry, on_part=self._on_part, limiter=self.limiter)
         planner = SourcePlanner(config.staging_dir, transcodes=config.concurrency.transcodes,
                                 nice=config.transcode_nice, stop=self.stop_event,
                                 on_transcoded=self._on_transcoded)

@@ -58,7 +58,7 @@ def test_overall_rate_and_target_timetable(base):
     config = load_config(path)
     assert [(e.at, e.limit) for e in config.targets["main"].bandwidth] == [
         ("Mon-Fri 08:00", 5 * 1024**2), ("Mon-Fri 19:00", None), ("Sat-Sun 00:00", None)]
-    assert [e.limit for e in config.bandwidth] == [None]
+    assert config.bandwidth == ()  # off: no timetable at all
 
 
 @pytest.mark.parametrize(("extra", "expected"), [

@@ -1,0 +1,74 @@
+"""Bandwidth limits of the real daemon, measured in bytes on the wire by a counting proxy
+between the daemon and the built-in receiver."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from tests.support.counting_proxy import CountingProxy
+from tests.support.daemon import DaemonProcess, make_config, wait_until
+from tests.support.files import md5_of, write_random
+
+MiB = 1024**2
+RATE = 2 * MiB
+WINDOW = 10.0
+SETTLE_IN = 1.0
+"""seconds skipped after the first byte: the first block and the bucket's initial fill"""
+
+
+def slope(timeline: list[tuple[float, int]], start: float, seconds: float) -> float:
+    """Bytes per second over [start, start + seconds]: the least-squares slope of the
+    cumulative count, so the 1 MiB send blocks at the window's edges do not skew it."""
+    points = [(t, n) for t, n in timeline if start <= t <= start + seconds]
+    assert len(points) >= 10, f"only {len(points)} samples in the window"
+    mean_t = sum(t for t, _ in points) / len(points)
+    mean_n = sum(n for _, n in points) / len(points)
+    cov = sum((t - mean_t) * (n - mean_n) for t, n in points)
+    var = sum((t - mean_t) ** 2 for t, _ in points)
+    return cov / var
+
+
+def measure(proxy: CountingProxy, daemon: DaemonProcess) -> float:
+    wait_until(lambda: proxy.timeline, timeout=30, what="the first byte")
+    start = proxy.timeline[0][0] + SETTLE_IN
+
+    def window_passed() -> bool:
+        if daemon.proc.poll() is not None:
+            raise AssertionError(f"daemon exited:\n{daemon.log()[-3000:]}")
+        return bool(proxy.timeline) and proxy.timeline[-1][0] >= start + WINDOW
+
+    wait_until(window_passed, timeout=60, what="ten seconds of uploading")
+    return slope(list(proxy.timeline), start, WINDOW)
+
+
+def drop_files(tmp_path, names: list[str], size: int) -> None:
+    for name in names:
+        staged = write_random(tmp_path / f"staged-{name}", size)
+        os.rename(staged, tmp_path / "drop" / name)  # appears whole: no settling on a half-written file
+
+
+@pytest.mark.parametrize(("uploads", "where"), [(1, "target"), (4, "overall")])
+def test_limit_holds_on_the_wire(receiver, tmp_path, uploads, where):
+    """One upload limited by its target's bucket, four concurrent ones by the overall bucket:
+    the bytes the proxy sees over ten seconds are within 5% of the limit."""
+    total = int(RATE * (SETTLE_IN + WINDOW + 2))
+    names = [f"{tmp_path.name}-{i}.bin" for i in range(uploads)]
+    with CountingProxy(receiver.port) as proxy:
+        config = make_config(tmp_path, url=proxy.url_for(receiver.url), token=receiver.token, part_size="8MiB",
+                             concurrency={"uploads": uploads})
+        data = config.read_text()
+        if where == "target":
+            data = data.replace("  main:\n", "  main:\n    bandwidth: 2MiB/s\n", 1)
+        else:
+            data += "bandwidth: 2MiB/s\n"
+        config.write_text(data)
+        with DaemonProcess(config, log_level="INFO") as daemon:
+            drop_files(tmp_path, names, total // uploads)
+            rate = measure(proxy, daemon)
+            daemon.wait_states({f"drop:{name}": "done" for name in names}, timeout=60)
+    print(f"\n{uploads} upload(s), {where} limit: {rate / MiB:.4f} MiB/s on the wire")
+    assert abs(rate / RATE - 1) < 0.05, f"{rate / MiB:.3f} MiB/s on the wire, limit {RATE / MiB:.0f} MiB/s"
+    for name in names:
+        assert receiver.stored_md5(name) == md5_of(tmp_path / "drop" / name)
