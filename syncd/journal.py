@@ -87,6 +87,15 @@ _MIGRATIONS = [
     ALTER TABLE files ADD COLUMN target TEXT;
     ALTER TABLE files ADD COLUMN verified TEXT;
     """,
+    # operator controls: what `syncd pause` paused (scope 'all' with name '', 'target', 'watch')
+    """
+    CREATE TABLE controls (
+        scope     TEXT NOT NULL,
+        name      TEXT NOT NULL,
+        paused_at REAL NOT NULL,
+        PRIMARY KEY (scope, name)
+    );
+    """,
 ]
 SCHEMA_VERSION = len(_MIGRATIONS)
 
@@ -563,3 +572,24 @@ class Journal:
         with self._lock:
             r = self._db.execute("SELECT * FROM uploads WHERE id = ?", (upload_id,)).fetchone()
         return _upload_row(r) if r else None
+
+    # --- operator controls (syncd pause / resume) ----------------------------------------
+
+    def pause(self, scope: str, name: str = "") -> bool:
+        """Pause everything (``scope`` ``all``), a target or a watch; False if it already was."""
+        with self._write() as db:
+            return db.execute("INSERT OR IGNORE INTO controls (scope, name, paused_at) VALUES (?, ?, ?)",
+                              (scope, name, self.clock())).rowcount == 1
+
+    def resume(self, scope: str | None = None, name: str = "") -> int:
+        """Lift one pause, or (``scope`` None) every pause; returns how many were lifted."""
+        with self._write() as db:
+            if scope is None:
+                return db.execute("DELETE FROM controls").rowcount
+            return db.execute("DELETE FROM controls WHERE scope = ? AND name = ?", (scope, name)).rowcount
+
+    def pauses(self) -> list[tuple[str, str, float]]:
+        """(scope, name, paused_at) of every pause in force."""
+        with self._lock:
+            return [tuple(r) for r in self._db.execute(
+                "SELECT scope, name, paused_at FROM controls ORDER BY scope, name")]

@@ -117,9 +117,12 @@ class UploadEngine:
                  on_retry: Callable[[str, str], None] | None = None,
                  on_part: Callable[[int], None] | None = None,
                  sleep: Callable[[float], object] | None = None,
-                 limiter: BandwidthLimiter | None = None):
+                 limiter: BandwidthLimiter | None = None,
+                 hold: Callable[[UploadJob], str | None] | None = None):
         self.journal = journal
         self.limiter = limiter
+        self.hold = hold
+        """why a job must stop before its next request (``syncd pause``), or None"""
         self.backends = backends
         self.policies = policies
         self.stop = stop
@@ -184,6 +187,8 @@ class UploadEngine:
         def attempt() -> T:
             if self.stop.is_set():
                 raise Interrupted()
+            if self.hold is not None and (why := self.hold(up.job)):
+                raise Interrupted(why)  # the session stays open, to resume from the server's offset
             return fn()
 
         return call_with_retry(attempt, is_retryable=is_retryable, policy=self.policies[up.job.target],

@@ -4,6 +4,8 @@ between the daemon and the built-in receiver."""
 from __future__ import annotations
 
 import os
+import signal
+import time
 
 import pytest
 
@@ -72,3 +74,21 @@ def test_limit_holds_on_the_wire(receiver, tmp_path, uploads, where):
     assert abs(rate / RATE - 1) < 0.05, f"{rate / MiB:.3f} MiB/s on the wire, limit {RATE / MiB:.0f} MiB/s"
     for name in names:
         assert receiver.stored_md5(name) == md5_of(tmp_path / "drop" / name)
+
+
+def test_a_zero_limit_holds_uploads_until_a_reload_lifts_it(receiver, tmp_path):
+    """``bandwidth: 0`` starts nothing (files settle and queue); a reload to ``off`` lets them go."""
+    name = f"{tmp_path.name}-held.bin"
+    config = make_config(tmp_path, url=receiver.url, token=receiver.token, part_size="256KiB")
+    config.write_text(config.read_text().replace("  main:\n", "  main:\n    bandwidth: 0\n", 1))
+    with DaemonProcess(config, log_level="DEBUG") as daemon:
+        drop_files(tmp_path, [name], 1 * MiB)
+        daemon.wait_states({f"drop:{name}": "ready"}, timeout=15)
+        for _ in range(20):  # two seconds of loop steps: it stays queued, with no upload opened
+            assert daemon.states()[f"drop:{name}"] == "ready"
+            assert "handed to a worker" not in daemon.log()
+            time.sleep(0.1)
+        config.write_text(config.read_text().replace("    bandwidth: 0\n", "", 1))
+        daemon.signal(signal.SIGHUP)
+        daemon.wait_states({f"drop:{name}": "done"}, timeout=20)
+    assert receiver.stored_md5(name) == md5_of(tmp_path / "drop" / name)
