@@ -59,7 +59,8 @@ def render(data: dict[str, Any], *, now: float | None = None) -> str:
         what = "everything" if paused["everything"] else ", ".join(
             [f"target {n}" for n in paused["targets"]] + [f"watch {n}" for n in paused["watches"]])
         lines.append(f"paused: {what} (syncd resume [--target T | --watch W] to go on)")
-    if (bandwidth := data.get("bandwidth")) is not None:
+    bandwidth = data.get("bandwidth")
+    if bandwidth is not None and (bandwidth["overall"] is not None or bandwidth["targets"]):
         per_target = "".join(f", {name} {format_rate(rate)}" for name, rate in bandwidth["targets"].items())
         lines.append(f"bandwidth: overall {format_rate(bandwidth['overall'])}{per_target}")
     if data["uploading"]:

@@ -16,7 +16,6 @@ from syncd.cli import main
 from syncd.controls import Paused
 from syncd.journal import _MIGRATIONS, SCHEMA_VERSION, Journal
 from syncd.metrics import Metrics, start_metrics_server
-from syncd.status import collect, render
 
 CONFIG = """
 journal: state/journal.db
@@ -163,11 +162,16 @@ def test_status_shows_pauses_and_limits(config_path, capsys):
     assert "bandwidth: overall 8 MiB/s, main paused" in text
 
 
-def test_status_without_pauses_or_limits_says_nothing_of_them(tmp_path):
-    journal = Journal(tmp_path / "j.db")
-    text = render(collect(journal, limit=5))
-    journal.close()
+def test_status_without_pauses_or_limits_says_nothing_of_them(config_path, capsys):
+    config_path.write_text(config_path.read_text().replace('bandwidth: [{at: "00:00", limit: 8MiB/s}]\n', "")
+                           .replace(", bandwidth: 0}", "}"))
+    assert main(["status", "-c", str(config_path)]) == 0
+    text = capsys.readouterr().out
     assert "paused" not in text and "bandwidth" not in text
+    assert main(["status", "-c", str(config_path), "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["bandwidth"] == {"overall": None, "targets": {}}
+    assert data["paused"] == {"everything": False, "targets": [], "watches": []}
 
 
 class Controls:
