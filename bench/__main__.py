@@ -8,7 +8,7 @@ Runs every benchmark of issue 7 in turn, prints one table each, writes
 1. throughput  one 1 GiB file: syncd / naive client -> syncd serve / drf-chunked-upload, limits
 2. sweep       part size and concurrency.uploads sweeps
 3. smallfiles  10,000 files of 4 KiB: syncd run vs rclone copy -> rclone serve s3
-4. settle      close -> first byte latency; a slow writer
+4. settle      close -> first byte latency, quiet gap vs on_close, four writers; a slow writer
 5. resume      SIGKILL 10 times during a 1 GiB upload: bytes sent again per kill
 6. idle        60 s idle with 10,000 done files: CPU seconds and wake-ups
 7. transcode   bench/transcode.py: optimize_for_web vs the same ffmpeg command line
@@ -93,8 +93,8 @@ def _settle(quick: bool) -> dict[str, Any]:
     from bench import settle
 
     if quick:
-        return settle.run(files=10, quiet="1s", slow=10.0, rounds=1)
-    return settle.run(files=25, quiet="2s", slow=30.0, rounds=2)
+        return settle.run(files=3, quiet="1s", slow=10.0, rounds=1)
+    return settle.run(files=8, quiet="2s", slow=30.0, rounds=2)
 
 
 def _resume(quick: bool) -> dict[str, Any]:

@@ -1,26 +1,41 @@
-"""Receiver throughput and memory: one big upload in parts, the receiver in its own process.
+"""Receiver throughput, CPU and memory: one big upload in parts, the receiver in its own process.
 
-    .venv/bin/python bench/receiver.py [--size 1GiB] [--part 50MiB] [--clients streaming,sdk]
+    .venv/bin/python bench/receiver.py [--size 1GiB] [--part 50MiB] [--clients streaming,sdk,raw]
+        [--rounds 3] [--code before=/path/to/old/checkout,after=.] [--profile DIR]
 
-The receiver runs as ``python -m syncd.server`` so its RSS is its own; its peak is the
-kernel's high-water mark (``VmHWM``), sampled RSS as a cross-check. Clients:
+The receiver runs as ``python -m syncd.server`` so its RSS and CPU are its own; its peak is
+the kernel's high-water mark (``VmHWM``), sampled RSS as a cross-check; its CPU is user +
+system time spent from the first request to the completion's answer. Clients:
 
 * ``streaming``: how syncd uploads: each part streamed from the file through a
   requests-toolbelt MultipartEncoder over a bounded slice (never in memory whole);
 * ``sdk``: what synapse-sdk does (tests/support/synapse_client.py): each part read
-  into memory, then encoded by requests.
+  into memory, then encoded by requests;
+* ``raw``: the first part as a form, every later part as a raw body
+  (``application/offset+octet-stream``) once the receiver advertises ``Syncd-Raw-Parts``;
+  against a receiver that does not, it falls back to forms;
+* ``sendfile`` / ``sendfile-raw``: the same two shapes sent with ``sendfile`` over one
+  connection, the MD5 computed beforehand: a client that costs almost no CPU, so the
+  receiver's CPU and speed are measured with the machine nearly to itself.
 
-Prints one table row per client. Data is random, written to a temp dir first (not timed).
+``--code NAME=DIR,...`` runs the receiver from each checkout in turn (PYTHONPATH=DIR),
+alternating inside every round, so a before/after comparison shares one sitting.
+``--profile DIR`` runs each receiver under ``py-spy record`` (collapsed stacks per run;
+CPU figures of profiled runs are not comparable). Prints one row per run, then medians
+with the spread (min-max). Data is random, written to a temp dir first (not timed).
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
+import http.client
+import json
 import os
 import re
 import select
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -28,6 +43,7 @@ import threading
 import time
 from pathlib import Path
 from typing import Any, BinaryIO
+from urllib.parse import urlsplit
 
 import psutil
 import requests
@@ -69,55 +85,130 @@ class LargeBlocks(HTTPAdapter):
         super().init_poolmanager(*args, **kwargs)
 
 
-def streaming_upload(url: str, path: Path, *, part: int, name: str) -> dict[str, Any]:
+def _form_part(http: requests.Session, url: str, f: BinaryIO, offset: int, length: int, total: int,
+               digest: Any, name: str) -> requests.Response:
+    encoder = MultipartEncoder(
+        fields=[
+            ("filename", name),
+            ("file", (name, FileSlice(f, offset, length, digest), "application/octet-stream")),
+        ]
+    )
+    return http.put(
+        url,
+        data=encoder,
+        headers={
+            "Content-Type": encoder.content_type,
+            "Content-Range": f"bytes {offset}-{offset + length - 1}/{total}",
+        },
+        timeout=300,
+    )
+
+
+def _raw_part(http: requests.Session, url: str, f: BinaryIO, offset: int, length: int, total: int,
+              digest: Any) -> requests.Response:
+    return http.put(
+        url,
+        data=FileSlice(f, offset, length, digest),
+        headers={
+            "Content-Type": "application/offset+octet-stream",
+            "Content-Range": f"bytes {offset}-{offset + length - 1}/{total}",
+        },
+        timeout=300,
+    )
+
+
+def streaming_upload(url: str, path: Path, *, part: int, name: str, raw: bool = False) -> dict[str, Any]:
     total = path.stat().st_size
     digest = hashlib.md5()
     with requests.Session() as http, path.open("rb") as f:
         http.mount("http://", LargeBlocks())
-        offset = 0
+        offset, raw_ok = 0, False
         while offset < total:
             length = min(part, total - offset)
-            encoder = MultipartEncoder(
-                fields=[
-                    ("filename", name),
-                    ("file", (name, FileSlice(f, offset, length, digest), "application/octet-stream")),
-                ]
-            )
-            answer = http.put(
-                url,
-                data=encoder,
-                headers={
-                    "Content-Type": encoder.content_type,
-                    "Content-Range": f"bytes {offset}-{offset + length - 1}/{total}",
-                },
-                timeout=300,
-            )
+            if raw and raw_ok and offset:
+                answer = _raw_part(http, url, f, offset, length, total, digest)
+            else:
+                answer = _form_part(http, url, f, offset, length, total, digest, name)
             answer.raise_for_status()
+            raw_ok = answer.headers.get("Syncd-Raw-Parts") == "1"
             url, offset = answer.json()["url"], answer.json()["offset"]
         done = http.post(url, json={"md5": digest.hexdigest()}, timeout=300)
         done.raise_for_status()
         return done.json()
 
 
-def write_source(path: Path, size: int) -> None:
+def sendfile_upload(url: str, path: Path, *, part: int, name: str, md5: str, raw: bool) -> dict[str, Any]:
+    """Parts sent with ``sendfile`` over one connection, the MD5 known beforehand: a client
+    that costs almost no CPU, so the receiver's share of the machine is what is measured."""
+    total = path.stat().st_size
+    parsed = urlsplit(url)
+    conn = http.client.HTTPConnection(parsed.hostname, parsed.port, timeout=300)
+    boundary = "sendfile-boundary-7d1f"
+    try:
+        with path.open("rb") as f:
+            offset, raw_ok, target = 0, False, parsed.path
+            while offset < total:
+                length = min(part, total - offset)
+                if raw and raw_ok and offset:
+                    head, tail, content_type = b"", b"", "application/offset+octet-stream"
+                else:
+                    head = (
+                        f'--{boundary}\r\nContent-Disposition: form-data; name="filename"\r\n\r\n{name}\r\n'
+                        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{name}"\r\n'
+                        "Content-Type: application/octet-stream\r\n\r\n"
+                    ).encode()
+                    tail = f"\r\n--{boundary}--\r\n".encode()
+                    content_type = f"multipart/form-data; boundary={boundary}"
+                conn.putrequest("PUT", target, skip_accept_encoding=True)
+                conn.putheader("Content-Type", content_type)
+                conn.putheader("Content-Range", f"bytes {offset}-{offset + length - 1}/{total}")
+                conn.putheader("Content-Length", str(len(head) + length + len(tail)))
+                conn.endheaders()
+                assert conn.sock is not None
+                conn.sock.sendall(head)
+                conn.sock.sendfile(f, offset, length)
+                conn.sock.sendall(tail)
+                answer = conn.getresponse()
+                doc = json.loads(answer.read())
+                if answer.status != 200:
+                    raise SystemExit(f"part at {offset}: {answer.status} {doc}")
+                raw_ok = answer.getheader("Syncd-Raw-Parts") == "1"
+                target, offset = urlsplit(doc["url"]).path, doc["offset"]
+        body = json.dumps({"md5": md5}).encode()
+        conn.request("POST", target, body=body, headers={"Content-Type": "application/json"})
+        answer = conn.getresponse()
+        doc = json.loads(answer.read())
+        if answer.status != 200:
+            raise SystemExit(f"completion: {answer.status} {doc}")
+        return doc
+    finally:
+        conn.close()
+
+
+def write_source(path: Path, size: int) -> str:
+    digest = hashlib.md5()
     with path.open("wb") as f:
         left = size
         while left:
             block = os.urandom(min(left, 16 * MiB))
             f.write(block)
+            digest.update(block)
             left -= len(block)
+    return digest.hexdigest()
 
 
 class Receiver:
-    """``python -m syncd.server`` on a free loopback port, watched for memory."""
+    """``python -m syncd.server`` from ``code`` on a free loopback port, watched for memory
+    (and profiled by py-spy into ``profile`` when given)."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, code: Path = REPO, profile: Path | None = None) -> None:
         self.proc = subprocess.Popen(
             [
                 sys.executable, "-m", "syncd.server", "--root", str(root),
                 "--listen", "127.0.0.1:0", "--no-auth", "--max-size", "none", "--min-free", "0",
             ],
-            cwd=REPO,
+            cwd=code,  # ``-m`` puts the working folder first on sys.path
+            env={**os.environ, "PYTHONPATH": str(code)},
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
@@ -129,6 +220,20 @@ class Receiver:
         self._stop = threading.Event()
         self._sampler = threading.Thread(target=self._sample, name="rss-sampler")
         self._sampler.start()
+        self._spy: subprocess.Popen[bytes] | None = None
+        if profile is not None:
+            spy = Path(sys.executable).with_name("py-spy")
+            self._spy = subprocess.Popen(
+                [str(spy), "record", "--pid", str(self.proc.pid), "--format", "raw", "--rate", "250",
+                 "--threads", "--output", str(profile)],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            )  # fmt: skip
+            time.sleep(1.0)  # attached before the upload starts
+
+    def cpu_seconds(self) -> tuple[float, float]:
+        """User and system CPU seconds so far."""
+        times = self.ps.cpu_times()
+        return times.user, times.system
 
     def _wait_for_url(self) -> str:
         assert self.proc.stderr is not None
@@ -163,6 +268,13 @@ class Receiver:
     def stop(self) -> None:
         self._stop.set()
         self._sampler.join()
+        if self._spy is not None:
+            self._spy.send_signal(signal.SIGINT)  # py-spy writes its output and exits
+            try:
+                self._spy.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self._spy.kill()
+                self._spy.wait()
         self.proc.send_signal(signal.SIGTERM)
         try:
             self.proc.communicate(timeout=30)
@@ -171,16 +283,25 @@ class Receiver:
             self.proc.communicate()
 
 
-def run(client: str, source: Path, workdir: Path, *, part: int) -> dict[str, Any]:
+def run(
+    client: str, source: Path, workdir: Path, *, part: int, code: Path, profile: Path | None, md5: str
+) -> dict[str, Any]:
     root = workdir / f"root-{client}"
-    receiver = Receiver(root)
+    receiver = Receiver(root, code=code, profile=profile)
     try:
+        cpu_before = receiver.cpu_seconds()
         started = time.perf_counter()
-        if client == "streaming":
-            answer = streaming_upload(receiver.url, source, part=part, name=f"{client}.bin")
-        else:
+        if client == "sdk":
             answer = sdk_upload(receiver.url, source, filename=f"{client}.bin", chunk_size=part, timeout=300)
+        elif client.startswith("sendfile"):
+            answer = sendfile_upload(
+                receiver.url, source, part=part, name=f"{client}.bin", md5=md5, raw=client == "sendfile-raw"
+            )
+        else:
+            answer = streaming_upload(receiver.url, source, part=part, name=f"{client}.bin", raw=client == "raw")
         seconds = time.perf_counter() - started
+        cpu_after = receiver.cpu_seconds()
+        user, system = cpu_after[0] - cpu_before[0], cpu_after[1] - cpu_before[1]
         peak, sampled, idle = receiver.peak_rss(), receiver.sampled_peak, receiver.idle_rss
     finally:
         receiver.stop()
@@ -188,36 +309,79 @@ def run(client: str, source: Path, workdir: Path, *, part: int) -> dict[str, Any
     if answer["size"] != source.stat().st_size or not stored.is_file():
         raise SystemExit(f"{client}: upload did not store the whole file: {answer}")
     stored.unlink()  # free the disk before the next run
-    return {"client": client, "seconds": seconds, "peak": peak, "sampled": sampled, "idle": idle}
+    return {
+        "client": client, "seconds": seconds, "cpu": user + system, "user": user, "system": system,
+        "peak": peak, "sampled": sampled, "idle": idle,
+    }  # fmt: skip
+
+
+def _spread(values: list[float], fmt: str) -> str:
+    mid = statistics.median(values)
+    if len(values) == 1:
+        return format(mid, fmt)
+    return f"{format(mid, fmt)} ({format(min(values), fmt)}-{format(max(values), fmt)})"
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size", default="1GiB", help="file size (default: %(default)s)")
     parser.add_argument("--part", default="50MiB", help="part size (default: %(default)s)")
-    parser.add_argument("--clients", default="streaming,sdk", help="streaming, sdk or both (default: %(default)s)")
+    parser.add_argument(
+        "--clients", default="streaming,sdk", help="streaming, sdk, raw, sendfile, sendfile-raw (default: %(default)s)"
+    )
+    parser.add_argument("--rounds", type=int, default=1, help="rounds, contenders alternating (default: 1)")
+    parser.add_argument("--code", default=f"this={REPO}", help="NAME=DIR,... receiver checkouts to compare")
+    parser.add_argument("--profile", default=None, metavar="DIR", help="py-spy collapsed stacks per run into DIR")
     parser.add_argument("--dir", default=None, help="where to put the temp data (default: the system temp dir)")
     args = parser.parse_args()
     size, part = parse_size(args.size), parse_size(args.part)
     clients = [c.strip() for c in args.clients.split(",") if c.strip()]
-    if unknown := set(clients) - {"streaming", "sdk"}:
+    if unknown := set(clients) - {"streaming", "sdk", "raw", "sendfile", "sendfile-raw"}:
         parser.error(f"--clients: unknown {', '.join(sorted(unknown))}")
+    codes: dict[str, Path] = {}
+    for item in args.code.split(","):
+        name, sep, folder = item.partition("=")
+        if not sep or not (Path(folder) / "syncd" / "server").is_dir():
+            parser.error(f"--code: {item!r} is not NAME=DIR with DIR a syncd checkout")
+        codes[name.strip()] = Path(folder).resolve()
+    profile_dir = Path(args.profile) if args.profile else None
+    if profile_dir is not None:
+        profile_dir.mkdir(parents=True, exist_ok=True)
 
+    rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="syncd-bench-", dir=args.dir) as tmp:
         workdir = Path(tmp)
         source = workdir / "source.bin"
         print(f"writing {format_size(size)} of random data to {source} ...", file=sys.stderr)
-        write_source(source, size)
-        rows = [run(client, source, workdir, part=part) for client in clients]
+        md5 = write_source(source, size)
+        contenders = [(code, client) for code in codes for client in clients]
+        for n in range(args.rounds):
+            order = contenders if n % 2 == 0 else contenders[::-1]
+            for code, client in order:
+                profile = profile_dir / f"{code}-{client}-{n + 1}.txt" if profile_dir else None
+                row = run(client, source, workdir, part=part, code=codes[code], profile=profile, md5=md5)
+                row.update(code=code, round=n + 1)
+                rows.append(row)
+                print(
+                    f"round {n + 1}: {code:<8} {client:<12} {size / MiB / row['seconds']:7.1f} MiB/s  "
+                    f"receiver CPU {row['cpu']:.2f} s ({row['cpu'] / (size / 1024**3):.2f} s/GiB: "
+                    f"user {row['user']:.2f}, system {row['system']:.2f})",
+                    file=sys.stderr,
+                )
 
-    print(f"\nreceiver: {format_size(size)} upload in {format_size(part)} parts, over loopback\n")
-    header = f"{'client':<10} {'seconds':>8} {'MiB/s':>8} {'peak RSS':>10} {'sampled':>10} {'idle RSS':>10}"
+    gib = size / 1024**3
+    print(f"\nreceiver: {format_size(size)} upload in {format_size(part)} parts, over loopback, "
+          f"{args.rounds} round(s), median (min-max)\n")
+    header = (f"{'code':<8} {'client':<12} {'MiB/s':>20} {'receiver CPU s/GiB':>20} "
+              f"{'peak RSS':>10} {'idle RSS':>10}")
     print(header)
     print("-" * len(header))
-    for row in rows:
+    for code, client in contenders:
+        mine = [r for r in rows if r["code"] == code and r["client"] == client]
         print(
-            f"{row['client']:<10} {row['seconds']:>8.2f} {size / MiB / row['seconds']:>8.1f} "
-            f"{format_size(row['peak']):>10} {format_size(row['sampled']):>10} {format_size(row['idle']):>10}"
+            f"{code:<8} {client:<12} {_spread([size / MiB / r['seconds'] for r in mine], '.0f'):>20} "
+            f"{_spread([r['cpu'] / gib for r in mine], '.2f'):>20} "
+            f"{format_size(max(r['peak'] for r in mine)):>10} {format_size(max(r['idle'] for r in mine)):>10}"
         )
     return 0
 

@@ -1,17 +1,22 @@
 """Settle latency: how long after a file is closed its first byte reaches the server,
-against the configured quiet gap; and a slow writer that must never be uploaded early.
+with the quiet gap alone and with the fast path for closed files (``settle.on_close``);
+and a slow writer that must never be uploaded early.
 
-    .venv/bin/python -m bench.settle [--files 30] [--quiet 2s] [--slow 30s] [--rounds 2]
+    .venv/bin/python -m bench.settle [--files 8] [--quiet 2s] [--slow 30s] [--rounds 2]
 
-Per round, a fresh ``syncd run`` (as under systemd) watches an empty folder; then, at
-the same time:
+Per round and mode (quiet gap only, then ``on_close`` with ``close_quiet`` 250ms), a fresh
+``syncd run`` (as under systemd) watches an empty folder; then, at the same time:
 
-- ``--files`` files (48 KiB, written in three 16 KiB writes a few ms apart) are written
-  and closed one after another at random gaps of 0.1–1.5 s; the harness notes each
-  close time;
-- a slow writer keeps one file open and appends 1 KiB at random gaps of 0.1–0.5 × quiet
-  for ``--slow`` seconds, then closes it (a gap never reaches the quiet gap, so the file
-  is never quiet while written).
+- ``--files`` files per writer are written one after another, the writers shuffled, at
+  random gaps of 0.1–1.5 s. Writers: ``python`` (48 KiB in three 16 KiB writes a few ms
+  apart, then close), ``cp`` and ``rsync`` of a 256 KiB file (rsync writes a dot-named
+  temporary and renames it into place), and ``ffmpeg`` encoding a 1 s test video to MP4.
+  The close is when the harness's close() returns, or when the tool's process has exited;
+- a slow writer keeps one file open for writing and appends 1 KiB at random gaps of
+  0.1–0.5 × quiet for ``--slow`` seconds, each append through a second descriptor that it
+  opens and closes (so every append is a close-after-write while the first descriptor
+  still holds the file), then closes it (a gap never reaches the quiet gap, so the file is
+  never quiet while written).
 
 The server is a small HTTP stub in the harness speaking the chunked protocol's
 whole-file ``POST`` (every file here is far below the part size); it notes the moment
@@ -30,7 +35,9 @@ import hashlib
 import json
 import os
 import random
+import shutil
 import statistics
+import subprocess
 import sys
 import threading
 import time
@@ -41,7 +48,6 @@ from typing import Any
 from bench.common import (
     DaemonRun,
     dump_json,
-    fmt_med,
     log,
     machine,
     save_figure,
@@ -116,18 +122,44 @@ class StubServer:
         self.thread.join(5)
 
 
-def _writer(drop: Path, n: int, closes: dict[str, float], rng: random.Random, stop: threading.Event) -> None:
-    block = os.urandom(16 * 1024)
-    for i in range(n):
-        if stop.wait(rng.uniform(0.1, 1.5)):
-            return
-        name = f"file{i:03d}.bin"
-        with open(drop / name, "wb") as f:
+WRITERS = ("python", "cp", "rsync", "ffmpeg")
+MODES = ("quiet", "on_close")
+CLOSE_QUIET = "250ms"
+
+
+def available_writers() -> tuple[str, ...]:
+    tools = {"cp": "cp", "rsync": "rsync", "ffmpeg": "ffmpeg"}
+    return tuple(w for w in WRITERS if w not in tools or shutil.which(tools[w]) is not None)
+
+
+def _write_one(kind: str, path: Path, source: Path, rng: random.Random) -> None:
+    if kind == "python":
+        block = os.urandom(16 * 1024)
+        with open(path, "wb") as f:
             for _ in range(3):
                 f.write(block)
                 f.flush()
                 time.sleep(rng.uniform(0.002, 0.02))
-        closes[name] = time.time()
+    elif kind == "cp":
+        subprocess.run(["cp", str(source), str(path)], check=True, timeout=60)
+    elif kind == "rsync":
+        subprocess.run(["rsync", "--times", str(source), str(path)], check=True, timeout=60)
+    elif kind == "ffmpeg":
+        subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-f", "lavfi",
+                        "-i", f"testsrc=duration=1:size=320x240:rate=25,noise=alls={rng.randint(1, 50)}",
+                        "-c:v", "mpeg4", "-y", str(path)], check=True, timeout=60)
+    else:
+        raise ValueError(kind)
+
+
+def _writer(drop: Path, plan: list[str], source: Path, closes: dict[str, tuple[str, float]],
+            rng: random.Random, stop: threading.Event) -> None:
+    for i, kind in enumerate(plan):
+        if stop.wait(rng.uniform(0.1, 1.5)):
+            return
+        name = f"{kind}{i:03d}.{'mp4' if kind == 'ffmpeg' else 'bin'}"
+        _write_one(kind, drop / name, source, rng)
+        closes[name] = (kind, time.time())
 
 
 def _slow_writer(drop: Path, seconds: float, quiet: float, out: dict[str, Any], rng: random.Random,
@@ -136,11 +168,11 @@ def _slow_writer(drop: Path, seconds: float, quiet: float, out: dict[str, Any], 
     end = time.monotonic() + seconds
     appends = 0
     gaps = []
-    with open(path, "wb") as f:
+    with open(path, "wb"):  # held open for writing until the end
         out["opened"] = time.time()
         while time.monotonic() < end and not stop.is_set():
-            f.write(os.urandom(1024))
-            f.flush()
+            with open(path, "ab") as f:  # closed after each append: a close-after-write every time
+                f.write(os.urandom(1024))
             appends += 1
             gap = rng.uniform(0.1, 0.5) * quiet
             gaps.append(gap)
@@ -148,32 +180,39 @@ def _slow_writer(drop: Path, seconds: float, quiet: float, out: dict[str, Any], 
     out.update(closed=time.time(), size=path.stat().st_size, appends=appends, max_gap=max(gaps or [0]))
 
 
-def one_round(work: Path, *, files: int, quiet: str, slow: float, seed: int) -> dict[str, Any]:
+def one_round(work: Path, *, files: int, quiet: str, slow: float, seed: int, mode: str,
+              writers: tuple[str, ...]) -> dict[str, Any]:
     quiet_s = parse_duration(quiet)
     stub = StubServer().start()
-    base = work / f"round-{seed}"
-    # max_wait above the slow writer's time, so it is never reported `growing` here
-    cfg = syncd_config(base, url=stub.url, token="bench", part_size="50MiB", quiet=quiet,
-                       max_wait=f"{int(slow + 60)}s")
+    base = work / f"round-{seed}-{mode}"
+    settle = {"quiet": quiet, "max_wait": f"{int(slow + 60)}s"}  # the slow writer is never `growing` here
+    if mode == "on_close":
+        settle.update(on_close=True, close_quiet=CLOSE_QUIET)
+    cfg = syncd_config(base, url=stub.url, token="bench", part_size="50MiB", extra_watch={"settle": settle})
+    source = base / "source.bin"
+    source.write_bytes(os.urandom(256 * 1024))
     daemon = DaemonRun(cfg)
-    closes: dict[str, float] = {}
+    closes: dict[str, tuple[str, float]] = {}
     slow_info: dict[str, Any] = {}
     stop = threading.Event()
-    rng = random.Random(seed)
-    threads = [threading.Thread(target=_writer, args=(base / "drop", files, closes, random.Random(seed + 1), stop)),
-               threading.Thread(target=_slow_writer, args=(base / "drop", slow, quiet_s, slow_info, rng, stop))]
+    plan = [w for w in writers for _ in range(files)]
+    random.Random(seed).shuffle(plan)
+    threads = [threading.Thread(target=_writer, args=(base / "drop", plan, source, closes,
+                                                      random.Random(seed + 1), stop)),
+               threading.Thread(target=_slow_writer, args=(base / "drop", slow, quiet_s, slow_info,
+                                                           random.Random(seed), stop))]
     try:
         daemon.start()
         daemon.wait_ready()
         for t in threads:
             t.start()
-        deadline = time.monotonic() + slow + files * 1.5 + 60
+        deadline = time.monotonic() + slow + len(plan) * 4 + 60
         while any(t.is_alive() for t in threads):
             daemon.sample()
             if time.monotonic() > deadline:
                 raise RuntimeError("the writers did not finish in time")
             time.sleep(0.1)
-        daemon.wait_done(files + 1, timeout=60 + 4 * quiet_s, interval=0.1)
+        daemon.wait_done(len(plan) + 1, timeout=60 + 4 * quiet_s, interval=0.1)
     finally:
         stop.set()
         for t in threads:
@@ -185,18 +224,22 @@ def one_round(work: Path, *, files: int, quiet: str, slow: float, seed: int) -> 
     first: dict[str, float] = {}
     for req in stub.requests:
         first.setdefault(req["filename"], req["at"])
-    latencies = [first[name] - closed for name, closed in closes.items()]
     missing = [name for name in closes if name not in first]
     if missing:
         raise RuntimeError(f"never uploaded: {missing}")
+    latencies: dict[str, list[float]] = {}
+    for name, (kind, closed) in closes.items():
+        latencies.setdefault(kind, []).append(first[name] - closed)
     slow_reqs = [r for r in stub.requests if r["filename"] == "slow.bin"]
     premature = [r for r in slow_reqs if r["at"] < slow_info["closed"] or r["size"] != slow_info["size"]]
-    result = {"latencies": latencies, "slow_requests": len(slow_reqs), "premature": len(premature),
-              "slow_latency": (slow_reqs[0]["at"] - slow_info["closed"]) if slow_reqs else None,
+    early = [name for name, (_, closed) in closes.items() if first[name] < closed]
+    result = {"mode": mode, "latencies": latencies, "slow_requests": len(slow_reqs), "premature": len(premature),
+              "early": early, "slow_latency": (slow_reqs[0]["at"] - slow_info["closed"]) if slow_reqs else None,
               "slow_appends": slow_info["appends"], "slow_max_gap": slow_info["max_gap"],
-              "slow_size": slow_info["size"], "uploads_per_file": len(stub.requests) / (files + 1),
+              "slow_size": slow_info["size"], "uploads_per_file": len(stub.requests) / (len(plan) + 1),
               "peak_rss": daemon.peak}
-    log(f"  round {seed}: p50 {_pct(latencies, 50):.2f}s p95 {_pct(latencies, 95):.2f}s max {max(latencies):.2f}s; "
+    pooled = [x for v in latencies.values() for x in v]
+    log(f"  round {seed} {mode}: p50 {_pct(pooled, 50):.2f}s p95 {_pct(pooled, 95):.2f}s max {max(pooled):.2f}s; "
         f"slow writer: {slow_info['appends']} appends, {len(slow_reqs)} upload(s), {len(premature)} premature")
     return result
 
@@ -207,41 +250,54 @@ def _pct(values: list[float], p: float) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[int(p) - 1] if p < 100 else max(values)
 
 
-def run(*, files: int = 30, quiet: str = "2s", slow: float = 30.0, rounds: int = 2) -> dict[str, Any]:
-    result: dict[str, Any] = {"benchmark": "settle", "files": files, "quiet": quiet,
-                              "quiet_seconds": parse_duration(quiet), "slow_seconds": slow, "rounds": []}
+def run(*, files: int = 8, quiet: str = "2s", slow: float = 30.0, rounds: int = 2) -> dict[str, Any]:
+    writers = available_writers()
+    result: dict[str, Any] = {"benchmark": "settle", "files": files, "quiet": quiet, "close_quiet": CLOSE_QUIET,
+                              "quiet_seconds": parse_duration(quiet), "slow_seconds": slow, "writers": writers,
+                              "missing_writers": [w for w in WRITERS if w not in writers], "rounds": []}
     result["machine"] = machine()
     with temp_dir("settle") as work:
         for rnd in range(rounds):
-            result["rounds"].append(one_round(work, files=files, quiet=quiet, slow=slow, seed=rnd + 1))
-    pooled = [x for r in result["rounds"] for x in r["latencies"]]
-    result["pooled"] = {"p50": _pct(pooled, 50), "p95": _pct(pooled, 95), "max": max(pooled), "min": min(pooled),
-                        "n": len(pooled)}
-    result["premature"] = sum(r["premature"] for r in result["rounds"])
+            # the modes alternate inside a round, and which goes first alternates between rounds
+            for mode in (MODES if rnd % 2 == 0 else MODES[::-1]):
+                result["rounds"].append(one_round(work, files=files, quiet=quiet, slow=slow, seed=rnd + 1,
+                                                  mode=mode, writers=writers))
+    result["pooled"] = {}
+    for mode in MODES:
+        runs = [r for r in result["rounds"] if r["mode"] == mode]
+        by_writer: dict[str, Any] = {}
+        for kind in [*writers, "all"]:
+            values = [x for r in runs for k, v in r["latencies"].items() if kind in (k, "all") for x in v]
+            by_writer[kind] = {"p50": _pct(values, 50), "p95": _pct(values, 95), "max": max(values),
+                               "min": min(values), "n": len(values)}
+        result["pooled"][mode] = by_writer
+    result["premature"] = sum(r["premature"] + len(r["early"]) for r in result["rounds"])
     return result
 
 
 def render(result: dict[str, Any]) -> str:
     q = result["quiet_seconds"]
-    rounds = result["rounds"]
-
-    def per_round(fn, fmt="{:.2f}"):
-        return fmt_med([fn(r) for r in rounds], fmt)
-
-    pooled = result["pooled"]
-    rows = [
-        ["p50", f"{pooled['p50']:.2f}", f"{pooled['p50'] / q:.2f}", per_round(lambda r: _pct(r["latencies"], 50))],
-        ["p95", f"{pooled['p95']:.2f}", f"{pooled['p95'] / q:.2f}", per_round(lambda r: _pct(r["latencies"], 95))],
-        ["max", f"{pooled['max']:.2f}", f"{pooled['max'] / q:.2f}", per_round(lambda r: max(r["latencies"]))],
-        ["min", f"{pooled['min']:.2f}", f"{pooled['min'] / q:.2f}", per_round(lambda r: min(r["latencies"]))],
-    ]
-    a = table(["close → first byte at server", "seconds (all files)", "× quiet gap", "per round: median (min–max)"],
-              rows, title=f"Settle latency: {result['files']} files per round at random 0.1–1.5 s gaps, "
-                          f"quiet gap {result['quiet']}, {len(rounds)} round(s), {pooled['n']} files")
-    slow = [[f"round {i + 1}", r["slow_appends"], f"{r['slow_max_gap']:.2f}", r["slow_requests"], r["premature"],
-             f"{r['slow_latency']:.2f}" if r["slow_latency"] is not None else "-"] for i, r in enumerate(rounds)]
-    b = table(["slow writer", "appends", "longest gap s", "uploads", "premature uploads", "close → first byte s"],
-              slow, title=f"Slow writer: 1 KiB appends for {result['slow_seconds']:g} s, gaps 0.1–0.5 × quiet")
+    rows = []
+    for kind in [*result["writers"], "all"]:
+        for mode in MODES:
+            p = result["pooled"][mode][kind]
+            label = "quiet gap only" if mode == "quiet" else f"on_close ({result['close_quiet']})"
+            rows.append([kind, label, p["n"], f"{p['p50']:.3f}", f"{p['p95']:.3f}", f"{p['max']:.3f}",
+                         f"{p['min']:.3f}", f"{p['p95'] / q:.2f}"])
+    runs = len(result["rounds"]) // len(MODES)
+    title = (f"Settle latency: close → first byte at the server, seconds; {result['files']} files per writer "
+             f"per round at random 0.1–1.5 s gaps, quiet gap {result['quiet']}, {runs} round(s) per mode")
+    if result["missing_writers"]:
+        title += f" (not installed: {', '.join(result['missing_writers'])})"
+    a = table(["writer", "settle", "files", "p50", "p95", "max", "min", "p95 × quiet gap"], rows, title=title)
+    slow = [[f"round {i // len(MODES) + 1}", r["mode"], r["slow_appends"], f"{r['slow_max_gap']:.2f}",
+             r["slow_requests"], r["premature"],
+             f"{r['slow_latency']:.2f}" if r["slow_latency"] is not None else "-"]
+            for i, r in enumerate(result["rounds"])]
+    b = table(["slow writer", "settle", "appends", "longest gap s", "uploads", "premature uploads",
+               "close → first byte s"], slow,
+              title=f"Slow writer: 1 KiB appends for {result['slow_seconds']:g} s, gaps 0.1–0.5 × quiet, each "
+                    "through a descriptor opened and closed while another holds the file open for writing")
     return a + "\n\n" + b
 
 
@@ -251,22 +307,25 @@ def plot(result: dict[str, Any], out: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    pooled = sorted(x for r in result["rounds"] for x in r["latencies"])
     fig, ax = plt.subplots(figsize=(7, 4))
-    ax.plot(pooled, [(i + 1) / len(pooled) for i in range(len(pooled))], drawstyle="steps-post")
+    for mode in MODES:
+        pooled = sorted(x for r in result["rounds"] if r["mode"] == mode
+                        for v in r["latencies"].values() for x in v)
+        label = "quiet gap only" if mode == "quiet" else f"on_close (close_quiet {result['close_quiet']})"
+        ax.plot(pooled, [(i + 1) / len(pooled) for i in range(len(pooled))], drawstyle="steps-post", label=label)
     ax.axvline(result["quiet_seconds"], color="red", linestyle="--", label=f"quiet gap {result['quiet']}")
-    ax.axvline(2 * result["quiet_seconds"], color="gray", linestyle=":", label="2 × quiet gap")
+    ax.axvline(0.3, color="gray", linestyle=":", label="0.3 s")
     ax.set_xlabel("close → first byte at the server (s)")
     ax.set_ylabel("fraction of files")
     ax.set_xlim(left=0)
     ax.legend()
-    ax.set_title(f"Settle latency, {len(pooled)} files")
+    ax.set_title(f"Settle latency, {len(result['writers'])} writers")
     return save_figure(fig, out)
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.settle", description=__doc__.split("\n\n")[0])
-    p.add_argument("--files", type=int, default=30)
+    p.add_argument("--files", type=int, default=8, help="files per writer per round (default 8)")
     p.add_argument("--quiet", default="2s")
     p.add_argument("--slow", type=parse_duration, default=30.0, help="slow writer's duration (default 30s)")
     p.add_argument("--rounds", type=int, default=2)

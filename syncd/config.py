@@ -170,6 +170,9 @@ def http_url(value: str) -> str:
 class Settle(_Model):
     quiet: Duration = 5.0
     max_wait: Duration = 600.0
+    on_close: bool = False
+    """the fast path: ready ``close_quiet`` after a close when nobody holds the file open for writing"""
+    close_quiet: Duration = 0.25
 
     @model_validator(mode="after")
     def _order(self) -> Settle:
@@ -177,6 +180,10 @@ class Settle(_Model):
             raise ValueError("quiet must be more than 0s")
         if self.max_wait < self.quiet:
             raise ValueError(f"max_wait ({self.max_wait:g}s) is shorter than quiet ({self.quiet:g}s)")
+        if self.close_quiet <= 0:
+            raise ValueError("close_quiet must be more than 0s")
+        if self.on_close and self.close_quiet > self.quiet:
+            raise ValueError(f"close_quiet ({self.close_quiet:g}s) is longer than quiet ({self.quiet:g}s)")
         return self
 
 
@@ -196,6 +203,10 @@ class Watch(_Model):
     transcode: Literal["optimize_for_web"] | dict[str, Any] | None = None
     upload_original: bool = False
     skip_if_web_ready: bool = True
+    priority: int = Field(0, ge=-1000, le=1000)
+    """higher goes first: a free upload worker takes a due file of the highest priority"""
+    order: Literal["oldest", "smallest"] = "oldest"
+    """which due file of this watch goes first"""
 
     @field_validator("include", "exclude", mode="before")
     @classmethod
@@ -235,6 +246,9 @@ class Watch(_Model):
     def _after(self) -> Watch:
         if self.after_upload == "move" and self.done_dir is None:
             raise ValueError("after_upload: move needs done_dir")
+        if self.poll and self.settle.on_close:
+            raise ValueError("settle.on_close: a polling watch (poll: true) sees no closes; "
+                             "leave on_close out or poll: false")
         return self
 
 

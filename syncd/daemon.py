@@ -23,6 +23,7 @@ from pathlib import Path
 from syncd.bandwidth import BandwidthLimiter, Limits, timetables_of
 from syncd.config import Config, ConfigError, load_config
 from syncd.controls import Paused
+from syncd.dispatch import Dispatcher, WatchQueue
 from syncd.intake import Intake
 from syncd.journal import MOVE_ASIDE, Journal, JournalError
 from syncd.live import changed_keys, needs_restart
@@ -204,7 +205,7 @@ class Daemon:
         self.engine: UploadEngine | None = None
         self.processor: FileProcessor | None = None
         self.workers: _Workers | None = None
-        self._rr = deque()  # watches in round-robin order
+        self.dispatcher = Dispatcher([])
         self._next_rescan = 0.0
         self._stopping = False
         self._reload_requested = False
@@ -214,9 +215,14 @@ class Daemon:
 
     def open(self) -> None:
         """Everything before the loop; raises JournalError / OSError with a clear message."""
+        journal = self.config.journal
+        # a lock file outlives its journal: without one, no syncd ever ran on this journal
+        first_run = not any(journal.with_name(journal.name + suffix).exists() for suffix in (".lock", "-wal"))
         self._lock_fd = lock_journal(self.config.journal)
         self.journal = Journal(self.config.journal)
-        if self.journal.created:
+        if self.journal.created and first_run:
+            log.info("%s: starting a new journal; every file in the watches is uploaded", self.config.journal)
+        elif self.journal.created:  # the folder has been used: a journal may have been lost
             log.warning("%s: no journal yet: starting a new journal; every file in the watches is uploaded "
                         "(again, if an earlier journal was lost)", self.config.journal)
         problem = self.journal.check_integrity()
@@ -273,7 +279,7 @@ class Daemon:
             log.warning("%s", warning)
         self.watcher = Watcher(specs, self._on_event)
         self.watcher.start()
-        self._rr = deque(w.name for w in config.watches)
+        self.dispatcher = Dispatcher([WatchQueue(w.name, w.priority, w.order) for w in config.watches])
         if self.workers is None or self.workers.size != config.concurrency.uploads:
             if self.workers is not None:
                 self.workers.stop(timeout=0)  # idle threads exit; busy ones finish their file first
@@ -399,33 +405,12 @@ class Daemon:
         free = self.config.concurrency.uploads - len(self.running)
         if free <= 0:
             return
-        watches = [w.name for w in self.config.watches if not self._blocked(watch=w.name, target=w.target)]
-        if not watches:
-            return
-        due = [r for r in self.journal.due(watches=watches, limit=free + len(self.running))
-               if r.id not in self.running]
-        by_watch: dict[str, deque] = {}
-        for row in due:
-            by_watch.setdefault(row.watch, deque()).append(row)
-        # Round-robin over watches, so a flood in one folder never starves another.
-        while free > 0 and by_watch:
-            name = self._rr[0] if self._rr else next(iter(by_watch))
-            self._rr.rotate(-1)
-            rows = by_watch.get(name)
-            if not rows:
-                if not any(w in by_watch for w in self._rr):
-                    name = next(iter(by_watch))
-                    rows = by_watch[name]
-                else:
-                    continue
-            row = rows.popleft()
-            if not rows:
-                del by_watch[name]
+        held = [w.name for w in self.config.watches if self._blocked(watch=w.name, target=w.target)]
+        for row in self.dispatcher.pick(self.journal, free=free, running=self.running, held=held):
             self.running.add(row.id)
             self._running_watch[row.id] = row.watch
             self.workers.submit(row.id)
             log.debug("%s:%s: handed to a worker (%s)", row.watch, row.relpath, row.state)
-            free -= 1
 
     def _read_controls(self) -> None:
         """``syncd pause`` / ``resume`` write the journal from another process; its

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 from syncd.config import Config
 from syncd.journal import AFTER_PENDING, Fingerprint, Journal
-from syncd.pipeline import FileProcessor, Outcome
+from syncd.pipeline import FileProcessor, Outcome, remote_name_for
 from syncd.states import ACTIVE, IDLE_PENDING, FileState
 from syncd.watch import FileEvent, Growing, Ready, Settler, Vanished, WatchSpec, scan_tree
 
@@ -40,7 +40,8 @@ class Intake:
 
     def __post_init__(self) -> None:
         # Settling starts over on reload: the full scan queued here re-tracks every settling file.
-        self.settlers = {w.name: Settler(quiet=w.settle.quiet, max_wait=w.settle.max_wait)
+        self.settlers = {w.name: Settler(quiet=w.settle.quiet, max_wait=w.settle.max_wait,
+                                         close_quiet=w.settle.close_quiet if w.settle.on_close else None)
                          for w in self.config.watches}
         self.pending_scans = [(w.name, "", True) for w in self.config.watches]
 
@@ -68,7 +69,9 @@ class Intake:
 
     def worker_finished(self, file_id: int, result: Outcome) -> None:
         if result.state == FileState.SETTLING and result.watch in self.settlers:
-            self._touch(result.watch, result.relpath)
+            # changed during its upload; the writer's close, if it came, was dropped while
+            # the worker owned the file: with settle.on_close the writers probe decides
+            self.settlers[result.watch].closed(result.relpath, self.specs[result.watch].root / result.relpath)
         elif file_id in self._changed_while_owned:
             self._look_again(file_id)
         self._changed_while_owned.discard(file_id)
@@ -79,7 +82,7 @@ class Intake:
         if event.watch not in self.settlers:
             return
         if event.kind in ("changed", "closed"):
-            self.seen(event.watch, event.relpath)
+            self.seen(event.watch, event.relpath, closed=event.kind == "closed")
         elif event.kind == "deleted":
             self.settlers[event.watch].forget(event.relpath)
             self.journal.mark_gone(event.watch, event.relpath, only_from=IDLE_PENDING)
@@ -94,8 +97,9 @@ class Intake:
             if scan not in self.pending_scans and (event.watch, "", True) not in self.pending_scans:
                 self.pending_scans.append(scan)
 
-    def seen(self, watch: str, relpath: str, st: os.stat_result | None = None) -> None:
-        """A file exists and may be new or changed: journal it and let it settle."""
+    def seen(self, watch: str, relpath: str, st: os.stat_result | None = None, *, closed: bool = False) -> None:
+        """A file exists and may be new or changed: journal it and let it settle (``closed``:
+        its writer closed it, which ``settle.on_close`` may take as the end of the writing)."""
         row = self.journal.find_file(watch, relpath)
         if row is not None and row.state in ACTIVE:
             self._changed_while_owned.add(row.id)  # looked at again when its worker lets go
@@ -106,6 +110,9 @@ class Intake:
                 and row.fingerprint == Fingerprint.of(st):
             if row.state == FileState.DONE and row.after_action == AFTER_PENDING:
                 self.processor.redo_after_upload(row)  # a crash came between `done` and the after-action
+            elif row.state == FileState.DONE and (moved := self._destination_changed(row)):
+                log.info("%s:%s: %s since it was uploaded; uploading it again", watch, relpath, moved)
+                self.journal.set_state(row.id, FileState.READY)
             return
         if row is None or row.state == FileState.GONE:
             try:
@@ -114,7 +121,23 @@ class Intake:
                 return
             self.journal.note_new(watch, relpath, Fingerprint.of(st))
             log.debug("%s:%s: new file, settling", watch, relpath)
-        self._touch(watch, relpath)
+        if closed:
+            self.settlers[watch].closed(relpath, self.specs[watch].root / relpath)
+        else:
+            self._touch(watch, relpath)
+
+    def _destination_changed(self, row) -> str | None:
+        """What changed about where a done file goes (its watch's target or remote name),
+        or None. Rows from journals older than this record (no target) are left alone."""
+        if row.target is None:
+            return None
+        watch = self.config.watch(row.watch)
+        if watch.target != row.target:
+            return f"the watch's target changed from {row.target} to {watch.target}"
+        name = remote_name_for(watch, row)
+        if row.dest is not None and name != row.dest:
+            return f"its remote name changed from {row.dest} to {name}"
+        return None
 
     def _touch(self, watch: str, relpath: str) -> None:
         self.settlers[watch].touch(relpath, self.specs[watch].root / relpath)

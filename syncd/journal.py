@@ -18,6 +18,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from syncd.states import ACTIVE, PENDING, STATES, FileState, allowed_from
 
@@ -85,7 +86,14 @@ _MIGRATIONS = [
     ALTER TABLE uploads ADD COLUMN upload_key TEXT;
     ALTER TABLE parts ADD COLUMN etag TEXT;
     ALTER TABLE files ADD COLUMN target TEXT;
+    ALTER TABLE files ADD COLUMN dest TEXT;
     ALTER TABLE files ADD COLUMN verified TEXT;
+    """,
+    # due() asks per watch (priorities), oldest or smallest first
+    """
+    DROP INDEX files_due;
+    CREATE INDEX files_due_oldest ON files (watch, state, coalesce(next_attempt_at, updated_at), id);
+    CREATE INDEX files_due_smallest ON files (watch, state, size, id);
     """,
     # operator controls: what `syncd pause` paused (scope 'all' with name '', 'target', 'watch')
     """
@@ -98,6 +106,25 @@ _MIGRATIONS = [
     """,
 ]
 SCHEMA_VERSION = len(_MIGRATIONS)
+
+
+DueOrder = Literal["oldest", "smallest"]
+DUE_ORDERS: tuple[DueOrder, ...] = ("oldest", "smallest")
+_WAITED = "coalesce(next_attempt_at, updated_at)"
+_DUE_SQL = {
+    "oldest": (
+        f"SELECT * FROM files WHERE watch = ? AND state = 'ready' ORDER BY {_WAITED}, id LIMIT ?",
+        f"SELECT * FROM files WHERE watch = ? AND state = 'waiting' AND {_WAITED} <= ? ORDER BY {_WAITED}, id LIMIT ?",
+    ),
+    "smallest": (
+        "SELECT * FROM files WHERE watch = ? AND state = 'ready' ORDER BY size, id LIMIT ?",
+        f"SELECT * FROM files WHERE watch = ? AND state = 'waiting' AND {_WAITED} <= ? ORDER BY size, id LIMIT ?",
+    ),
+}
+_DUE_KEY = {
+    "oldest": lambda r: (r["next_attempt_at"] if r["next_attempt_at"] is not None else r["updated_at"], r["id"]),
+    "smallest": lambda r: (r["size"], r["id"]),
+}
 
 
 class JournalError(Exception):
@@ -137,6 +164,8 @@ class FileRow:
     after_action: str | None
     target: str | None = None
     """the target a ``done`` file went to"""
+    dest: str | None = None
+    """the remote name a ``done`` file was sent as (before any server-side rename)"""
     verified: str | None = None
     """what was verified of a ``done`` file's copy (``RemoteFile.verified``)"""
 
@@ -173,7 +202,8 @@ def _file_row(r: sqlite3.Row) -> FileRow:
     return FileRow(
         r["id"], r["watch"], r["relpath"], Fingerprint(r["dev"], r["ino"], r["size"], r["mtime_ns"]),
         FileState(r["state"]), r["attempts"], r["last_error"], r["next_attempt_at"], r["first_seen_at"],
-        r["updated_at"], r["done_at"], r["md5"], r["remote_name"], r["after_action"], r["target"], r["verified"],
+        r["updated_at"], r["done_at"], r["md5"], r["remote_name"], r["after_action"], r["target"], r["dest"],
+        r["verified"],
     )
 
 
@@ -382,7 +412,7 @@ class Journal:
                        (" ".join(message.split())[:300], self.clock(), file_id, *sorted(ACTIVE)))
 
     def mark_done(self, file_id: int, *, md5: str, remote_name: str, durable: bool = False,
-                  after_action: str | None = None, target: str | None = None,
+                  after_action: str | None = None, target: str | None = None, dest: str | None = None,
                   verified: str | None = None) -> None:
         """The server confirmed the whole file. ``durable`` forces the commit to disk before
         returning: required before a destructive after-action (delete / move), which is then
@@ -396,8 +426,8 @@ class Journal:
                     db.execute(
                         "UPDATE files SET state = 'done', md5 = ?, remote_name = ?, done_at = ?,"
                         " last_error = NULL, next_attempt_at = NULL, after_action = ?, updated_at = ?,"
-                        " target = ?, verified = ? WHERE id = ?",
-                        (md5, remote_name, now, after_action, now, target, verified, file_id))
+                        " target = ?, dest = ?, verified = ? WHERE id = ?",
+                        (md5, remote_name, now, after_action, now, target, dest, verified, file_id))
             finally:
                 if durable:
                     self._db.execute("PRAGMA synchronous = NORMAL")
@@ -449,23 +479,24 @@ class Journal:
                               f" ('uploading', 'transcoding') AND watch IN ({marks})",
                               (self.clock(), *watches)).rowcount
 
-    def due(self, *, watches: Sequence[str], now: float | None = None, limit: int = 100) -> list[FileRow]:
+    def due(self, *, watches: Sequence[str], now: float | None = None, limit: int = 100,
+            order: DueOrder = "oldest") -> list[FileRow]:
         """Files of these watches to start: ``ready`` ones, and ``waiting`` ones whose time
-        has come; oldest first. (Rows of ``syncd upload`` belong to no watch.)"""
+        has come. ``oldest``: the longest waiting first (a ``waiting`` file counts from its
+        next attempt time); ``smallest``: the smallest first. (Rows of ``syncd upload``
+        belong to no watch.)"""
         now = self.clock() if now is None else now
-        marks = ",".join("?" * len(watches))
-        # Two index range scans (files_due) instead of sorting every pending row per call:
-        # the daemon asks on every loop step.
+        if order not in DUE_ORDERS:
+            raise ValueError(f"unknown order {order!r}")
+        ready_sql, waiting_sql = _DUE_SQL[order]
+        rows: list[sqlite3.Row] = []
+        # Index range scans per watch (files_due_*) instead of sorting every pending row
+        # per call: the daemon asks on every loop step.
         with self._lock:
-            rows = self._db.execute(
-                f"SELECT * FROM files WHERE state = 'ready' AND watch IN ({marks})"
-                " ORDER BY coalesce(next_attempt_at, updated_at), id LIMIT ?", (*watches, limit)).fetchall()
-            rows += self._db.execute(
-                "SELECT * FROM files WHERE state = 'waiting' AND coalesce(next_attempt_at, updated_at) <= ?"
-                f" AND watch IN ({marks}) ORDER BY coalesce(next_attempt_at, updated_at), id LIMIT ?",
-                (now, *watches, limit)).fetchall()
-        rows.sort(key=lambda r: (r["next_attempt_at"] if r["next_attempt_at"] is not None else r["updated_at"],
-                                 r["id"]))
+            for watch in dict.fromkeys(watches):
+                rows += self._db.execute(ready_sql, (watch, limit)).fetchall()
+                rows += self._db.execute(waiting_sql, (watch, now, limit)).fetchall()
+        rows.sort(key=_DUE_KEY[order])
         return [_file_row(r) for r in rows[:limit]]
 
     def next_waiting_at(self) -> float | None:

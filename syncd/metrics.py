@@ -21,14 +21,16 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from syncd.upload.base import RETRY_REASONS
+
 if TYPE_CHECKING:
     from syncd.bandwidth import Limits
     from syncd.controls import Paused
 
 log = logging.getLogger(__name__)
 
-# Created at zero so that rate() and alerts see them before the first retry.
-RETRY_REASONS = ("5xx", "429", "408", "timeout", "connection")
+# RETRY_REASONS (every protocol's TransientError labels) are created at zero so that rate()
+# and alerts see them before the first retry.
 
 _UPLOAD_BUCKETS = (0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
 _SETTLE_BUCKETS = (0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)

@@ -102,6 +102,7 @@ def _upload_one(journal: Journal, engine: UploadEngine, target: str, path: Path,
         again = " (run again to resume)" if verdict.retried else ""
         print(f"syncd upload: {path}: {verdict.reason}{again}", file=sys.stderr)
         return False
-    journal.mark_done(row.id, md5=md5, remote_name=remote.name, target=target, verified=remote.verified)
+    journal.mark_done(row.id, md5=md5, remote_name=remote.name, target=target, dest=remote_name,
+                      verified=remote.verified)
     print(f"{path}: uploaded as {remote.name} (md5 {md5}) to target {target}, verified by {remote.verified}")
     return True

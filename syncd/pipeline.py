@@ -145,7 +145,7 @@ class FileProcessor:
         destructive = watch.after_upload != "keep"
         self.journal.mark_done(row.id, md5=md5, remote_name=remote.name, durable=destructive,
                                after_action=AFTER_PENDING if destructive else None, target=watch.target,
-                               verified=remote.verified)
+                               dest=remote_name_for(watch, row), verified=remote.verified)
         # the size and rate of what was sent (the web version, when transcoded), and of the
         # bytes this run sent (a resumed upload sends only the rest)
         log.info("%s: uploaded as %s (%d bytes, md5 %s, verified by %s, %.1fs, %.1f MiB/s sent)", label,

@@ -29,6 +29,7 @@ def collect(journal: Journal, *, limit: int, now: float | None = None,
             "bytes_per_second": round(rate) if rate else None,
             "eta_seconds": round(left / rate) if rate else None,
             "target": up.target,
+            "retrying": row.last_error,
         })
 
     def rows(state: str) -> list[dict[str, Any]]:
@@ -70,6 +71,8 @@ def render(data: dict[str, Any], *, now: float | None = None) -> str:
             rate = f"{u['bytes_per_second'] / 1024**2:.1f} MiB/s" if u["bytes_per_second"] else "? MiB/s"
             lines.append(f"  {u['watch']}:{u['path']}  {u['percent']:5.1f}% of {format_size(u['size'])}"
                          f"  {rate}  eta {eta}")
+            if u.get("retrying"):  # a request is being tried again within its retry budget
+                lines.append(f"    retrying: {u['retrying']}")
     if data["waiting"]:
         lines += ["", "waiting (retried automatically):"]
         for w in data["waiting"]:

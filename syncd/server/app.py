@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
-from syncd.server import handlers
+from syncd.server import handlers, rawparts
 from syncd.server.auth import Handler, token_middleware
 from syncd.server.drain import DRAIN, Drain
 from syncd.server.errors import ApiError
@@ -66,6 +66,7 @@ def build_app(settings: ReceiverSettings, *, hooks: ServerHooks | None = None) -
     app[DRAIN] = drain
     app[RECEIVER] = Receiver(settings, hooks or ServerHooks())
     app.cleanup_ctx.append(_receiver_lifecycle)
+    app.on_response_prepare.append(rawparts.advertise)
 
     base = settings.base_path
     collection = f"{base}chunked_upload/"
@@ -73,6 +74,7 @@ def build_app(settings: ReceiverSettings, *, hooks: ServerHooks | None = None) -
     member = collection + "{id:[^/]+}"
     router = app.router
     router.add_get(f"{base}healthz", handlers.healthz, name="healthz")
+    router.add_get(collection, handlers.find_by_key, allow_head=False)
     router.add_put(collection, handlers.create_session)
     router.add_post(collection, handlers.upload_whole)
     for path in (member, member + "/"):

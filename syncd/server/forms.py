@@ -108,6 +108,40 @@ def chunk_reader(part: FormPart, *, timeout: float) -> ReadChunk:
     return read
 
 
+def exact_reader(request: web.Request, part: FormPart, *, length: int, timeout: float) -> ReadChunk:
+    """``read_chunk`` for a file part whose length is known (a ``PUT``'s Content-Range).
+
+    aiohttp's part reader copies every chunk twice while it looks for the boundary. Here
+    all but the last two of the announced bytes are read from the request body itself,
+    as they arrived; aiohttp's reader then reads the rest and finds the boundary, so it
+    still decides where the part ends (two bytes, because the CRLF before a boundary
+    could otherwise pass for the part's last two). A part shorter or longer than
+    announced comes out as such and is refused by the caller. A part with its own
+    Content-Length header (which aiohttp may count by) takes the plain path.
+    """
+    plain = chunk_reader(part, timeout=timeout)
+    if "Content-Length" in part.reader.headers or getattr(part.reader, "_content", None) is not request.content:
+        return plain
+    content = request.content
+    left = max(0, length - 2)
+
+    async def read() -> bytes:
+        nonlocal left
+        if left:
+            try:
+                async with asyncio.timeout(timeout):
+                    data = await content.read(left)  # whole buffers, joined only when several wait
+            except TimeoutError:
+                raise ApiError(408, _stalled(timeout)) from None
+            if data:
+                left -= len(data)
+                return data
+            left = 0  # the body ended: aiohttp's reader says how
+        return await plain()
+
+    return read
+
+
 async def read_head(read: ReadChunk, size: int) -> tuple[list[bytes], bool]:
     """Reads until the part ends (``True``) or more than ``size`` bytes came (``False``)."""
     chunks: list[bytes] = []

@@ -8,10 +8,12 @@ from typing import Any
 
 from aiohttp import web
 
+from syncd.server import rawparts
 from syncd.server.errors import ApiError
 from syncd.server.forms import (
     NO_FILE,
     chunk_reader,
+    exact_reader,
     iter_parts,
     media_type,
     prepend,
@@ -101,9 +103,12 @@ async def _receive_form(
                 before_file(fields)
             if naming and "filename" in fields:
                 receiver.assign_name(session, _filename(fields["filename"]))
-            received = await receiver.receive(
-                session, chunk_reader(part, timeout=timeout), expected=expected, limit=limit
+            read = (
+                chunk_reader(part, timeout=timeout)
+                if expected is None
+                else exact_reader(request, part, length=expected, timeout=timeout)
             )
+            received = await receiver.receive(session, read, expected=expected, limit=limit)
         elif part.name in ("filename", "md5"):
             fields[part.name] = await read_text(part, timeout=timeout)
         else:
@@ -128,6 +133,8 @@ async def create_session(request: web.Request) -> web.StreamResponse:
     receiver = _receiver(request)
     span = _content_range(request)
     key = _upload_key(request)
+    if media_type(request) == rawparts.MEDIA_TYPE:
+        raise ApiError(400, f"{rawparts.MEDIA_TYPE} is for later parts: send the first part as a form")
     if span.start != 0:
         raise ApiError(400, "The first part must start at offset 0", provided_offset=span.start)
     receiver.check_size(span.total)
@@ -331,14 +338,32 @@ def _checked_name(receiver: Receiver, raw: str | None) -> str:
 
 
 async def append_part(request: web.Request) -> web.Response:
-    """``PUT chunked_upload/{id}/``: the next part."""
+    """``PUT chunked_upload/{id}/``: the next part, as a form or as a raw body (``rawparts``)."""
     receiver = _receiver(request)
     span = _content_range(request)
     session = receiver.lookup(request.match_info["id"])
+    raw = media_type(request) == rawparts.MEDIA_TYPE
     async with receiver.locked(session):
         receiver.check_part(session, start=span.start, total=span.total)
-        await _receive_form(request, session, expected=span.length, limit=span.length, naming=False)
+        if raw:
+            read = rawparts.chunk_reader(request, timeout=receiver.hooks.body_timeout)
+            await receiver.receive(session, read, expected=span.length, limit=span.length)
+        else:
+            await _receive_form(request, session, expected=span.length, limit=span.length, naming=False)
     return _answer(request, session)
+
+
+async def find_by_key(request: web.Request) -> web.Response:
+    """``GET chunked_upload/`` with ``Upload-Key``: the session the client named (404 if
+    none), so a client whose first part's answer was lost can resume or abort it."""
+    receiver = _receiver(request)
+    key = _upload_key(request)
+    if key is None:
+        raise ApiError(400, f"GET on the collection needs an {KEY_HEADER} header")
+    async with receiver.key_locks.hold(key), receiver.locked_by_key(key) as named:
+        if named is None:
+            raise ApiError(404, f"No upload is named {KEY_HEADER} {key!r}")
+        return _answer(request, named)
 
 
 async def get_session(request: web.Request) -> web.Response:

@@ -67,4 +67,6 @@ def session_json(record: SessionRecord, *, url: str, expire: float) -> dict[str,
     }
     if record.state == COMPLETE:
         doc.update(md5=record.md5, size=record.total, path=record.path)
+    if record.upload_key is not None:
+        doc["upload_key"] = record.upload_key
     return doc

@@ -15,6 +15,8 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import queue
+import threading
 from collections.abc import Callable
 from typing import Protocol
 
@@ -38,17 +40,44 @@ class AnyOf:
 
 
 class PrefixMD5:
-    """MD5 of ``file[0:position]``; grows only by contiguous bytes."""
+    """MD5 of ``file[0:position]``; grows only by contiguous bytes.
 
-    def __init__(self) -> None:
+    With ``background``, the hashing itself runs on a thread of its own while the caller
+    goes on reading and sending (hashlib and socket writes both release the GIL, so on
+    two cores a big file is hashed and sent at the same time); at most ``QUEUE_BLOCKS``
+    blocks wait to be hashed. ``hexdigest`` waits for them; ``close`` ends the thread."""
+
+    QUEUE_BLOCKS = 8
+
+    def __init__(self, *, background: bool = False) -> None:
         self._md5 = hashlib.md5()
         self.position = 0
+        self._queue: queue.Queue | None = None
+        self._thread: threading.Thread | None = None
+        if background:
+            self._queue = queue.Queue(self.QUEUE_BLOCKS)
+            self._thread = threading.Thread(target=self._hash_queued, name="syncd-md5", daemon=True)
+            self._thread.start()
+
+    def _hash_queued(self) -> None:
+        while True:
+            data = self._queue.get()
+            try:
+                if data is None:
+                    return
+                self._md5.update(data)
+            finally:
+                self._queue.task_done()
 
     def feed(self, offset: int, data: bytes | memoryview) -> None:
         """Bytes read at ``offset``; only the part past ``position`` counts."""
         end = offset + len(data)
         if offset <= self.position < end:
-            self._md5.update(data[self.position - offset:])
+            fresh = data[self.position - offset:] if self.position > offset else data
+            if self._queue is not None:
+                self._queue.put(fresh)
+            else:
+                self._md5.update(fresh)
             self.position = end
 
     def catch_up(self, fd: int, upto: int, *, stop: StopFlag | None = None) -> None:
@@ -62,7 +91,15 @@ class PrefixMD5:
             self.feed(self.position, data)
 
     def hexdigest(self) -> str:
+        if self._queue is not None:
+            self._queue.join()
         return self._md5.hexdigest()
+
+    def close(self) -> None:
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join()
+            self._thread = None
 
 
 class FileSlice:

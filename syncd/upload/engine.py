@@ -66,6 +66,8 @@ from syncd.upload.retry import call_with_retry
 log = logging.getLogger("syncd.upload")
 T = TypeVar("T")
 
+BACKGROUND_HASH_MIN = 16 * 1024 * 1024
+"""files at least this big are hashed on a thread of their own while they are sent"""
 WHOLE = 0
 """``uploads.part_size`` of a whole-file upload (one request, no session)"""
 MAX_RESYNCS = 10
@@ -150,12 +152,14 @@ class UploadEngine:
             fd = os.open(job.source, os.O_RDONLY)
         except FileNotFoundError:
             raise FileVanished(f"{job.label}: file vanished") from None
+        md5 = PrefixMD5(background=item.size >= BACKGROUND_HASH_MIN)
         try:
-            up = _Open(job, backend, fd, self._check_unchanged(fd, job), item, caps, PrefixMD5(), on_read)
+            up = _Open(job, backend, fd, self._check_unchanged(fd, job), item, caps, md5, on_read)
             if item.size <= caps.single_request_max:
                 return self._upload_whole(up)
             return self._upload_parts(up)
         finally:
+            md5.close()
             os.close(fd)
 
     def _on_read(self, up: _Open, stop: StopFlag) -> Callable[[int], None] | None:
@@ -274,7 +278,7 @@ class UploadEngine:
         job = up.job
         row = self.journal.open_upload(job.file_id, target=job.target)
         if row is not None and (not self._same_upload(row, up) or not self._plan_fits(row, up)):
-            log.info("%s: file differs from the interrupted upload; starting over", job.label)
+            log.info("%s: the interrupted upload no longer fits the file; starting over", job.label)
             self._abandon(up, row)
             row = None
         fresh = row is None
@@ -320,6 +324,7 @@ class UploadEngine:
 
     def _upload_parts(self, up: _Open) -> tuple[RemoteFile, str]:
         fresh_sessions = 0
+        unnamed_tried = False
         while True:
             self._open_session(up)
             try:
@@ -327,7 +332,8 @@ class UploadEngine:
             except SessionGone as exc:
                 # The server forgot the session (or never named it): one new session, then give up.
                 self.journal.finish_upload(up.row.id, state="abandoned")
-                if up.session.handle is None:
+                if up.session.handle is None and not unnamed_tried:
+                    unnamed_tried = True  # an upload whose session's answer never came back
                     log.info("%s: %s; starting a new session", up.job.label, exc)
                     continue
                 fresh_sessions += 1

@@ -6,9 +6,12 @@ and hands it to ``on_event``, which is expected to enqueue and return.
 
 Event kinds, for a watch with root R:
 
-* ``changed``: a file was created, written, had its metadata changed, or arrived in R
-  (moved in from outside, or renamed from an ignored name such as ``x.part`` to ``x``).
-* ``closed``: a file opened for writing was closed (inotify only). A hint, not proof.
+* ``changed``: a file was created, written, had its metadata changed, or was moved in
+  from outside R.
+* ``closed``: the writer says it is done with a file: a file opened for writing was
+  closed (inotify only), or a file was renamed into place from an ignored name (``x.part``
+  to ``x``, rsync's ``.x.Ab12Cd`` to ``x``; the writer closed the temporary name
+  first). A hint, not proof: the writer may reopen it.
 * ``moved``: renamed with both names accepted: ``relpath`` -> ``dest_relpath``.
 * ``deleted``: deleted, moved out of R, or renamed to an ignored name.
 * ``rescan``: the subtree at ``relpath`` ("" is the root) may differ from what events
@@ -148,7 +151,7 @@ class _Handler(FileSystemEventHandler):
             if src is not None and dest is not None:
                 return self._event("moved", src, dest)
             if dest is not None:
-                return self._event("changed", dest)
+                return self._event("closed", dest)
             if src is not None:
                 return self._event("deleted", src)
             return None

@@ -7,6 +7,17 @@ proof, because a writer may reopen the file, and a copy tool may set the mtime a
 closing. The stat comparison also catches writes whose events were lost (a polling
 watch, an inotify queue overflow, a network filesystem).
 
+The fast path for closed files (``close_quiet`` given): :meth:`Settler.closed` reports
+that a writer closed the file (inotify's IN_CLOSE_WRITE) or that it arrived by a rename
+(how rsync and downloaders finish). From then on the file is ready once no event came for
+``close_quiet``, a stat ``close_quiet`` old still agrees, AND no process holds the file
+open for writing (``writers``, a kernel lease probe by default). Any content change needs
+a descriptor open for writing, which either is still open at the check or is closed
+again (another close), so the probe stands in for the rest of the quiet gap. A file held
+open, or one the probe cannot answer for, goes back to the whole quiet gap until its
+next close. A writer that reopens the file after it was found ready is the upload's
+change check's business.
+
 A file that is still not ready ``max_wait`` seconds after it was first seen is
 reported once as :class:`Growing`; it stays tracked and can become :class:`Ready` later.
 
@@ -27,6 +38,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Generic, TypeAlias, TypeVar
 
+from syncd.watch.writers import Writers, writers_of
+
 log = logging.getLogger(__name__)
 
 K = TypeVar("K", bound=Hashable)
@@ -36,11 +49,13 @@ _Signature: TypeAlias = tuple[int, int, int, int]
 
 @dataclass(frozen=True)
 class Ready(Generic[K]):
-    """The file has been quiet and unchanged for ``quiet``; ``stat`` is the confirming stat."""
+    """The file has been quiet and unchanged for ``quiet`` (or, ``on_close``, closed and
+    quiet for ``close_quiet`` with no writer left); ``stat`` is the confirming stat."""
 
     key: K
     path: Path
     stat: os.stat_result
+    on_close: bool = False
 
 
 @dataclass(frozen=True)
@@ -71,6 +86,9 @@ class _Tracked:
     baseline: _Signature | None
     baseline_at: float
     growing_reported: bool = False
+    # A close (or a rename into place) was seen: the fast path applies until a probe
+    # finds a writer or cannot tell.
+    closed: bool = False
     # The one heap entry that is live for this key; others are stale and skipped.
     scheduled_seq: int | None = None
     scheduled_at: float = 0.0
@@ -83,6 +101,9 @@ class Settler(Generic[K]):
     to :meth:`touch`. The default is :func:`os.lstat`, so a symlink is reported as
     :class:`Vanished` rather than settled through its target: syncd never uploads
     symlinks, and :func:`syncd.watch.scan.scan_tree` skips them too.
+
+    ``close_quiet`` (None: no fast path) and ``writers`` (called with the path) are the
+    fast path for closed files; without it :meth:`closed` is :meth:`touch`.
     """
 
     def __init__(
@@ -92,13 +113,19 @@ class Settler(Generic[K]):
         max_wait: float,
         clock: Callable[[], float] = time.monotonic,
         stat: Callable[[Path], os.stat_result] = os.lstat,
+        close_quiet: float | None = None,
+        writers: Callable[[Path], Writers] = writers_of,
     ) -> None:
         if not quiet > 0:
             raise ValueError(f"quiet must be positive, got {quiet!r}")
         if not max_wait >= quiet:
             raise ValueError(f"max_wait ({max_wait!r}) must be at least quiet ({quiet!r})")
+        if close_quiet is not None and not 0 < close_quiet <= quiet:
+            raise ValueError(f"close_quiet ({close_quiet!r}) must be more than 0 and at most quiet ({quiet!r})")
         self._quiet = quiet
         self._max_wait = max_wait
+        self._close_quiet = close_quiet
+        self._writers = writers
         self._clock = clock
         self._stat = stat
         self._tracked: dict[K, _Tracked] = {}
@@ -112,6 +139,10 @@ class Settler(Generic[K]):
     @property
     def max_wait(self) -> float:
         return self._max_wait
+
+    @property
+    def close_quiet(self) -> float | None:
+        return self._close_quiet
 
     def __len__(self) -> int:
         return len(self._tracked)
@@ -139,6 +170,15 @@ class Settler(Generic[K]):
             tracked.baseline = baseline
             tracked.baseline_at = now
         self._schedule(key, tracked)
+
+    def closed(self, key: K, path: Path) -> None:
+        """The writer closed ``key`` (or it arrived by a rename): :meth:`touch`, and with
+        the fast path on, it may be ready after ``close_quiet`` instead of ``quiet``."""
+        self.touch(key, path)
+        if self._close_quiet is not None:
+            tracked = self._tracked[key]
+            tracked.closed = True
+            self._schedule(key, tracked)
 
     def forget(self, key: K) -> None:
         """Stop tracking ``key`` (unknown keys are ignored)."""
@@ -216,16 +256,31 @@ class Settler(Generic[K]):
                     return Vanished(key, tracked.path)
                 signature = _signature_of(result)
                 if signature == tracked.baseline:
-                    del self._tracked[key]
-                    return Ready(key, tracked.path, result)
-                tracked.baseline = signature
-                tracked.baseline_at = now
+                    if not tracked.closed or now >= self._quiet_at(tracked):
+                        del self._tracked[key]
+                        return Ready(key, tracked.path, result)
+                    writers = self._writers(tracked.path)
+                    if writers is Writers.NONE:
+                        del self._tracked[key]
+                        return Ready(key, tracked.path, result, on_close=True)
+                    log.debug("%s: closed, but %s: waiting the whole quiet gap", tracked.path,
+                              "a writer holds it open" if writers is Writers.SOME else "cannot tell if a writer "
+                              "holds it open")
+                    tracked.closed = False
+                else:
+                    tracked.baseline = signature
+                    tracked.baseline_at = now
         if not tracked.growing_reported and now - tracked.first_seen >= self._max_wait:
             tracked.growing_reported = True
             return Growing(key, tracked.path, tracked.first_seen)
         return None
 
     def _check_at(self, tracked: _Tracked) -> float:
+        if tracked.closed and self._close_quiet is not None:
+            return max(tracked.last_event, tracked.baseline_at) + self._close_quiet
+        return self._quiet_at(tracked)
+
+    def _quiet_at(self, tracked: _Tracked) -> float:
         # Both conditions of the rule: no event for `quiet`, baseline at least `quiet` old.
         return max(tracked.last_event, tracked.baseline_at) + self._quiet
 

@@ -11,6 +11,7 @@ import time
 import pytest
 import yaml
 
+from tests.support.conformance import ReceiverTarget
 from tests.support.daemon import DaemonProcess, wait_until
 from tests.support.failures import (
     Drop,
@@ -90,6 +91,10 @@ def test_sigkill_loop_nothing_lost_doubled_or_mixed(tmp_path):
         assert integrity(daemon.journal_path) == "ok"
         stale = [dict(r) for r in journal_rows(daemon.journal_path, "SELECT * FROM uploads WHERE state = 'open'")]
         assert not stale, f"upload rows still open although every file is done: {stale}"
+        # no kill left an orphan session on the server: every session it made was completed
+        # (upload keys let a restarted daemon find sessions whose first answer it never saw)
+        orphans = ReceiverTarget.open_records(peer.root)
+        assert orphans == [], f"{len(orphans)} orphan session(s) left on the receiver: {orphans[:3]}"
 
         # the kills landed in the middle of uploads...
         cut = [s for s in seen if s.outcome == "client-gone"]

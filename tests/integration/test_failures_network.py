@@ -161,6 +161,35 @@ def test_413_and_507_fail_fast_with_the_servers_reason(receiver, tmp_path):
     assert_delivered(receiver, drop, daemon, keys=[k for k in drop.names() if k not in failing])
 
 
+def test_507_mid_upload_keeps_the_session_and_syncd_retry_resumes_it(receiver, tmp_path):
+    """Issue 13, item 3: after a 507 the receiver keeps what it got; the client must not
+    delete the session, and `syncd retry` sends only what the server lacks."""
+    import subprocess
+    import sys
+
+    from tests.support.daemon import REPO
+
+    drop = Drop(tmp_path)
+    drop.write("keep", "full/half.bin", 5 * PART + 7)
+    remote = drop.remote("keep:full/half.bin")
+    third = Match(method="PUT", when=lambda info: info.range is not None and info.range[0] == 2 * PART)
+    with FaultProxy(receiver.url, seed=1, rules=[Rule(Respond(507, detail="disk full"), match=third, times=1)]) \
+            as proxy:
+        config = failure_config(tmp_path, url=proxy.url_for(receiver.url), token=receiver.token, part_size=PART)
+        with DaemonProcess(config) as daemon:
+            daemon.wait_states({"keep:full/half.bin": "failed"}, timeout=30)
+            assert not proxy.requests(method="DELETE")  # the session was kept
+            before = len(proxy.seen)
+            out = subprocess.run([sys.executable, "-m", "syncd", "retry", "-c", str(config), "keep:full/half.bin"],
+                                 capture_output=True, text=True, timeout=30, cwd=REPO, check=False)
+            assert out.returncode == 0, out.stderr
+            daemon.wait_states({"keep:full/half.bin": "done"}, timeout=30)
+            after = [s for s in list(proxy.seen)[before:] if s.range is not None]
+    assert [s.range[0] for s in after] == [2 * PART, 3 * PART, 4 * PART, 5 * PART]  # from the 507 on
+    assert completed_uploads(daemon.journal_path, "keep:full/half.bin") == 1
+    assert receiver.stored_md5(remote) == drop.md5["keep:full/half.bin"]
+
+
 # --- the server is away, then back -------------------------------------------------------------
 
 def test_server_down_files_wait_then_complete_unattended(receiver, tmp_path):

@@ -278,3 +278,15 @@ def test_two_requests_with_one_key_never_make_two_sessions(server: EmbeddedRecei
     assert sorted([status, results[0].status_code]) == [200, 400]
     assert doc["id"] == results[0].json()["id"]
     assert len(sessions(root)) == 1
+
+
+def test_a_session_is_found_by_its_key(server: EmbeddedReceiver) -> None:
+    """How a client whose first part's answer was lost learns the session's address."""
+    doc = first_part(server.url).json()
+    found = requests.get(server.url, headers=KEYED, timeout=TIMEOUT)
+    assert found.status_code == 200, found.text
+    assert (found.json()["url"], found.json()["offset"], found.json()["upload_key"]) == (doc["url"], 1000, KEY)
+    unknown = requests.get(server.url, headers={**AUTH, "Upload-Key": "n0-such-upload-key-00000"}, timeout=TIMEOUT)
+    assert unknown.status_code == 404 and "n0-such-upload-key-00000" in unknown.json()["detail"]
+    bare = requests.get(server.url, headers=AUTH, timeout=TIMEOUT)
+    assert bare.status_code == 400 and "Upload-Key" in bare.json()["detail"]

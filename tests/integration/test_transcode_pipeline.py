@@ -47,6 +47,9 @@ def test_dropped_mov_arrives_as_web_mp4(tmp_path, receiver):
     assert not (receiver.root / "clip.mov").exists()
     assert list((tmp_path / "state" / "staging").iterdir()) == []  # the web copy is removed
     assert (tmp_path / "drop" / "clip.mov").exists()  # after_upload: keep
+    # the log line names the size and MD5 of what was sent: the web version (issue 13, item 9)
+    line = next(x for x in daemon.log().splitlines() if "videos:clip.mov: uploaded as clip.mp4" in x)
+    assert f"({stored.stat().st_size} bytes, md5 {md5_of(stored)}" in line
 
 
 def test_upload_original_sends_both_and_web_ready_is_not_reencoded(tmp_path, receiver):

@@ -120,6 +120,13 @@ class DaemonProcess:
     def states(self) -> dict[str, str]:
         return {k: v["state"] for k, v in self.rows().items()}
 
+    def wait_until_log(self, text: str, *, timeout: float = 30.0) -> None:
+        """Until ``text`` appears in the daemon's log."""
+        try:
+            wait_until(lambda: text in self.log(), timeout=timeout, what=repr(text))
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n--- daemon log ---\n{self.log()[-4000:]}") from None
+
     def wait_states(self, expected: dict[str, str], *, timeout: float = 30.0) -> dict[str, str]:
         def check():
             if self.proc is not None and self.proc.poll() is not None:

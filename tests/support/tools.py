@@ -1,4 +1,4 @@
-"""External tools some tests need (ffmpeg, ffprobe, systemd-analyze).
+"""External tools some tests need (ffmpeg, ffprobe, systemd-analyze, rsync).
 
 On a developer's machine a missing tool skips the test with the reason; under
 ``SYNCD_REQUIRE_TOOLS=1`` (set by ``.ci/run``, which installs them) it fails instead,

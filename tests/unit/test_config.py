@@ -51,6 +51,8 @@ def test_good_config_resolves_paths_and_defaults(base):
     assert watch.path == base / "drop"
     assert config.journal == base / "state/journal.db"
     assert watch.settle.quiet == 5.0 and watch.after_upload == "keep"
+    assert (watch.settle.on_close, watch.settle.close_quiet) == (False, 0.25)
+    assert (watch.priority, watch.order) == (0, "oldest")
     assert config.targets["main"].part_size == 50 * 1024**2
     assert config.targets["main"].resolve_token() == "s3cret-token"
     assert "s3cret-token" not in str(redacted(config))
@@ -93,6 +95,21 @@ def test_issue_example_message(base):
      "config.yaml: watches[0].remote_dir: '{nope}' is not a valid template"),
     ({"watches": [{"name": "a", "path": "drop", "target": "main", "settle": {"quiet": "5s", "max_wait": "1s"}}]},
      "config.yaml: watches[0].settle: max_wait (1s) is shorter than quiet (5s)"),
+    ({"watches": [{"name": "a", "path": "drop", "target": "main",
+                   "settle": {"quiet": "100ms", "on_close": True}}]},
+     "config.yaml: watches[0].settle: close_quiet (0.25s) is longer than quiet (0.1s)"),
+    ({"watches": [{"name": "a", "path": "drop", "target": "main", "settle": {"close_quiet": "0s"}}]},
+     "config.yaml: watches[0].settle: close_quiet must be more than 0s"),
+    ({"watches": [{"name": "a", "path": "drop", "target": "main", "settle": {"on_close": "maybe"}}]},
+     "config.yaml: watches[0].settle.on_close: 'maybe': input should be a valid boolean"),
+    ({"watches": [{"name": "a", "path": "drop", "target": "main", "priority": "high"}]},
+     "config.yaml: watches[0].priority: 'high': input should be a valid integer"),
+    ({"watches": [{"name": "a", "path": "drop", "target": "main", "priority": 5000}]},
+     "config.yaml: watches[0].priority: 5000: input should be less than or equal to 1000"),
+    ({"watches": [{"name": "a", "path": "drop", "target": "main", "order": "largest"}]},
+     "config.yaml: watches[0].order: 'largest': input should be 'oldest' or 'smallest'"),
+    ({"watches": [{"name": "a", "path": "drop", "target": "main", "poll": True, "settle": {"on_close": True}}]},
+     "config.yaml: watches[0]: settle.on_close: a polling watch (poll: true) sees no closes"),
 ])
 def test_bad_configs_give_one_line_naming_key_and_value(base, patch, expected):
     data = yaml.safe_load(GOOD)
@@ -174,7 +191,7 @@ def test_default_config_is_self_consistent(tmp_path):
 
 
 @settings(max_examples=40, deadline=None)
-@given(st.dictionaries(st.sampled_from(["quiet", "max_wait", "extra"]),
+@given(st.dictionaries(st.sampled_from(["quiet", "max_wait", "on_close", "close_quiet", "extra"]),
                        st.one_of(st.text(max_size=6), st.integers(-5, 10**6), st.floats(allow_nan=True))))
 def test_any_settle_mapping_is_accepted_or_refused_in_one_line(tmp_path_factory, settle):
     base = tmp_path_factory.mktemp("cfg")

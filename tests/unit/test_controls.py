@@ -214,3 +214,19 @@ def test_metrics_export_limits_and_pauses():
     assert second[(limit, (("name", ""), ("scope", "overall")))] == 5 * 1024**2
     assert second[(limit, (("name", "main"), ("scope", "target")))] == 1024
     assert second[("syncd_paused", (("name", ""), ("scope", "all")))] == 1
+
+
+def test_held_watches_give_their_turn_to_the_others(tmp_path):
+    """A paused high-priority watch does not take the free workers from the ones below it."""
+    from syncd.dispatch import Dispatcher, WatchQueue
+    from syncd.journal import Fingerprint
+
+    journal = Journal(tmp_path / "j.db")
+    dispatcher = Dispatcher([WatchQueue("urgent", priority=10), WatchQueue("bulk")])
+    for n, watch in enumerate(["urgent", "urgent", "bulk", "bulk"]):
+        journal.mark_settled(watch, f"f{n}", Fingerprint(1, n, 10, 0))
+    picked = dispatcher.pick(journal, free=2, running=set(), held=["urgent"])
+    assert [(r.watch, r.relpath) for r in picked] == [("bulk", "f2"), ("bulk", "f3")]
+    picked = dispatcher.pick(journal, free=2, running=set())
+    assert [r.watch for r in picked] == ["urgent", "urgent"]
+    journal.close()

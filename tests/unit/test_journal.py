@@ -163,3 +163,45 @@ def test_daemon_work_excludes_oneshot_rows(journal):
     assert journal.recover_interrupted(watches=["w"]) == 1
     assert journal.get_file(oneshot.id).state == "uploading"
     assert [r.watch for r in journal.due(watches=["w"])] == ["w"]
+
+
+def test_status_shows_an_upload_being_retried_within_its_budget(journal):
+    """Issue 13, item 6: a request retried inside its budget is visible, with its try count."""
+    from syncd.status import collect, render
+
+    row = journal.mark_settled("w", "slow.bin", Fingerprint(1, 2, 1000, 5))
+    journal.set_state(row.id, "uploading")
+    journal.start_upload(row.id, target="t", source="/x", remote_name="slow.bin",
+                         fp=Fingerprint(1, 2, 1000, 5), size=1000, part_size=100)
+    journal.note_retry(row.id, "part 3: try 4 after HTTP 503: busy")
+    data = collect(journal, limit=10)
+    assert data["uploading"][0]["retrying"] == "part 3: try 4 after HTTP 503: busy"
+    assert "    retrying: part 3: try 4 after HTTP 503: busy" in render(data)
+    journal.set_state(row.id, "waiting", error="HTTP 503: busy")  # the budget ran out
+    journal.note_retry(row.id, "not for a waiting file")
+    assert journal.get_file(row.id).last_error == "HTTP 503: busy"
+
+
+def test_a_schema_2_journal_is_migrated_and_keeps_its_queue(tmp_path):
+    """Schema 4 replaced the due index by per-watch ones; rows queued before stay due."""
+    from syncd.journal import _MIGRATIONS
+
+    path = tmp_path / "old.db"
+    db = sqlite3.connect(path)
+    db.executescript(f"{_MIGRATIONS[0]}; {_MIGRATIONS[1]}; PRAGMA user_version = 2;")
+    db.execute("INSERT INTO files (watch, relpath, dev, ino, size, mtime_ns, state, first_seen_at, updated_at)"
+               " VALUES ('w', 'a.bin', 1, 2, 100, 10, 'ready', 1000, 1000)")
+    db.commit()
+    db.close()
+    journal = Journal(path)
+    try:
+        assert [r.relpath for r in journal.due(watches=["w"], order="smallest")] == ["a.bin"]
+    finally:
+        journal.close()
+    db = sqlite3.connect(path)
+    try:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
+        indexes = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+        assert {"files_due_oldest", "files_due_smallest"} <= indexes and "files_due" not in indexes
+    finally:
+        db.close()

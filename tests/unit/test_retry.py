@@ -27,7 +27,7 @@ class Flaky:
 
 def test_retries_transient_until_success_with_growing_backoff():
     sleeps = []
-    fn = Flaky([TransientError("503", reason="5xx")] * 5)
+    fn = Flaky([TransientError("503", reason="server")] * 5)
     policy = RetryPolicy(initial=1, max=60, budget=3600)
     assert call_with_retry(fn, is_retryable=_is_retryable, policy=policy, stop=threading.Event(),
                            what="t", sleep=sleeps.append) == "ok"
@@ -48,7 +48,7 @@ def test_permanent_errors_are_not_retried():
 
 def test_retry_after_is_honoured():
     sleeps = []
-    fn = Flaky([TransientError("429", reason="429", retry_after=17.0)])
+    fn = Flaky([TransientError("429", reason="throttled", retry_after=17.0)])
     call_with_retry(fn, is_retryable=_is_retryable, policy=RetryPolicy(initial=1, max=60),
                     stop=threading.Event(), what="t", sleep=sleeps.append)
     assert sleeps and sleeps[0] >= 17.0
@@ -62,7 +62,7 @@ def test_budget_spent_reraises_last_error():
         sleeps.append(seconds)
         clock[0] += seconds
 
-    fn = Flaky([TransientError("502", reason="5xx")] * 100)
+    fn = Flaky([TransientError("502", reason="server")] * 100)
     policy = RetryPolicy(initial=1, max=4, budget=10)
     with pytest.raises(TransientError, match="502"):
         call_with_retry(fn, is_retryable=_is_retryable, policy=policy, stop=threading.Event(),
@@ -74,7 +74,7 @@ def test_budget_spent_reraises_last_error():
 
 def test_stop_event_ends_retrying():
     stop = threading.Event()
-    fn = Flaky([TransientError("503", reason="5xx")] * 100)
+    fn = Flaky([TransientError("503", reason="server")] * 100)
 
     def sleep(_):
         stop.set()
@@ -87,7 +87,7 @@ def test_stop_event_ends_retrying():
 def test_wait_retry_after_caps_absurd_values():
     wait = wait_retry_after(lambda rs: 1.0, cap=600)
     state = RetryCallState(None, None, (), {})
-    state.set_exception((TransientError, TransientError("x", reason="429", retry_after=10**9), None))
+    state.set_exception((TransientError, TransientError("x", reason="throttled", retry_after=10**9), None))
     assert wait(state) == 600
 
 

@@ -209,3 +209,51 @@ def test_a_held_part_with_other_bytes_is_sent_again_under_its_own_number(fake, t
     assert held[0] in server.part_requests  # the wrong one was sent again, as itself
     assert not set(held[1:]) & set(server.part_requests)  # the right ones were not
     assert sorted(server.part_requests) == sorted(set(server.part_requests))  # each at most once
+
+
+@pytest.mark.parametrize("exc", [
+    PermanentError("too large for the server (HTTP 413): no"),
+    StorageFull("server storage is full (HTTP 507): full"),
+    AuthRejected("authentication rejected (HTTP 401)"),
+    ChecksumMismatch("checksum does not match"),
+    TransientError("HTTP 503: busy", reason="server"),
+    ConnectionResetError(104, "reset"),
+    RuntimeError("a bug"),
+], ids=lambda e: type(e).__name__)
+def test_syncd_run_and_syncd_upload_give_a_failure_the_same_meaning(tmp_path, exc, capsys):
+    """The daemon's pipeline and the one-shot command both go through syncd.outcomes."""
+    import threading
+
+    from syncd.oneshot import ONESHOT_WATCH, _upload_one
+    from syncd.pipeline import FileProcessor
+    from syncd.sources import SourcePlanner
+    from syncd.upload.engine import UploadEngine
+    from tests.support.engine import FAST_RETRY
+
+    server = FakeServer("same-meaning")
+    with registered(server):
+        config = _config(tmp_path, {"protocol": "fake", "server": "same-meaning", "part_size": "64KiB",
+                                    "retry": {"budget": "50ms", "initial": "10ms", "max": "10ms"}})
+        journal = Journal(tmp_path / "j.db")
+        stop = threading.Event()
+        backends = build_backends(config.targets)
+        engine = UploadEngine(journal, backends, {"main": FAST_RETRY.model_copy(update={"budget": 0.05})}, stop=stop)
+        processor = FileProcessor(journal, engine, config, stop=stop,
+                                  planner=SourcePlanner(tmp_path / "staging", transcodes=1, nice=10, stop=stop))
+        try:
+            path = write_random(tmp_path / "drop" / "f.bin", 3 * 64 * KiB)
+            row = journal.mark_settled("w", "f.bin", __import__("syncd.journal").journal.Fingerprint.of(path.stat()))
+            expected = verdict_for(exc)
+            server.fail("create", exc, times=1000)  # every try, of both commands
+            outcome = processor.process(row.id)
+            assert outcome.state == journal.get_file(row.id).state == expected.state
+            assert _upload_one(journal, engine, "main", path, "") is False
+            oneshot = journal.find_file(ONESHOT_WATCH, str(path.resolve()))
+            # a one-shot row is never settled by a watcher: it stays ready for the next run
+            want = expected.state if expected.state in (FileState.FAILED, FileState.WAITING) else FileState.READY
+            assert oneshot.state == want
+            assert expected.reason in capsys.readouterr().err
+        finally:
+            for backend in backends.values():
+                backend.close()
+            journal.close()
