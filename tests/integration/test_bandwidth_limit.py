@@ -14,7 +14,7 @@ from tests.support.daemon import DaemonProcess, make_config, wait_until
 from tests.support.files import md5_of, write_random
 
 MiB = 1024**2
-RATE = 2 * MiB
+RATE = 4 * MiB
 WINDOW = 10.0
 SETTLE_IN = 1.0
 """seconds skipped after the first byte: the first block and the bucket's initial fill"""
@@ -58,13 +58,13 @@ def test_limit_holds_on_the_wire(receiver, tmp_path, uploads, where):
     total = int(RATE * (SETTLE_IN + WINDOW + 2))
     names = [f"{tmp_path.name}-{i}.bin" for i in range(uploads)]
     with CountingProxy(receiver.port) as proxy:
-        config = make_config(tmp_path, url=proxy.url_for(receiver.url), token=receiver.token, part_size="8MiB",
+        config = make_config(tmp_path, url=proxy.url_for(receiver.url), token=receiver.token, part_size="50MiB",
                              concurrency={"uploads": uploads})
         data = config.read_text()
         if where == "target":
-            data = data.replace("  main:\n", "  main:\n    bandwidth: 2MiB/s\n", 1)
+            data = data.replace("  main:\n", "  main:\n    bandwidth: 4MiB/s\n", 1)
         else:
-            data += "bandwidth: 2MiB/s\n"
+            data += "bandwidth: 4MiB/s\n"
         config.write_text(data)
         with DaemonProcess(config, log_level="INFO") as daemon:
             drop_files(tmp_path, names, total // uploads)
