@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sqlite3
 import time
 
 import pytest
@@ -91,4 +92,38 @@ def test_a_zero_limit_holds_uploads_until_a_reload_lifts_it(receiver, tmp_path):
         config.write_text(config.read_text().replace("    bandwidth: 0\n", "", 1))
         daemon.signal(signal.SIGHUP)
         daemon.wait_states({f"drop:{name}": "done"}, timeout=20)
+    assert receiver.stored_md5(name) == md5_of(tmp_path / "drop" / name)
+
+
+def sent_at(timeline: list[tuple[float, int]], when: float) -> int:
+    """Bytes the proxy had seen at ``when``."""
+    return max((n for t, n in timeline if t <= when), default=0)
+
+
+def test_a_reload_changes_the_limit_of_a_running_upload(receiver, tmp_path):
+    """SIGHUP with a higher limit speeds up the upload in progress: same session, no restart.
+    (Rates here are coarse, over 1 MiB send blocks: 1 MiB/s before, 4 MiB/s after.)"""
+    name = f"{tmp_path.name}-reload.bin"
+    with CountingProxy(receiver.port) as proxy:
+        config = make_config(tmp_path, url=proxy.url_for(receiver.url), token=receiver.token, part_size="50MiB")
+        config.write_text(config.read_text() + "bandwidth: 1MiB/s\n")
+        with DaemonProcess(config, log_level="INFO") as daemon:
+            drop_files(tmp_path, [name], 16 * MiB)
+            wait_until(lambda: proxy.sent >= 4 * MiB, timeout=30, what="4 MiB on the wire")
+            timeline = list(proxy.timeline)
+            before = (timeline[-1][1] - timeline[0][1]) / (timeline[-1][0] - timeline[0][0])
+            config.write_text(config.read_text().replace("bandwidth: 1MiB/s", "bandwidth: 4MiB/s"))
+            daemon.signal(signal.SIGHUP)
+            wait_until(lambda: "reloaded" in daemon.log(), timeout=10, what="the reload")
+            reloaded_at = time.monotonic()
+            wait_until(lambda: proxy.timeline[-1][0] >= reloaded_at + 2.5 or proxy.sent >= 16 * MiB, timeout=30,
+                       what="2.5 s after the reload")
+            timeline = list(proxy.timeline)
+            after = (sent_at(timeline, reloaded_at + 2.5) - sent_at(timeline, reloaded_at + 0.5)) / 2.0
+            daemon.wait_states({f"drop:{name}": "done"}, timeout=30)
+    print(f"\nreload 1 -> 4 MiB/s: {before / MiB:.2f} MiB/s before, {after / MiB:.2f} MiB/s after")
+    assert before < 1.5 * MiB and after > 2.5 * MiB, (before / MiB, after / MiB)
+    db = sqlite3.connect(daemon.journal_path)
+    assert db.execute("SELECT count(*) FROM uploads").fetchone() == (1,)  # one session, never restarted
+    db.close()
     assert receiver.stored_md5(name) == md5_of(tmp_path / "drop" / name)
