@@ -40,6 +40,10 @@ def cmd_upload(config: Config, *, target: str, files: list[Path], remote_dir: st
     previous = signal.signal(signal.SIGINT, lambda *_: stop.set())
     backends = {target: build_backend(target, config.targets[target])}
     limiter = BandwidthLimiter(**timetables_of(config))
+    limits = limiter.limits()
+    if 0 in (limits.overall, limits.targets.get(target)):
+        print(f"syncd upload: the bandwidth limit is 0 now ({config.source}: bandwidth); waiting until it "
+              "allows (Ctrl-C stops, and a later run resumes)", file=sys.stderr)
     engine = UploadEngine(journal, backends, {target: config.targets[target].retry}, stop=stop, limiter=limiter)
     failures = 0
     try:

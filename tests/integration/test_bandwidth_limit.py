@@ -4,14 +4,17 @@ between the daemon and the built-in receiver."""
 from __future__ import annotations
 
 import os
+import select
 import signal
 import sqlite3
+import subprocess
+import sys
 import time
 
 import pytest
 
 from tests.support.counting_proxy import CountingProxy
-from tests.support.daemon import DaemonProcess, make_config, wait_until
+from tests.support.daemon import REPO, DaemonProcess, make_config, wait_until
 from tests.support.files import md5_of, write_random
 
 MiB = 1024**2
@@ -127,3 +130,27 @@ def test_a_reload_changes_the_limit_of_a_running_upload(receiver, tmp_path):
     assert db.execute("SELECT count(*) FROM uploads").fetchone() == (1,)  # one session, never restarted
     db.close()
     assert receiver.stored_md5(name) == md5_of(tmp_path / "drop" / name)
+
+
+def test_syncd_upload_waits_on_a_zero_limit_and_stops_on_ctrl_c(receiver, tmp_path):
+    config = make_config(tmp_path, url=receiver.url, token=receiver.token, part_size="64KiB")
+    config.write_text(config.read_text() + "bandwidth: 0\n")
+    path = write_random(tmp_path / "held.bin", 200 * 1024)
+    proc = subprocess.Popen([sys.executable, "-m", "syncd", "upload", "-c", str(config), "--target", "main",
+                             str(path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+    try:
+        assert select.select([proc.stderr], [], [], 15)[0], "no message within 15 s"
+        first = proc.stderr.readline()
+        assert first.startswith("syncd upload: the bandwidth limit is 0 now (config.yaml: bandwidth)"), first
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=15)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == 1 and "held.bin: interrupted by shutdown (run again to resume)" in err
+    assert receiver.stored_md5("held.bin") is None
+    config.write_text(config.read_text().replace("bandwidth: 0\n", "bandwidth: 1MiB/s\n"))
+    done = subprocess.run([sys.executable, "-m", "syncd", "upload", "-c", str(config), "--target", "main",
+                           str(path)], capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert receiver.stored_md5("held.bin") == md5_of(path)
