@@ -333,12 +333,11 @@ class Limits:
                    {name: Schedule.of(entries).limit_at(wall) for name, entries in targets.items() if entries})
 
     def describe(self) -> str:
-        """``"limit 5 MiB/s (main 2 MiB/s)"``; ``""`` when nothing is limited."""
-        per_target = [f"{name} {format_rate(rate)}" for name, rate in self.targets.items() if rate is not None]
-        if self.overall is None and not per_target:
-            return ""
-        text = f"limit {format_rate(self.overall)}"
-        return f"{text} ({', '.join(per_target)})" if per_target else text
+        """``"limit 5 MiB/s (main 2 MiB/s)"``, ``"limit main 2 MiB/s"``; ``""`` when nothing is limited."""
+        per_target = ", ".join(f"{name} {format_rate(rate)}" for name, rate in self.targets.items() if rate is not None)
+        if self.overall is None:
+            return f"limit {per_target}" if per_target else ""
+        return f"limit {format_rate(self.overall)}" + (f" ({per_target})" if per_target else "")
 
 
 def timetables_of(config: Config) -> dict[str, Any]:

@@ -169,6 +169,7 @@ def test_limits_from_config_values():
     assert limits.describe() == "limit 10 MiB/s (main 5 MiB/s)"
     assert Limits(None, {}).describe() == ""
     assert Limits(0, {}).describe() == "limit paused"
+    assert Limits(None, {"main": MiB, "spare": None}).describe() == "limit main 1 MiB/s"
 
 
 # --- the limiter -------------------------------------------------------------------------
