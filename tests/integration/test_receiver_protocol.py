@@ -430,7 +430,7 @@ def test_wrong_method_on_the_collection(server: EmbeddedReceiver) -> None:
     answer = requests.delete(server.url, headers=AUTH, timeout=TIMEOUT)
     assert answer.status_code == 405
     assert answer.json() == {"detail": "Method Not Allowed"}
-    assert set(answer.headers["Allow"].split(",")) == {"PUT", "POST"}
+    assert set(answer.headers["Allow"].split(",")) == {"GET", "PUT", "POST"}  # GET: a session by its Upload-Key
 
 
 # -- Content-Range, generated --------------------------------------------------------------
