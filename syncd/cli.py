@@ -17,6 +17,11 @@ DEFAULT_CONFIG_ENV = "SYNCD_CONFIG"
 log = logging.getLogger("syncd")
 
 
+JOURNAL_ONLY = ("status", "retry", "pause", "resume")
+"""commands that only read or write the journal: they load the config without its secrets
+and folders, so they work outside the service's environment"""
+
+
 def _add_config(parser: argparse.ArgumentParser, *, quick_start: bool = False) -> None:
     parser.add_argument(
         "-c", "--config", type=Path, required=not quick_start and DEFAULT_CONFIG_ENV not in os.environ,
@@ -74,6 +79,17 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("paths", nargs="*", default=[], metavar="PATH",
                        help="files to retry: a path, or WATCH:RELPATH as `syncd status` prints it")
 
+    for name, verb in (("pause", "pause"), ("resume", "resume")):
+        control = sub.add_parser(
+            name, help=f"{verb} uploads without stopping the daemon",
+            description=f"{verb.capitalize()} uploads of everything (no option), one target or one watch. "
+                        "Kept in the journal: only a user who can write it can do this; the running daemon "
+                        "notices within a second, and a pause survives a restart.")
+        _add_config(control, quick_start=True)
+        scope = control.add_mutually_exclusive_group()
+        scope.add_argument("--target", help="only uploads to this target")
+        scope.add_argument("--watch", help="only files of this watch")
+
     upload = sub.add_parser("upload", help="upload files once, resumably, with a progress bar")
     _add_config(upload)
     upload.add_argument("--target", required=True, help="a target name from the config")
@@ -104,12 +120,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.config is None:  # only commands with a quick start get here without -c
             config = default_config(Path.cwd(), port=args.port or DEFAULT_PORT, create_folders=False)
         else:
-            config = load_config(args.config, check=args.command not in ("status", "retry"),
+            config = load_config(args.config, check=args.command not in JOURNAL_ONLY,
                                  skip_secrets=getattr(args, "skip_secrets", False))
     except ConfigError as exc:
         print(str(exc), file=sys.stderr)
         return EXIT_USAGE
-    if args.config is None and args.command in ("status", "retry") and not config.journal.exists():
+    if args.config is None and args.command in JOURNAL_ONLY and not config.journal.exists():
         print(f"syncd {args.command}: no -c given, and no quick-start journal in {config.journal.parent} "
               "(start `syncd run` in this folder first, or give -c FILE)", file=sys.stderr)
         return EXIT_FAILURE
@@ -121,6 +137,11 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_status(config, as_json=args.json, limit=args.limit)
     if args.command == "retry":
         return cmd_retry(config, args)
+    if args.command in ("pause", "resume"):
+        from syncd.controls import cmd_pause, cmd_resume
+
+        command = cmd_pause if args.command == "pause" else cmd_resume
+        return command(config, target=args.target, watch=args.watch)
     if args.command == "upload":
         from syncd.oneshot import cmd_upload
 
@@ -167,7 +188,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         daemon = Daemon(config, config_path=args.config, notifier=Notifier.from_environ())
         # metrics count from the start; metrics.listen says where (and whether) they are served
         daemon.metrics = Metrics(state_counts=daemon.journal_counts, queue_depth=daemon.queue_depth,
-                                 oldest_pending_age=daemon.oldest_pending_age)
+                                 oldest_pending_age=daemon.oldest_pending_age, controls=daemon)
         live = LiveSettings(daemon.metrics, level_override=args.log_level)
         daemon.on_reload = live.apply
         live.serve_metrics(config)

@@ -31,6 +31,7 @@ from pydantic import (
     model_validator,
 )
 
+from syncd.bandwidth import Timetable
 from syncd.units import parse_duration, parse_listen, parse_size
 
 Size = Annotated[int, BeforeValidator(parse_size)]
@@ -128,6 +129,7 @@ class TargetSettings(TokenSource):
     retry: RetryPolicy = RetryPolicy()
     verify_tls: bool = True
     ca_bundle: Path | None = None
+    bandwidth: Timetable = ()
 
     @field_validator("part_size")
     @classmethod
@@ -303,6 +305,7 @@ class Config(_Model):
     receiver: Receiver | None = None
     log: Log = Log()
     metrics: Metrics = Metrics()
+    bandwidth: Timetable = ()
     source: str = Field("<built-in>", exclude=True)
 
     def watch(self, name: str) -> Watch:

@@ -20,7 +20,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from syncd.bandwidth import BandwidthLimiter, Limits, timetables_of
 from syncd.config import Config, ConfigError, load_config
+from syncd.controls import Paused
 from syncd.dispatch import Dispatcher, WatchQueue
 from syncd.intake import Intake
 from syncd.journal import MOVE_ASIDE, Journal, JournalError
@@ -185,6 +187,10 @@ class Daemon:
         self.finished: queue.SimpleQueue[tuple[int, Outcome | BaseException]] = queue.SimpleQueue()
         self.running: set[int] = set()
         self.rate = RateMeter()
+        self.limiter = BandwidthLimiter()  # one for the daemon's life: a reload re-times it in place
+        self.paused = Paused()
+        self._controls_seen: int | None = None  # the journal's data_version when last read
+        self._running_watch: dict[int, str] = {}  # file id -> its watch, for pauses of a watch
         self.notifier = notifier
         # pinged from the loop that does the work, so a hung loop stops the pings
         self.pinger = WatchdogPinger(notifier) if notifier is not None else None
@@ -254,8 +260,10 @@ class Daemon:
         old_backends = self.backends
         self.backends = build_backends(config.targets)
         policies = {name: t.retry for name, t in config.targets.items()}
+        self.limiter.configure(**timetables_of(config))
         self.engine = UploadEngine(self.journal, self.backends, policies, stop=self.stop_event,
-                                   on_retry=self._on_retry, on_part=self._on_part)
+                                   on_retry=self._on_retry, on_part=self._on_part, limiter=self.limiter,
+                                   hold=self._held)
         planner = SourcePlanner(config.staging_dir, transcodes=config.concurrency.transcodes,
                                 nice=config.transcode_nice, stop=self.stop_event,
                                 on_transcoded=self._on_transcoded)
@@ -383,6 +391,7 @@ class Daemon:
             except queue.Empty:
                 return
             self.running.discard(file_id)
+            self._running_watch.pop(file_id, None)
             if isinstance(result, JournalError) and not stopping:
                 raise result  # the daemon stops, as when the loop itself cannot write the journal
             if isinstance(result, BaseException):
@@ -392,13 +401,42 @@ class Daemon:
                 self.intake.worker_finished(file_id, result)
 
     def _dispatch(self) -> None:
+        self._read_controls()
         free = self.config.concurrency.uploads - len(self.running)
         if free <= 0:
             return
-        for row in self.dispatcher.pick(self.journal, free=free, running=self.running):
+        held = [w.name for w in self.config.watches if self._blocked(watch=w.name, target=w.target)]
+        for row in self.dispatcher.pick(self.journal, free=free, running=self.running, held=held):
             self.running.add(row.id)
+            self._running_watch[row.id] = row.watch
             self.workers.submit(row.id)
             log.debug("%s:%s: handed to a worker (%s)", row.watch, row.relpath, row.state)
+
+    def _read_controls(self) -> None:
+        """``syncd pause`` / ``resume`` write the journal from another process; its
+        data_version tells when to read the controls again."""
+        version = self.journal.data_version()
+        if version == self._controls_seen:
+            return
+        self._controls_seen = version
+        paused = Paused.read(self.journal)
+        if paused != self.paused:
+            log.info("%s", paused.describe() or "resumed: nothing is paused")
+            self.paused = paused
+
+    def _blocked(self, *, watch: str | None, target: str) -> str | None:
+        """Why nothing of ``watch`` / ``target`` may start now: a pause, or a bandwidth limit of 0
+        (a part already sending when the limit drops to 0 waits inside the limiter instead)."""
+        if self.paused.holds(watch=watch, target=target):
+            return "paused (syncd pause); it goes on from the server's offset after syncd resume"
+        limits = self.limiter.limits()
+        if limits.overall == 0 or limits.targets.get(target) == 0:
+            return "bandwidth limit is 0 now; it goes on from the server's offset when the limit allows"
+        return None
+
+    def _held(self, job) -> str | None:
+        """For the engine, on a worker thread: why ``job`` must stop before its next request."""
+        return self._blocked(watch=self._running_watch.get(job.file_id), target=job.target)
 
     def _process(self, file_id: int) -> Outcome:
         return self.processor.process(file_id)
@@ -465,12 +503,25 @@ class Daemon:
         since = self.journal.oldest_pending_since() if self.journal is not None else None
         return None if since is None else max(0.0, self.clock() - since)
 
+    # what the metrics endpoint reads of limits and pauses (syncd.metrics.OperatorControls)
+
+    def limits(self) -> Limits:
+        return self.limiter.limits()
+
+    def pauses(self) -> Paused:
+        return self.paused
+
+    def names(self) -> tuple[list[str], list[str]]:
+        config = self.config
+        return list(config.targets), [w.name for w in config.watches]
+
     def status_line(self) -> str:
         counts = self.journal.counts()
         return (f"uploading {counts['uploading'] + counts['transcoding']}, queued {counts['ready']}, "
                 f"settling {counts['settling'] + counts['growing']}, waiting {counts['waiting']}, "
                 f"failed {counts['failed']}, done {counts['done']}, "
-                f"{self.rate.per_second() / 1024**2:.1f} MiB/s")
+                f"{self.rate.per_second() / 1024**2:.1f} MiB/s"
+                + "".join(f", {part}" for part in (self.limiter.limits().describe(), self.paused.describe()) if part))
 
     def _notify(self, what: str) -> None:
         if self.notifier is not None:

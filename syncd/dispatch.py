@@ -33,15 +33,19 @@ class Dispatcher:
                         for level in sorted({w.priority for w in watches}, reverse=True)]
         self._turn = deque(w.name for w in watches)
 
-    def pick(self, journal: Journal, *, free: int, running: Collection[int]) -> list[FileRow]:
+    def pick(self, journal: Journal, *, free: int, running: Collection[int],
+             held: Collection[str] = ()) -> list[FileRow]:
         """Up to ``free`` rows to start now, in the order they should start. ``running``:
-        ids already handed to workers (their rows may still read ``ready``)."""
+        ids already handed to workers (their rows may still read ``ready``); ``held``: watches
+        that start nothing now (``syncd pause``, a bandwidth limit of 0)."""
         picked: list[FileRow] = []
         for names in self._levels:
             if free <= 0:
                 break
             queues: dict[str, deque[FileRow]] = {}
             for name in names:
+                if name in held:
+                    continue
                 rows = [r for r in journal.due(watches=[name], order=self._watches[name].order,
                                                limit=free + len(running)) if r.id not in running]
                 if rows:

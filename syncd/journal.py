@@ -95,6 +95,15 @@ _MIGRATIONS = [
     CREATE INDEX files_due_oldest ON files (watch, state, coalesce(next_attempt_at, updated_at), id);
     CREATE INDEX files_due_smallest ON files (watch, state, size, id);
     """,
+    # operator controls: what `syncd pause` paused (scope 'all' with name '', 'target', 'watch')
+    """
+    CREATE TABLE controls (
+        scope     TEXT NOT NULL,
+        name      TEXT NOT NULL,
+        paused_at REAL NOT NULL,
+        PRIMARY KEY (scope, name)
+    );
+    """,
 ]
 SCHEMA_VERSION = len(_MIGRATIONS)
 
@@ -325,6 +334,19 @@ class Journal:
         with self._lock:
             rows = self._db.execute("SELECT state, count(*) FROM files GROUP BY state").fetchall()
         return {str(state): 0 for state in STATES} | {r[0]: r[1] for r in rows}
+
+    def verified_counts(self) -> dict[str, int]:
+        """Done files by what their copy was verified by (``unknown`` before that was recorded)."""
+        with self._lock:
+            rows = self._db.execute("SELECT coalesce(verified, 'unknown'), count(*) FROM files"
+                                    " WHERE state = 'done' GROUP BY 1").fetchall()
+        return {r[0]: r[1] for r in rows}
+
+    def latest_done(self, limit: int) -> list[FileRow]:
+        with self._lock:
+            rows = self._db.execute("SELECT * FROM files WHERE state = 'done' ORDER BY done_at DESC, id DESC"
+                                    " LIMIT ?", (limit,)).fetchall()
+        return [_file_row(r) for r in rows]
 
     def oldest_pending_since(self) -> float | None:
         with self._lock:
@@ -594,3 +616,24 @@ class Journal:
         with self._lock:
             r = self._db.execute("SELECT * FROM uploads WHERE id = ?", (upload_id,)).fetchone()
         return _upload_row(r) if r else None
+
+    # --- operator controls (syncd pause / resume) ----------------------------------------
+
+    def pause(self, scope: str, name: str = "") -> bool:
+        """Pause everything (``scope`` ``all``), a target or a watch; False if it already was."""
+        with self._write() as db:
+            return db.execute("INSERT OR IGNORE INTO controls (scope, name, paused_at) VALUES (?, ?, ?)",
+                              (scope, name, self.clock())).rowcount == 1
+
+    def resume(self, scope: str | None = None, name: str = "") -> int:
+        """Lift one pause, or (``scope`` None) every pause; returns how many were lifted."""
+        with self._write() as db:
+            if scope is None:
+                return db.execute("DELETE FROM controls").rowcount
+            return db.execute("DELETE FROM controls WHERE scope = ? AND name = ?", (scope, name)).rowcount
+
+    def pauses(self) -> list[tuple[str, str, float]]:
+        """(scope, name, paused_at) of every pause in force."""
+        with self._lock:
+            return [tuple(r) for r in self._db.execute(
+                "SELECT scope, name, paused_at FROM controls ORDER BY scope, name")]

@@ -10,10 +10,11 @@ call from there (e.g. use their own SQLite connection).
 from __future__ import annotations
 
 import logging
+import math
 import socket
 import threading
-from collections.abc import Callable, Iterator, Mapping
-from typing import Any
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
@@ -21,6 +22,10 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from syncd.upload.base import RETRY_REASONS
+
+if TYPE_CHECKING:
+    from syncd.bandwidth import Limits
+    from syncd.controls import Paused
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +83,51 @@ def _read(callback: Callable[[], Any]) -> Any:
         return _FAILED
 
 
+class OperatorControls(Protocol):
+    """What the daemon reports of its bandwidth limits and pauses (syncd.daemon)."""
+
+    def limits(self) -> Limits: ...
+    def pauses(self) -> Paused: ...
+    def names(self) -> tuple[Sequence[str], Sequence[str]]:
+        """(targets, watches) of the running config"""
+
+
+class _ControlsCollector(Collector):
+    """Limits in force and pauses, one series per target and watch so alerts see zeros too."""
+
+    def __init__(self, controls: OperatorControls) -> None:
+        self._controls = controls
+
+    def describe(self) -> Iterator[Metric]:
+        yield GaugeMetricFamily("syncd_bandwidth_limit_bytes_per_second", _LIMIT_HELP, labels=["scope", "name"])
+        yield GaugeMetricFamily("syncd_paused", _PAUSED_HELP, labels=["scope", "name"])
+
+    def collect(self) -> Iterator[Metric]:
+        limits, paused, names = (_read(self._controls.limits), _read(self._controls.pauses),
+                                 _read(self._controls.names))
+        if _FAILED in (limits, paused, names):
+            return
+        targets, watches = names
+
+        def rate(value: int | None) -> float:
+            return math.inf if value is None else float(value)
+
+        family = GaugeMetricFamily("syncd_bandwidth_limit_bytes_per_second", _LIMIT_HELP, labels=["scope", "name"])
+        family.add_metric(["overall", ""], rate(limits.overall))
+        for target in targets:
+            family.add_metric(["target", target], rate(limits.targets.get(target)))
+        yield family
+        family = GaugeMetricFamily("syncd_paused", _PAUSED_HELP, labels=["scope", "name"])
+        family.add_metric(["all", ""], float(paused.everything))
+        for target in targets:
+            family.add_metric(["target", target], float(target in paused.targets))
+        for watch in watches:
+            family.add_metric(["watch", watch], float(watch in paused.watches))
+        yield family
+
+
+_LIMIT_HELP = "Bandwidth limit in force (+Inf: unlimited, 0: held by the timetable), overall and per target."
+_PAUSED_HELP = "1 while `syncd pause` holds everything (scope all), a target or a watch."
 _FILES_HELP = "Files in the journal, by state."
 _QUEUE_HELP = "Files waiting to be settled, transcoded or uploaded."
 _AGE_HELP = "Age of the oldest pending file in the journal (0 when none is pending)."
@@ -91,6 +141,8 @@ class Metrics:
         state_counts: Callable[[], Mapping[str, int]],
         queue_depth: Callable[[], int],
         oldest_pending_age: Callable[[], float | None],
+        *,
+        controls: OperatorControls | None = None,
     ) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
@@ -129,6 +181,8 @@ class Metrics:
             registry=r,
         )
         r.register(_JournalCollector(state_counts, queue_depth, oldest_pending_age))
+        if controls is not None:
+            r.register(_ControlsCollector(controls))
 
     def files_uploaded(self, n: int = 1) -> None:
         self._files_uploaded.inc(n)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from syncd.bandwidth import BandwidthLimiter, timetables_of
 from syncd.config import Config
 from syncd.journal import Fingerprint, Journal, JournalError
 from syncd.outcomes import verdict_for
@@ -38,7 +39,12 @@ def cmd_upload(config: Config, *, target: str, files: list[Path], remote_dir: st
     stop = threading.Event()
     previous = signal.signal(signal.SIGINT, lambda *_: stop.set())
     backends = {target: build_backend(target, config.targets[target])}
-    engine = UploadEngine(journal, backends, {target: config.targets[target].retry}, stop=stop)
+    limiter = BandwidthLimiter(**timetables_of(config))
+    limits = limiter.limits()
+    if 0 in (limits.overall, limits.targets.get(target)):
+        print(f"syncd upload: the bandwidth limit is 0 now ({config.source}: bandwidth); waiting until it "
+              "allows (Ctrl-C stops, and a later run resumes)", file=sys.stderr)
+    engine = UploadEngine(journal, backends, {target: config.targets[target].retry}, stop=stop, limiter=limiter)
     failures = 0
     try:
         for path in files:

@@ -43,7 +43,9 @@ def verdict_for(exc: BaseException, *, label: str = "") -> Verdict:
     message = one_line(str(exc).removeprefix(f"{label}: ")) if label else one_line(str(exc))
     if isinstance(exc, JournalError):
         raise exc
-    if isinstance(exc, (Interrupted, TranscodeCancelled)):
+    if isinstance(exc, Interrupted):  # a shutdown, or a pause (its message says which)
+        return Verdict(FileState.READY, message or "interrupted by shutdown", retried=True)
+    if isinstance(exc, TranscodeCancelled):
         return Verdict(FileState.READY, "interrupted by shutdown", retried=True)
     if isinstance(exc, FileVanished):
         return Verdict(FileState.GONE, "file vanished before it was uploaded", retried=False)

@@ -163,7 +163,7 @@ class FileProcessor:
         verdict = verdict_for(exc, label=label)  # re-raises JournalError: the daemon stops
         if verdict.state == FileState.READY:
             self._to(row, "ready", error=None)
-            log.info("%s: interrupted by shutdown; it resumes at the next start", label)
+            log.info("%s: %s", label, str(exc) or "interrupted by shutdown; it resumes at the next start")
             return Outcome(row.id, row.watch, row.relpath, "ready")
         if verdict.state == FileState.GONE:
             return self._gone(row, label)

@@ -9,12 +9,16 @@ import sys
 import time
 from typing import Any
 
+from syncd.bandwidth import Limits, format_rate, timetables_of
 from syncd.config import Config
+from syncd.controls import Paused
 from syncd.journal import STATES, Journal, JournalError
 from syncd.units import format_duration, format_size
 
 
-def collect(journal: Journal, *, limit: int, now: float | None = None) -> dict[str, Any]:
+def collect(journal: Journal, *, limit: int, now: float | None = None,
+            config: Config | None = None) -> dict[str, Any]:
+    """What ``status`` shows; with ``config``, also the bandwidth limits in force at ``now``."""
     now = time.time() if now is None else now
     uploading = []
     for row, up in journal.active_uploads():
@@ -34,27 +38,37 @@ def collect(journal: Journal, *, limit: int, now: float | None = None) -> dict[s
                  "error": r.last_error, "next_attempt_at": r.next_attempt_at,
                  "since": r.first_seen_at} for r in journal.files(states=(state,))[:limit]]
 
-    done = sorted(journal.files(states=("done",)), key=lambda r: r.done_at or 0.0, reverse=True)
-    verified: dict[str, int] = {}
-    for r in done:
-        verified[r.verified or "unknown"] = verified.get(r.verified or "unknown", 0) + 1
-    return {
+    data = {
         "counts": journal.counts(),
-        "verified": verified,
+        "paused": Paused.read(journal).as_json(),
+        "verified": journal.verified_counts(),
         "done": [{"watch": r.watch, "path": r.relpath, "size": r.fingerprint.size, "target": r.target,
                   "remote_name": r.remote_name, "md5": r.md5, "verified": r.verified or "unknown",
-                  "done_at": r.done_at} for r in done[:limit]],
+                  "done_at": r.done_at} for r in journal.latest_done(limit)],
         "uploading": uploading[:limit],
         "waiting": rows("waiting"),
         "failed": rows("failed"),
         "growing": rows("growing"),
     }
+    if config is not None:
+        limits = Limits.at(**timetables_of(config), wall=now)
+        data["bandwidth"] = {"overall": limits.overall, "targets": dict(limits.targets)}
+    return data
 
 
 def render(data: dict[str, Any], *, now: float | None = None) -> str:
     now = time.time() if now is None else now
     counts = data["counts"]
     lines = ["  ".join(f"{state} {counts.get(state, 0)}" for state in STATES)]
+    paused = data.get("paused")
+    if paused and (paused["everything"] or paused["targets"] or paused["watches"]):
+        what = "everything" if paused["everything"] else ", ".join(
+            [f"target {n}" for n in paused["targets"]] + [f"watch {n}" for n in paused["watches"]])
+        lines.append(f"paused: {what} (syncd resume [--target T | --watch W] to go on)")
+    bandwidth = data.get("bandwidth")
+    if bandwidth is not None and (bandwidth["overall"] is not None or bandwidth["targets"]):
+        per_target = "".join(f", {name} {format_rate(rate)}" for name, rate in bandwidth["targets"].items())
+        lines.append(f"bandwidth: overall {format_rate(bandwidth['overall'])}{per_target}")
     if data["uploading"]:
         lines += ["", "uploading:"]
         for u in data["uploading"]:
@@ -95,7 +109,7 @@ def cmd_status(config: Config, *, as_json: bool, limit: int) -> int:
         print(f"syncd status: {exc}", file=sys.stderr)
         return 1
     try:
-        data = collect(journal, limit=limit)
+        data = collect(journal, limit=limit, config=config)
     finally:
         journal.close()
     print(json.dumps(data, indent=2) if as_json else render(data))

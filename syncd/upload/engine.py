@@ -37,6 +37,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TypeVar
 
+from syncd.bandwidth import BandwidthLimiter
 from syncd.config import RetryPolicy
 from syncd.journal import Fingerprint, Journal, UploadRow
 from syncd.upload.base import (
@@ -59,7 +60,7 @@ from syncd.upload.base import (
     plan_parts,
     receipts_in_order,
 )
-from syncd.upload.body import AnyOf, FileSlice, MemoryBody, PrefixMD5, read_part
+from syncd.upload.body import AnyOf, FileSlice, MemoryBody, PrefixMD5, StopFlag, read_part
 from syncd.upload.retry import call_with_retry
 
 log = logging.getLogger("syncd.upload")
@@ -117,8 +118,13 @@ class UploadEngine:
                  policies: Mapping[str, RetryPolicy], *, stop: threading.Event,
                  on_retry: Callable[[str, str], None] | None = None,
                  on_part: Callable[[int], None] | None = None,
-                 sleep: Callable[[float], object] | None = None):
+                 sleep: Callable[[float], object] | None = None,
+                 limiter: BandwidthLimiter | None = None,
+                 hold: Callable[[UploadJob], str | None] | None = None):
         self.journal = journal
+        self.limiter = limiter
+        self.hold = hold
+        """why a job must stop before its next request (``syncd pause``), or None"""
         self.backends = backends
         self.policies = policies
         self.stop = stop
@@ -156,6 +162,20 @@ class UploadEngine:
             md5.close()
             os.close(fd)
 
+    def _on_read(self, up: _Open, stop: StopFlag) -> Callable[[int], None] | None:
+        """What a part body calls with each block before it is sent: the bandwidth limit of
+        the target (and of everything) first, then the caller's progress."""
+        if self.limiter is None:
+            return up.on_read
+        limiter, target, progress = self.limiter, up.job.target, up.on_read
+
+        def on_read(n: int) -> None:
+            limiter.acquire(target, n, stop=stop)
+            if progress is not None:
+                progress(n)
+
+        return on_read
+
     # --- checks and retries ----------------------------------------------------------------
 
     def _retry(self, fn: Callable[[], T], up: _Open, what: str) -> T:
@@ -171,6 +191,8 @@ class UploadEngine:
         def attempt() -> T:
             if self.stop.is_set():
                 raise Interrupted()
+            if self.hold is not None and (why := self.hold(up.job)):
+                raise Interrupted(why)  # the session stays open, to resume from the server's offset
             return fn()
 
         return call_with_retry(attempt, is_retryable=is_retryable, policy=self.policies[up.job.target],
@@ -231,7 +253,8 @@ class UploadEngine:
         try:
             remote = self._retry(
                 lambda: up.backend.upload_whole(
-                    item, FileSlice(up.fd, 0, item.size, stop=self.stop, on_read=up.on_read), digest),
+                    item, FileSlice(up.fd, 0, item.size, stop=self.stop, on_read=self._on_read(up, self.stop)),
+                    digest),
                 up, "upload")
             self._check_file(up)
         except BaseException:
@@ -408,7 +431,8 @@ class UploadEngine:
 
             def send(number: int = number, offset: int = offset, size: int = size) -> PartReceipt:
                 # a fresh body for every try: a retry rewinds the part, never the file
-                body = FileSlice(up.fd, offset, size, md5=up.md5, stop=self.stop, on_read=up.on_read)
+                body = FileSlice(up.fd, offset, size, md5=up.md5, stop=self.stop,
+                                 on_read=self._on_read(up, self.stop))
                 return up.session.send_part(Part(number=number, offset=offset, size=size, body=body))
 
             receipt = self._retry(send, up, f"part {number}")
@@ -437,7 +461,7 @@ class UploadEngine:
                 def attempt() -> PartReceipt:
                     if stop.is_set():
                         raise Interrupted()
-                    body = MemoryBody(data, stop=stop, on_read=up.on_read)
+                    body = MemoryBody(data, stop=stop, on_read=self._on_read(up, stop))
                     return up.session.send_part(Part(number=number, offset=offset, size=len(data), body=body,
                                                      md5=part_md5))
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
 
 
 class CountingProxy:
@@ -14,6 +15,8 @@ class CountingProxy:
         self.port = self._listener.getsockname()[1]
         self._lock = threading.Lock()
         self.sent = 0
+        self.timeline: list[tuple[float, int]] = []
+        """(time.monotonic(), bytes sent so far) after each block the client sent"""
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._sockets: list[socket.socket] = []
@@ -25,6 +28,7 @@ class CountingProxy:
     def reset(self) -> int:
         with self._lock:
             sent, self.sent = self.sent, 0
+            self.timeline.clear()
         return sent
 
     def start(self) -> CountingProxy:
@@ -60,6 +64,7 @@ class CountingProxy:
                 if counted:
                     with self._lock:
                         self.sent += len(data)
+                        self.timeline.append((time.monotonic(), self.sent))
                 dst.sendall(data)
         except OSError:
             pass

@@ -200,7 +200,7 @@ def test_a_schema_2_journal_is_migrated_and_keeps_its_queue(tmp_path):
         journal.close()
     db = sqlite3.connect(path)
     try:
-        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 5
         indexes = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
         assert {"files_due_oldest", "files_due_smallest"} <= indexes and "files_due" not in indexes
     finally:
