@@ -4,8 +4,11 @@ Supabase Storage, Cloudflare Stream, Vimeo...).
 - ``OPTIONS {url}`` once per target: the version, the extensions, ``Tus-Max-Size`` and the
   checksum algorithms the server offers; syncd uses what is there.
 - ``POST {url}`` with ``Upload-Length`` and ``Upload-Metadata`` (``filename`` is the remote
-  name) makes an upload; its ``Location`` is the session handle, journaled at once. A small
-  file goes in the same request (creation-with-upload).
+  name) makes an upload; its ``Location`` is the session handle, journaled at once, before
+  any byte is sent. creation-with-upload is not used, even for small files: tus has no upload
+  keys, so a lost answer to a creation that carried the whole file would leave a second
+  finished copy on the server (a second video on a media platform); one more request per
+  small file buys exactly-once. Only an empty file is whole at its creation.
 - ``PATCH {upload}`` with ``Upload-Offset`` sends bytes as ``application/offset+octet-stream``,
   streamed from disk; ``409`` (another offset) re-reads the offset with ``HEAD``. With the
   checksum extension each PATCH carries ``Upload-Checksum``, and ``460`` sends it again.
@@ -68,7 +71,6 @@ OCTET_STREAM = "application/offset+octet-stream"
 STREAM_BLOCK = 1024 * 1024
 # A small file goes whole with its creation: it is read twice (hash, then send), which is
 # worth a saved request only while the second read comes from the page cache.
-SINGLE_REQUEST_MAX = 4 * 1024 * 1024
 CHECKSUM_ALGORITHMS = ("md5", "sha1", "sha256")
 """the checksum extension's algorithms syncd computes, in order of preference"""
 _RETRY_STATUSES = {408, 429} | set(range(500, 600)) - {507}
@@ -444,7 +446,7 @@ class TusBackend:
         if info.max_size is not None and item.size > info.max_size:
             raise PermanentError(f"too large for the server: {format_size(item.size)} is over its "
                                  f"Tus-Max-Size of {format_size(info.max_size)}")
-        whole = min(self.part_size, SINGLE_REQUEST_MAX) if "creation-with-upload" in info.extensions else 0
+        whole = 0  # only an empty file is created whole (see the module docstring)
         return Capabilities(part_size=self.part_size, min_part=1, max_part=5 * 1024**3, max_parts=2**31,
                             concurrency=1, verifies=info.verifies, single_request_max=whole,
                             part_checksum=info.checksum is not None)
@@ -481,7 +483,7 @@ class TusBackend:
         return TusSession(self, item, url=handle)
 
     def upload_whole(self, item: UploadItem, body: BinaryIO, md5_hex: str) -> RemoteFile:
-        """A small file with its creation (creation-with-upload), or an empty one."""
+        """An empty file: finished by its creation."""
         data = body.read(item.size) if item.size else None
         session = self._create(item, body=data, md5_hex=md5_hex)
         try:

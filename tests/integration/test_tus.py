@@ -52,13 +52,13 @@ def checksum_proxy(server, request):
 def test_checksum_extension_checks_every_patch(server, checksum_proxy, tmp_path, algorithm):
     rig = EngineRig(tmp_path, backend=backend_for(checksum_proxy.url, server))
     try:
-        small = write_random(tmp_path / "small.bin", 1000)  # with its creation (creation-with-upload)
+        small = write_random(tmp_path / "small.bin", 1000)  # created first, then one PATCH
         big = write_random(tmp_path / "big.bin", 3 * PART + 7)
         for path in (small, big):
             remote, md5 = rig.upload(path, path.name)
             assert md5 == md5_of(path) == server.stored_md5(path.name)
             assert remote.verified == "part-checksum"
-        assert len(checksum_proxy.log.checksums) == 5  # one POST with a body, four PATCHes
+        assert len(checksum_proxy.log.checksums) == 5  # one PATCH for the small file, four for the big one
         assert all(c is not None and c.startswith(f"{algorithm} ") for c in checksum_proxy.log.checksums)
         assert checksum_proxy.log.mismatches == 0
     finally:
