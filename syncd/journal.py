@@ -253,16 +253,19 @@ class Journal:
             raise JournalError(f"{self.path}: journal schema {version} is older; start the daemon once")
 
     def _migrate(self, version: int) -> None:
-        for target in range(version, SCHEMA_VERSION):
-            with self._lock:
-                try:
-                    self._db.executescript(
-                        f"BEGIN IMMEDIATE; {_MIGRATIONS[target]}; PRAGMA user_version = {target + 1}; COMMIT;")
-                except sqlite3.DatabaseError as exc:
-                    if self._db.in_transaction:
-                        self._db.execute("ROLLBACK")
-                    raise JournalError(f"{self.path}: cannot migrate journal to schema {target + 1}: "
-                                       f"{exc}") from None
+        """Every missing migration in one transaction (one fsync for a new journal): the
+        journal is at its old schema or at the new one, never in between."""
+        if version >= SCHEMA_VERSION:
+            return
+        steps = "; ".join(_MIGRATIONS[version:SCHEMA_VERSION])
+        with self._lock:
+            try:
+                self._db.executescript(f"BEGIN IMMEDIATE; {steps}; PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;")
+            except sqlite3.DatabaseError as exc:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                raise JournalError(f"{self.path}: cannot migrate journal from schema {version} to "
+                                   f"{SCHEMA_VERSION}: {exc}") from None
 
     def check_integrity(self) -> str | None:
         """None when ``PRAGMA quick_check`` is ok, else its first complaint."""
