@@ -18,6 +18,9 @@ system time spent from the first request to the completion's answer. Clients:
   connection, the MD5 computed beforehand: a client that costs almost no CPU, so the
   receiver's CPU and speed are measured with the machine nearly to itself.
 
+``--small N`` measures small files instead: N whole-file POSTs of ``--small-size`` over
+``--concurrency`` keep-alive connections, receiver CPU per file.
+
 ``--code NAME=DIR,...`` runs the receiver from each checkout in turn (PYTHONPATH=DIR),
 alternating inside every round, so a before/after comparison shares one sitting.
 ``--profile DIR`` runs each receiver under ``py-spy record`` (collapsed stacks per run;
@@ -33,7 +36,7 @@ import http.client
 import json
 import os
 import re
-import select
+import shutil
 import signal
 import statistics
 import subprocess
@@ -202,6 +205,7 @@ class Receiver:
     (and profiled by py-spy into ``profile`` when given)."""
 
     def __init__(self, root: Path, *, code: Path = REPO, profile: Path | None = None) -> None:
+        self._log = tempfile.TemporaryFile()
         self.proc = subprocess.Popen(
             [
                 sys.executable, "-m", "syncd.server", "--root", str(root),
@@ -211,7 +215,7 @@ class Receiver:
             env={**os.environ, "PYTHONPATH": str(code)},
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
+            stderr=self._log,  # a file: a pipe nobody reads would stall it at 64 KiB of log
         )  # fmt: skip
         self.url = self._wait_for_url()
         self.ps = psutil.Process(self.proc.pid)
@@ -236,18 +240,18 @@ class Receiver:
         return times.user, times.system
 
     def _wait_for_url(self) -> str:
-        assert self.proc.stderr is not None
-        fd, text = self.proc.stderr.fileno(), ""
         deadline = time.monotonic() + 30
+        text = ""
         while time.monotonic() < deadline:
+            self._log.seek(0)
+            text = self._log.read().decode(errors="replace")
             if match := re.search(r"listening on (http://\S+)", text):
                 return match.group(1)
-            if select.select([fd], [], [], 0.1)[0]:
-                chunk = os.read(fd, 65536)
-                if not chunk:
-                    break
-                text += chunk.decode()
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.05)
         self.proc.kill()
+        self.proc.wait()
         raise SystemExit(f"the receiver did not start:\n{text}")
 
     def _sample(self) -> None:
@@ -277,10 +281,11 @@ class Receiver:
                 self._spy.wait()
         self.proc.send_signal(signal.SIGTERM)
         try:
-            self.proc.communicate(timeout=30)
+            self.proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
             self.proc.kill()
-            self.proc.communicate()
+            self.proc.wait()
+        self._log.close()
 
 
 def run(
@@ -315,6 +320,95 @@ def run(
     }  # fmt: skip
 
 
+def small_files_run(
+    workdir: Path, *, count: int, size: int, concurrency: int, code: Path, name: str
+) -> dict[str, Any]:
+    """``count`` whole-file POSTs of ``size`` bytes over ``concurrency`` keep-alive connections."""
+    root = workdir / f"root-small-{name}"
+    receiver = Receiver(root, code=code)
+    boundary = "small-boundary-3c5a"
+    data = os.urandom(size)
+    md5 = hashlib.md5(data).hexdigest()
+
+    def body(n: int) -> bytes:
+        return (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="filename"\r\n\r\nd{n % 50}/f{n}.bin\r\n'
+            f'--{boundary}\r\nContent-Disposition: form-data; name="md5"\r\n\r\n{md5}\r\n'
+            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="f"\r\n\r\n'
+        ).encode() + data + f"\r\n--{boundary}--\r\n".encode()
+
+    parsed = urlsplit(receiver.url)
+    failures: list[str] = []
+
+    def worker(first: int) -> None:
+        conn = http.client.HTTPConnection(parsed.hostname, parsed.port, timeout=60)
+        try:
+            for n in range(first, count, concurrency):
+                conn.request("POST", parsed.path, body=body(n),
+                             headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+                answer = conn.getresponse()
+                text = answer.read()
+                if answer.status != 200:
+                    failures.append(f"{answer.status} {text[:200]!r}")
+                    return
+        finally:
+            conn.close()
+
+    try:
+        cpu_before = receiver.cpu_seconds()
+        started = time.perf_counter()
+        threads = [threading.Thread(target=worker, args=(i,)) for i in range(concurrency)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        seconds = time.perf_counter() - started
+        cpu_after = receiver.cpu_seconds()
+        peak = receiver.peak_rss()
+    finally:
+        receiver.stop()
+    if failures:
+        raise SystemExit(f"small files: {failures[0]}")
+    stored = sum(1 for p in root.rglob("*.bin"))
+    if stored != count:
+        raise SystemExit(f"small files: {stored} of {count} stored")
+    shutil.rmtree(root)
+    user, system = cpu_after[0] - cpu_before[0], cpu_after[1] - cpu_before[1]
+    return {"seconds": seconds, "cpu": user + system, "user": user, "system": system, "peak": peak}
+
+
+def small_files_main(args: argparse.Namespace, codes: dict[str, Path]) -> int:
+    size = parse_size(args.small_size)
+    rows: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="syncd-bench-", dir=args.dir) as tmp:
+        names = list(codes)
+        for n in range(args.rounds):
+            for name in names if n % 2 == 0 else names[::-1]:
+                row = small_files_run(Path(tmp), count=args.small, size=size, concurrency=args.concurrency,
+                                      code=codes[name], name=name)
+                row.update(code=name, round=n + 1)
+                rows.append(row)
+                print(
+                    f"round {n + 1}: {name:<8} {args.small / row['seconds']:7.0f} files/s  receiver CPU "
+                    f"{row['cpu'] / args.small * 1000:.2f} ms/file (user {row['user']:.2f} s, "
+                    f"system {row['system']:.2f} s)",
+                    file=sys.stderr,
+                )
+    print(f"\nreceiver: {args.small} whole-file POSTs of {format_size(size)}, {args.concurrency} connections, "
+          f"{args.rounds} round(s), median (min-max)\n")
+    header = f"{'code':<8} {'files/s':>18} {'receiver CPU ms/file':>22} {'peak RSS':>10}"
+    print(header)
+    print("-" * len(header))
+    for name in codes:
+        mine = [r for r in rows if r["code"] == name]
+        print(
+            f"{name:<8} {_spread([args.small / r['seconds'] for r in mine], '.0f'):>18} "
+            f"{_spread([r['cpu'] / args.small * 1000 for r in mine], '.2f'):>22} "
+            f"{format_size(max(r['peak'] for r in mine)):>10}"
+        )
+    return 0
+
+
 def _spread(values: list[float], fmt: str) -> str:
     mid = statistics.median(values)
     if len(values) == 1:
@@ -333,6 +427,10 @@ def main() -> int:
     parser.add_argument("--code", default=f"this={REPO}", help="NAME=DIR,... receiver checkouts to compare")
     parser.add_argument("--profile", default=None, metavar="DIR", help="py-spy collapsed stacks per run into DIR")
     parser.add_argument("--dir", default=None, help="where to put the temp data (default: the system temp dir)")
+    parser.add_argument("--small", type=int, default=0, metavar="N",
+                        help="instead: N whole-file POSTs of --small-size each (receiver CPU per file)")
+    parser.add_argument("--small-size", default="4KiB", help="size of each small file (default: %(default)s)")
+    parser.add_argument("--concurrency", type=int, default=4, help="connections for --small (default: %(default)s)")
     args = parser.parse_args()
     size, part = parse_size(args.size), parse_size(args.part)
     clients = [c.strip() for c in args.clients.split(",") if c.strip()]
@@ -344,6 +442,8 @@ def main() -> int:
         if not sep or not (Path(folder) / "syncd" / "server").is_dir():
             parser.error(f"--code: {item!r} is not NAME=DIR with DIR a syncd checkout")
         codes[name.strip()] = Path(folder).resolve()
+    if args.small:
+        return small_files_main(args, codes)
     profile_dir = Path(args.profile) if args.profile else None
     if profile_dir is not None:
         profile_dir.mkdir(parents=True, exist_ok=True)

@@ -130,7 +130,8 @@ def exact_reader(request: web.Request, part: FormPart, *, length: int, timeout: 
         if left:
             try:
                 async with asyncio.timeout(timeout):
-                    data = await content.read(left)  # whole buffers, joined only when several wait
+                    # At most READ_CHUNK: a larger read would raise aiohttp's buffer limit to match.
+                    data = await content.read(min(left, READ_CHUNK))
             except TimeoutError:
                 raise ApiError(408, _stalled(timeout)) from None
             if data:

@@ -298,6 +298,7 @@ class Receiver:
                     limit=limit,
                     executor=self._executor,  # type: ignore[arg-type]
                     pwritev=self.hooks.pwritev,
+                    start_writeback=self.hooks.start_writeback,
                 )
             except TooMuchData as exc:
                 if expected is None:

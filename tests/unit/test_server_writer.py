@@ -113,3 +113,43 @@ def test_a_full_disk_is_raised_as_it_is(tmp_path: Path, executor: concurrent.fut
     with pytest.raises(OSError) as info:
         write_into(tmp_path / "f", os.urandom(3 * BATCH_BYTES), executor, pwritev=full)
     assert info.value.errno == errno.ENOSPC
+
+
+def test_writeback_is_started_for_exactly_what_each_batch_wrote(
+    tmp_path: Path, executor: concurrent.futures.Executor
+) -> None:
+    started: list[tuple[int, int]] = []
+    data = os.urandom(3 * BATCH_BYTES + 123)
+    fd = os.open(tmp_path / "f", os.O_WRONLY | os.O_CREAT)
+    try:
+        asyncio.run(
+            stream_to_file(
+                chunks_of(data, 65536),
+                fd,
+                offset=10,
+                hasher=hashlib.md5(),
+                limit=None,
+                executor=executor,
+                pwritev=os.pwritev,
+                start_writeback=lambda f, offset, length: started.append((offset, length)),
+            )
+        )
+    finally:
+        os.close(fd)
+    assert len(started) >= 3
+    assert [offset for offset, _ in started] == [10 + sum(n for _, n in started[:i]) for i in range(len(started))]
+    assert sum(n for _, n in started) == len(data)
+
+
+def test_start_writeback_is_harmless_on_any_file(tmp_path: Path) -> None:
+    from syncd.server.safefs import start_writeback
+
+    path = tmp_path / "f"
+    path.write_bytes(b"x" * 10000)
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        start_writeback(fd, 0, 10000)
+        start_writeback(fd, 5000, 0)
+    finally:
+        os.close(fd)
+    assert path.read_bytes() == b"x" * 10000
