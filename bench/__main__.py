@@ -5,7 +5,7 @@ Runs every benchmark of issue 7 in turn, prints one table each, writes
 ``--quick``, unless ``--publish``) also copies the plots to ``bench/plots/`` and rewrites
 ``BENCHMARKS.md`` at the top of the repository with the tables, the date and the machine.
 
-1. throughput  one 1 GiB file: syncd / naive client -> syncd serve / drf-chunked-upload, limits
+1. throughput  one 1 GiB file: syncd / naive client -> syncd serve / drf-chunked-upload, tuspy -> @tus/server, limits
 2. sweep       part size and concurrency.uploads sweeps
 3. smallfiles  10,000 files of 4 KiB: syncd run vs rclone copy -> rclone serve s3
 4. settle      close -> first byte latency, quiet gap vs on_close, four writers; a slow writer

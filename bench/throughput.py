@@ -1,7 +1,7 @@
 """Throughput and memory of one big file: syncd against the synapse-sdk-style client.
 
     .venv/bin/python -m bench.throughput [--size 1GiB] [--rounds 3] [--part 50MiB]
-                                         [--servers receiver,drf] [--no-limits] [--drop-caches]
+                                         [--servers receiver,drf,tus] [--no-limits] [--drop-caches]
                                          [--json FILE]
 
 Against the same servers in one run (``syncd serve`` as its own process, and the real
@@ -12,7 +12,9 @@ drf-chunked-upload under waitress), each round uploads the same random file with
 - the naive client (``tests/support/synapse_client.py``, what synapse-sdk's
   ``create_chunked_upload`` does: each part read whole into memory, ``requests.put(files=)``);
 
-and, unless ``--no-limits``, the machine's limits in the same run: ``curl -T`` of the whole
+and, with ``tus`` in ``--servers``, tuspy to @tus/server (``bench/_tuspy.py``: a protocol that
+hashes nothing on either side, the yardstick of issue 14); and, unless ``--no-limits``, the
+machine's limits in the same run: ``curl -T`` of the whole
 file to a plain HTTP sink (the loopback transport ceiling), ``cat`` to /dev/null from a cold
 cache (disk read) and ``md5sum`` from a warm cache (MD5 speed).
 
@@ -27,7 +29,8 @@ reset before each run through ``/proc/PID/clear_refs``) and CPU seconds.
 Contenders alternate inside each round and the order rotates between rounds; the table
 shows the median and the spread (min–max). Targets (issue 3): syncd's MiB/s at least the
 naive client's; at most 1.02 disk bytes read per uploaded byte; peak RSS under 80 MiB with
-50 MiB parts.
+50 MiB parts. Issue 14: syncd -> syncd serve at least tuspy -> @tus/server, and at least 0.7x
+md5sum's rate, while both sides of syncd hash every byte.
 """
 
 from __future__ import annotations
@@ -66,7 +69,16 @@ from bench.common import (
 )
 from syncd.units import parse_size
 
-SERVERS = {"receiver": Receiver, "drf": Drf}
+
+def _tus_node(root: Path) -> ServerProcess:
+    from bench.tus import TusNode
+
+    return TusNode(root)
+
+
+SERVERS = {"receiver": Receiver, "drf": Drf, "tus": _tus_node}
+ROOTED = ("receiver", "tus")  # servers that store under a folder of the run
+MD5SUM_SHARE = 0.7
 RSS_TARGET = 80 * MiB
 DISK_TARGET = 1.02
 
@@ -90,6 +102,14 @@ def build_contenders(work: Path, servers: dict[str, ServerProcess], sink: Sink |
     contenders: list[Contender] = []
 
     for key, server in servers.items():
+        if key == "tus":
+            def tuspy(path: Path, server=server) -> ProcResult:
+                return run_measured([PYTHON, "-m", "bench._tuspy", server.url, server.token, str(path), str(part)],
+                                    timeout=_timeout(size), env=env)
+
+            contenders.append(Contender("tuspy", key, tuspy))
+            continue
+
         def syncd(path: Path, server=server, key=key) -> ProcResult:
             base = work / f"syncd-{key}-{next(counter)}"
             base.mkdir()
@@ -119,7 +139,7 @@ def _md5sum_warm(path: Path, size: int) -> ProcResult:
     return run_measured(["md5sum", str(path)], timeout=_timeout(size))
 
 
-def run(*, size: int, rounds: int, part: int, servers: tuple[str, ...] = ("receiver", "drf"),
+def run(*, size: int, rounds: int, part: int, servers: tuple[str, ...] = ("receiver", "drf", "tus"),
         limits: bool = True, drop_caches: bool = False) -> dict[str, Any]:
     result: dict[str, Any] = {"benchmark": "throughput", "size": size, "part": part, "rounds": rounds,
                               "cache": "drop_caches" if drop_caches else "fadvise(DONTNEED) on the file",
@@ -131,7 +151,7 @@ def run(*, size: int, rounds: int, part: int, servers: tuple[str, ...] = ("recei
             path = write_random(work / "payload.bin", size)
             running: dict[str, ServerProcess] = {}
             for key in servers:
-                srv = SERVERS[key](work / key) if key == "receiver" else SERVERS[key]()
+                srv = SERVERS[key](work / key) if key in ROOTED else SERVERS[key]()
                 if key == "receiver":
                     (work / key).mkdir()
                 log(f"throughput: starting {srv.name}")
@@ -221,10 +241,22 @@ def check_targets(result: dict[str, Any]) -> list[dict[str, Any]]:
         if result["part"] == 50 * MiB:
             checks.append({"target": f"{server}: syncd peak RSS < 80 MiB with 50 MiB parts (max of runs)",
                            "value": f"{s['rss']['max'] / MiB:.1f} MiB", "ok": s["rss"]["max"] < RSS_TARGET})
+    s, t, m = (rows.get(("syncd upload", "receiver")), rows.get(("tuspy", "tus")),
+               rows.get(("md5sum (warm cache)", "")))
+    if s is not None and t is not None:
+        checks.append({"target": "syncd -> syncd serve >= tuspy -> @tus/server (MiB/s, medians)",
+                       "value": f"{s['mibs']['median']:.1f} vs {t['mibs']['median']:.1f}",
+                       "ok": s["mibs"]["median"] >= t["mibs"]["median"]})
+    if s is not None and m is not None:
+        share = s["mibs"]["median"] / m["mibs"]["median"]
+        checks.append({"target": f"syncd -> syncd serve >= {MD5SUM_SHARE}x md5sum's MiB/s (medians)",
+                       "value": f"{s['mibs']['median']:.1f} vs {m['mibs']['median']:.1f} ({share:.2f}x)",
+                       "ok": share >= MD5SUM_SHARE})
     return checks
 
 
-SERVER_LABEL = {"receiver": "syncd serve", "drf": "drf-chunked-upload", "sink": "plain sink", "": "-"}
+SERVER_LABEL = {"receiver": "syncd serve", "drf": "drf-chunked-upload", "tus": "@tus/server", "sink": "plain sink",
+                "": "-"}
 
 
 def render(result: dict[str, Any]) -> str:
@@ -288,7 +320,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--size", default="1GiB", help="file size (default 1GiB)")
     p.add_argument("--rounds", type=int, default=3, help="rounds (default 3)")
     p.add_argument("--part", default="50MiB", help="part size for syncd and the naive client (default 50MiB)")
-    p.add_argument("--servers", default="receiver,drf", help="comma list of receiver, drf (default both)")
+    p.add_argument("--servers", default="receiver,drf,tus",
+                   help="comma list of receiver, drf, tus (tuspy to @tus/server; default all three)")
     p.add_argument("--no-limits", action="store_true", help="skip curl / cat / md5sum")
     p.add_argument("--drop-caches", action="store_true",
                    help="drop the whole page cache before each run (root) instead of evicting the file")
