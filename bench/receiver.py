@@ -234,6 +234,13 @@ class Receiver:
             )  # fmt: skip
             time.sleep(1.0)  # attached before the upload starts
 
+    def minor_faults(self) -> int:
+        try:
+            fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return 0
+        return int(fields[7])
+
     def cpu_seconds(self) -> tuple[float, float]:
         """User and system CPU seconds so far."""
         times = self.ps.cpu_times()
@@ -294,7 +301,7 @@ def run(
     root = workdir / f"root-{client}"
     receiver = Receiver(root, code=code, profile=profile)
     try:
-        cpu_before = receiver.cpu_seconds()
+        cpu_before, faults_before = receiver.cpu_seconds(), receiver.minor_faults()
         started = time.perf_counter()
         if client == "sdk":
             answer = sdk_upload(receiver.url, source, filename=f"{client}.bin", chunk_size=part, timeout=300)
@@ -306,6 +313,7 @@ def run(
             answer = streaming_upload(receiver.url, source, part=part, name=f"{client}.bin", raw=client == "raw")
         seconds = time.perf_counter() - started
         cpu_after = receiver.cpu_seconds()
+        faults = receiver.minor_faults() - faults_before
         user, system = cpu_after[0] - cpu_before[0], cpu_after[1] - cpu_before[1]
         peak, sampled, idle = receiver.peak_rss(), receiver.sampled_peak, receiver.idle_rss
     finally:
@@ -316,7 +324,7 @@ def run(
     stored.unlink()  # free the disk before the next run
     return {
         "client": client, "seconds": seconds, "cpu": user + system, "user": user, "system": system,
-        "peak": peak, "sampled": sampled, "idle": idle,
+        "faults": faults, "peak": peak, "sampled": sampled, "idle": idle,
     }  # fmt: skip
 
 
@@ -465,7 +473,7 @@ def main() -> int:
                 print(
                     f"round {n + 1}: {code:<8} {client:<12} {size / MiB / row['seconds']:7.1f} MiB/s  "
                     f"receiver CPU {row['cpu']:.2f} s ({row['cpu'] / (size / 1024**3):.2f} s/GiB: "
-                    f"user {row['user']:.2f}, system {row['system']:.2f})",
+                    f"user {row['user']:.2f}, system {row['system']:.2f}; {row['faults']} minor faults)",
                     file=sys.stderr,
                 )
 

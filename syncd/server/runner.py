@@ -11,6 +11,7 @@ from syncd.server.drain import stop_gracefully
 from syncd.server.embedded import ReceiverStartError
 from syncd.server.hooks import ServerHooks
 from syncd.server.listen import display_url, start_site
+from syncd.server.memory import tune_malloc
 from syncd.server.safefs import UnsafePath
 from syncd.server.settings import ReceiverSettings
 from syncd.units import format_size
@@ -28,6 +29,7 @@ def run_forever(
     notifier: Notifier | None = None,
 ) -> None:
     """Blocks until SIGINT/SIGTERM. Raises ReceiverStartError if it cannot start."""
+    tune_malloc()  # this process is the receiver's alone (the embedded one shares the daemon's)
     asyncio.run(_serve(settings, hooks=hooks, access_log=access_log, notifier=notifier))
 
 
