@@ -5,8 +5,9 @@ and repeated slashes are dropped; everything that could point elsewhere or confu
 reader is refused with a reason the client sees in the 400 answer: control characters,
 and invisible ones that change how a name reads (bidi overrides such as U+202E make
 ``\u202egnp.exe`` show as ``exe.png``; zero-width characters make two names look alike).
-That includes every format character (category Cf), so also the zero-width joiners of
-emoji sequences and Persian text. This only checks the
+That includes every format character (category Cf) but two: the zero-width joiner and
+non-joiner (U+200D, U+200C) that Persian words and emoji sequences need are allowed between
+two visible characters, and refused anywhere else. This only checks the
 *text*: symlinks already on disk are handled where files are opened (``safefs``).
 """
 
@@ -39,6 +40,23 @@ _INVISIBLE = frozenset(
 )
 
 
+# Joiners that real names carry (Persian orthography, emoji sequences): allowed only between
+# two visible characters, where they join; alone, doubled or at an edge they only hide.
+_JOINERS = frozenset({"\u200c", "\u200d"})
+LATIN_END = 0x02FF  # the end of the Latin blocks (and spacing modifiers)
+
+
+def _joins(raw: str, i: int) -> bool:
+    def visible(ch: str) -> bool:
+        return not ch.isspace() and ch != "/" and unicodedata.category(ch) not in _REFUSED_CATEGORIES \
+            and ch not in _INVISIBLE
+
+    if not (0 < i < len(raw) - 1 and visible(raw[i - 1]) and visible(raw[i + 1])):
+        return False
+    # Latin text has no use for them: between two Latin (or ASCII) characters they only hide
+    return ord(raw[i - 1]) > LATIN_END or ord(raw[i + 1]) > LATIN_END
+
+
 class BadFilename(ValueError):
     """``str(err)`` is the reason, ready for the client."""
 
@@ -47,9 +65,11 @@ def normalize_filename(raw: str) -> str:
     """The normalized relative path (``a/b/c.mp4``), or BadFilename with the reason."""
     if not raw:
         raise BadFilename("filename is empty")
-    for ch in raw:
+    for i, ch in enumerate(raw):
         if ch == "\0":
             raise BadFilename("filename contains a NUL character")
+        if ch in _JOINERS and _joins(raw, i):
+            continue
         what = _REFUSED_CATEGORIES.get(unicodedata.category(ch))
         if what is None and ch in _INVISIBLE:
             what = "an invisible character"

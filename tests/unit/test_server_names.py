@@ -8,6 +8,7 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
+from syncd.server.names import _JOINERS as JOINERS
 from syncd.server.names import MAX_DEPTH, MAX_SEGMENT_BYTES, BadFilename, normalize_filename
 
 
@@ -100,7 +101,14 @@ def test_no_accepted_name_can_leave_the_root(raw: str) -> None:
     assert not name.startswith("/")
     assert all(seg not in ("", ".", "..") for seg in segments)
     assert all(len(seg.encode("utf-8")) <= MAX_SEGMENT_BYTES for seg in segments)
-    assert not any(unicodedata.category(ch) in ("Cc", "Cf", "Cs", "Zl", "Zp") for ch in name)
+    assert not any(unicodedata.category(ch) in ("Cc", "Cs", "Zl", "Zp") for ch in name)
+    # the only format characters left are joiners between two visible characters
+    for i, ch in enumerate(name):
+        if unicodedata.category(ch) == "Cf":
+            assert ch in JOINERS and 0 < i < len(name) - 1
+            assert not name[i - 1].isspace() and not name[i + 1].isspace()
+            assert unicodedata.category(name[i - 1]) != "Cf" and unicodedata.category(name[i + 1]) != "Cf"
+            assert max(ord(name[i - 1]), ord(name[i + 1])) > 0x02FF
     assert "\\" not in name
     root = "/srv/root"
     joined = posixpath.normpath(posixpath.join(root, name))
@@ -111,7 +119,7 @@ def test_no_accepted_name_can_leave_the_root(raw: str) -> None:
 
 @given(
     st.text(max_size=10),
-    st.characters(categories=["Cf"]),
+    st.characters(categories=["Cf"]).filter(lambda ch: ch not in JOINERS),
     st.text(max_size=10),
 )
 def test_any_format_character_is_refused_wherever_it_stands(before: str, cf: str, after: str) -> None:
@@ -119,3 +127,20 @@ def test_any_format_character_is_refused_wherever_it_stands(before: str, cf: str
         normalize_filename(f"ok{before}{cf}{after}.txt")
     with pytest.raises(BadFilename, match=rf"^filename contains an invisible format character \(U\+{ord(cf):04X}"):
         normalize_filename(f"ok{cf}.txt")
+
+
+@pytest.mark.parametrize("raw", [
+    "\u0645\u06cc\u200c\u062e\u0648\u0627\u0647\u0645.pdf",  # Persian: a ZWNJ inside a word
+    "family \U0001f468\u200d\U0001f469\u200d\U0001f467.jpg",  # an emoji ZWJ sequence
+])
+def test_joiners_that_join_are_accepted(raw: str) -> None:
+    assert normalize_filename(raw) == unicodedata.normalize("NFC", raw)
+
+
+@pytest.mark.parametrize("raw", [
+    "\u200cname.txt", "name.txt\u200d", "a\u200c\u200cb.txt", "a \u200db.txt", "a\u200d/b.txt",
+    "a\u200c\u202eb.txt", "in\u200dvoice.pdf",
+])
+def test_joiners_that_join_nothing_are_refused(raw: str) -> None:
+    with pytest.raises(BadFilename, match=r"^filename contains an invisible format character"):
+        normalize_filename(raw)
