@@ -516,12 +516,15 @@ def default_config(base: Path, *, port: int = DEFAULT_PORT) -> Config:
     return build_config(data, base=base, name="<built-in>")
 
 
+_SECRET_KEYS = {"token", "access_key_id"}
+
+
 def redacted(config: Config) -> dict[str, Any]:
     """The resolved config as plain data, with every secret replaced by ``***``."""
 
     def scrub(node: Any) -> Any:
         if isinstance(node, dict):
-            return {k: ("***" if k == "token" and v is not None else scrub(v)) for k, v in node.items()}
+            return {k: ("***" if k in _SECRET_KEYS and v is not None else scrub(v)) for k, v in node.items()}
         if isinstance(node, (list, tuple)):
             return [scrub(v) for v in node]
         if isinstance(node, Path):

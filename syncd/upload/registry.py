@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 DEFAULT = "chunked"
 BUILTIN = {
     "chunked": "syncd.upload.chunked",
+    "s3": "syncd.upload.s3",
 }
 
 

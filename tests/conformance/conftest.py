@@ -5,19 +5,26 @@ from __future__ import annotations
 
 import pytest
 
-from tests.support.conformance import DrfTarget, FakeTarget, ReceiverTarget
+from tests.support.conformance import DrfTarget, FakeTarget, ReceiverTarget, S3Target
 from tests.support.fake_backend import registered
 
+S3 = ("rclone", "moto", "s3rver")
 
-@pytest.fixture(params=["fake", "receiver", pytest.param("drf", marks=pytest.mark.interop)])
+
+@pytest.fixture(params=["fake", "receiver", pytest.param("drf", marks=pytest.mark.interop),
+                        *(pytest.param(name, marks=pytest.mark.s3) for name in S3)])
 def target(request, tmp_path):
     if request.param == "fake":
         made = FakeTarget()
         with registered(made.server):
             yield made
         return
-    made = ReceiverTarget(tmp_path / "received") if request.param == "receiver" \
-        else DrfTarget(request.getfixturevalue("drf_server"))
+    if request.param in S3:
+        made = S3Target(request.getfixturevalue(f"{request.param}_s3"))
+    elif request.param == "receiver":
+        made = ReceiverTarget(tmp_path / "received")
+    else:
+        made = DrfTarget(request.getfixturevalue("drf_server"))
     try:
         yield made
     finally:

@@ -113,6 +113,10 @@ class RequestInfo:
     content_range: str | None
     content_length: int | None
     filename: str | None
+    query: str = ""
+    """the raw query string (S3 names parts and uploads there: ``partNumber=2&uploadId=...``)"""
+    headers: dict[str, str] = field(default_factory=dict)
+    """the request's headers, names in lower case"""
 
     @property
     def range(self) -> tuple[int, int, int] | None:
@@ -167,6 +171,8 @@ class Seen:
     content_range: str | None
     content_length: int | None
     filename: str | None
+    query: str = ""
+    headers: dict[str, str] = field(default_factory=dict)
     action: str = "forward"
     """the action that handled it ("forward", "respond", "reset", "stall"), or "upstream-down"
     when the server could not be reached"""
@@ -393,7 +399,8 @@ class FaultProxy:
         length = request.content_length
         seen = Seen(n=0, started=time.monotonic(), method=request.method, path=request.path,
                     content_range=request.headers.get("Content-Range"), content_length=length,
-                    filename=self._sessions.get(request.path))
+                    filename=self._sessions.get(request.path), query=request.query_string,
+                    headers={k.lower(): v for k, v in request.headers.items()})
         with self._lock:
             seen.n = len(self.seen)
             self.seen.append(seen)
@@ -404,7 +411,8 @@ class FaultProxy:
                 m = _FILENAME_FIELD.search(await body.peek())
                 if m and seen.filename is None:
                     seen.filename = m[1].decode("utf-8", "replace")
-            info = RequestInfo(seen.method, seen.path, seen.content_range, length, seen.filename)
+            info = RequestInfo(seen.method, seen.path, seen.content_range, length, seen.filename, seen.query,
+                               seen.headers)
             rule = self._choose(info)
             action = rule.action if rule is not None else Forward()
             seen.action = type(action).__name__.lower()
@@ -456,8 +464,9 @@ class FaultProxy:
             async with self._client.request(request.method, self.upstream + request.path_qs,
                                             headers=headers, data=data, allow_redirects=False) as up:
                 payload = await up.read()
+                # a HEAD's Content-Length is the size of what a GET would return: keep it
                 answer = (up.status, [(k, v) for k, v in up.headers.items() if k.lower() not in HOP_BY_HOP
-                                      and k.lower() != "content-length"], payload)
+                                      and (k.lower() != "content-length" or request.method == "HEAD")], payload)
         except _ClientGone:
             raise
         except (aiohttp.ClientError, OSError, _Cut, TimeoutError) as exc:

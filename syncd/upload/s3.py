@@ -1,0 +1,564 @@
+"""The ``s3`` protocol: multipart uploads to any S3-compatible store (AWS S3, MinIO, Ceph
+RGW, R2, B2, ``rclone serve s3``), with boto3's low-level client.
+
+- ``create`` is CreateMultipartUpload; its UploadId is the session's handle (the engine
+  journals it at once). ``committed`` is ListParts, paged; ``send_part`` is UploadPart with
+  Content-MD5, and the returned ETag is compared with the part's MD5; ``complete`` is
+  CompleteMultipartUpload followed by a HEAD that checks the size and the whole-file MD5;
+  ``abort`` is AbortMultipartUpload. Small files go whole as one PutObject with Content-MD5.
+- The whole-file MD5 and the source mtime are stored as object metadata (``md5``, hex, and
+  ``mtime``, seconds since the epoch as rclone writes it). PutObject sends both up front. A
+  multipart upload can only send the mtime (the MD5 is known once the last part is read),
+  so after a verified completion the object is copied onto itself with the MD5 added
+  (``MetadataDirective=REPLACE``): a server-side copy, no bytes sent again. It is skipped
+  where HEAD already tells the MD5 as a plain ETag (rclone, s3rver) and for objects over
+  5 GiB (CopyObject's limit); there the ``-N`` ETag, checked against the parts' MD5s, is
+  the proof.
+- botocore's own retries are off: the engine's retry policy owns timing. Every botocore
+  exception is translated here into base.py's errors (``_translate``).
+
+boto3 is imported only when a backend is built, so a daemon without S3 targets never
+loads it.
+"""
+
+from __future__ import annotations
+
+import base64
+import email.utils
+import hashlib
+import logging
+import os
+import re
+import socket
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, BinaryIO, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from syncd.config import Size, TargetSettings
+from syncd.units import format_size
+from syncd.upload.base import (
+    AuthRejected,
+    Capabilities,
+    ChecksumMismatch,
+    GiB,
+    MiB,
+    NotStarted,
+    Part,
+    PartReceipt,
+    PermanentError,
+    RemoteFile,
+    SessionGone,
+    StorageFull,
+    TransientError,
+    UploadError,
+    UploadItem,
+)
+from syncd.upload.registry import ProtocolEntry
+
+log = logging.getLogger("syncd.upload.s3")
+
+MIN_PART = 5 * MiB
+MAX_PART = 5 * GiB
+MAX_PARTS = 10_000
+COPY_MAX = 5 * GiB
+"""the largest object CopyObject copies in one request (where the MD5 metadata is added)"""
+SINGLE_REQUEST_MAX = 8 * MiB
+"""files up to this (or ``part_size`` if smaller) go as one PutObject: one request instead
+of three, and their MD5 is sent up front"""
+LIST_PAGE = 1000
+META_MD5 = "md5"
+META_MTIME = "mtime"
+
+_MD5_HEX = re.compile(r"^[0-9a-f]{32}$")
+_AUTH_CODES = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken",
+               "ExpiredToken", "TokenRefreshRequired", "AuthorizationHeaderMalformed", "InvalidSecurity"}
+_THROTTLE_CODES = {"SlowDown", "Throttling", "ThrottlingException", "RequestLimitExceeded", "TooManyRequests",
+                   "RequestThrottled", "ServiceUnavailable"}
+_TIMEOUT_CODES = {"RequestTimeout", "RequestTimeTooSkewed"}
+_FULL_CODES = {"XMinioStorageFull", "StorageFull", "InsufficientStorage"}
+_CHECKSUM_CODES = {"BadDigest", "InvalidDigest", "XAmzContentSHA256Mismatch", "XAmzContentChecksumMismatch"}
+
+
+def etag_md5(etag: str | None) -> str | None:
+    """The MD5 an ETag tells, when it is a plain 32-hex MD5 (not a multipart ``-N`` one)."""
+    value = (etag or "").strip().strip('"').lower()
+    return value if _MD5_HEX.match(value) else None
+
+
+def multipart_etag(part_md5s: Sequence[str]) -> str:
+    """AWS's ETag of a completed multipart upload: the MD5 of the parts' binary MD5s, ``-N``."""
+    digest = hashlib.md5(b"".join(bytes.fromhex(m) for m in part_md5s)).hexdigest()
+    return f"{digest}-{len(part_md5s)}"
+
+
+def format_mtime(mtime_ns: int) -> str:
+    """The source mtime as rclone's ``mtime`` metadata writes it: seconds with nanoseconds."""
+    return f"{mtime_ns // 10**9}.{mtime_ns % 10**9:09d}"
+
+
+def render_prefix(template: str) -> str:
+    """``prefix`` with ``{host}`` filled in; no leading or trailing slash."""
+    text = template.format(host=socket.gethostname())
+    return "/".join(part for part in text.split("/") if part not in ("", "."))
+
+
+def object_key(prefix: str, remote_name: str) -> str:
+    return f"{prefix}/{remote_name}" if prefix else remote_name
+
+
+class Settings(TargetSettings):
+    """A ``protocol: s3`` target: a bucket (and a prefix in it) on an S3-compatible store."""
+
+    protocol: Literal["s3"] = "s3"
+    bucket: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{1,254}$")
+    prefix: str = ""
+    endpoint_url: str | None = None
+    region: str | None = None
+    addressing_style: Literal["auto", "path", "virtual"] = "auto"
+    profile: str | None = None
+    access_key_id: str | None = None
+    secret_access_key_file: Path | None = None
+    secret_access_key_env: str | None = None
+    storage_class: str | None = None
+    server_side_encryption: Literal["AES256", "aws:kms", "aws:kms:dsse"] | None = None
+    kms_key_id: str | None = None
+    part_size: Size = 16 * MiB
+    min_part_size: Size = MIN_PART
+    part_concurrency: int = Field(4, ge=1, le=64)
+    checksum: Literal["md5"] = "md5"
+    on_conflict: Literal["overwrite", "skip_identical", "fail"] = "overwrite"
+
+    @field_validator("prefix")
+    @classmethod
+    def _prefix(cls, value: str) -> str:
+        try:
+            value.format(host="h")
+        except (KeyError, ValueError, IndexError) as exc:
+            raise ValueError(f"{value!r} is not a valid template ({exc}); use {{host}}") from None
+        return value
+
+    @field_validator("endpoint_url")
+    @classmethod
+    def _endpoint(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(r"^https?://[^/\s]+/?$", value):
+            raise ValueError(f"{value!r} is not an http:// or https:// URL without a path")
+        return value.rstrip("/") if value else value
+
+    @field_validator("min_part_size")
+    @classmethod
+    def _min_part(cls, value: int) -> int:
+        if not 64 * 1024 <= value <= MAX_PART:
+            raise ValueError(f"{value} is not between 64KiB and 5GiB")
+        return value
+
+    @model_validator(mode="after")
+    def _keys(self) -> Settings:
+        given = [k for k in ("token", "token_file", "token_env") if getattr(self, k) is not None]
+        if given:
+            raise ValueError(f"{given[0]}: S3 targets take access_key_id with secret_access_key_file or "
+                             "secret_access_key_env (or the AWS credential chain), not a token")
+        secrets_given = [k for k in ("secret_access_key_file", "secret_access_key_env") if getattr(self, k)]
+        if len(secrets_given) > 1:
+            raise ValueError("give only one of secret_access_key_file, secret_access_key_env")
+        if self.access_key_id and not secrets_given:
+            raise ValueError("access_key_id needs secret_access_key_file or secret_access_key_env")
+        if secrets_given and not self.access_key_id:
+            raise ValueError(f"{secrets_given[0]} needs access_key_id")
+        if self.access_key_id and self.profile:
+            raise ValueError("give access_key_id or profile, not both")
+        if self.kms_key_id and self.server_side_encryption not in ("aws:kms", "aws:kms:dsse"):
+            raise ValueError("kms_key_id needs server_side_encryption: aws:kms")
+        return self
+
+    def resolve_secret(self) -> str | None:
+        """The secret access key itself (None: the AWS chain finds credentials); raises
+        ValueError naming the key on a bad source."""
+        if self.secret_access_key_file is not None:
+            try:
+                text = self.secret_access_key_file.read_text(encoding="utf-8").strip()
+            except OSError as exc:
+                raise ValueError(f"secret_access_key_file: cannot read {str(self.secret_access_key_file)!r}: "
+                                 f"{exc.strerror}") from None
+            if not text:
+                raise ValueError(f"secret_access_key_file: {str(self.secret_access_key_file)!r} is empty")
+            return text
+        if self.secret_access_key_env is not None:
+            text = os.environ.get(self.secret_access_key_env, "").strip()
+            if not text:
+                raise ValueError(f"secret_access_key_env: environment variable {self.secret_access_key_env!r} "
+                                 "is not set")
+            return text
+        return None
+
+    def resolve_token(self) -> str | None:
+        """The secret to keep out of logs (``syncd run`` registers it)."""
+        return self.resolve_secret()
+
+    def describe(self) -> str:
+        where = self.endpoint_url or f"AWS {self.region or '(default region)'}"
+        prefix = render_prefix(self.prefix)
+        return (f"s3://{self.bucket}/{prefix + '/' if prefix else ''} at {where} "
+                f"(parts {format_size(self.part_size)}, {self.part_concurrency} in flight)")
+
+
+def _retry_after(headers: Mapping[str, str]) -> float | None:
+    value = headers.get("retry-after")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def error_code(exc: BaseException) -> tuple[str, int]:
+    """(S3 error code, HTTP status) of a botocore ClientError; ('', 0) for anything else."""
+    response = getattr(exc, "response", None)
+    if not isinstance(response, dict):
+        return "", 0
+    code = str(response.get("Error", {}).get("Code") or "")
+    status = int(response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
+    return code, status
+
+
+def _translate(exc: BaseException, what: str, *, bucket: str) -> BaseException:
+    """The one map from a botocore exception to base.py's errors."""
+    import botocore.exceptions as bce
+
+    if isinstance(exc, bce.ClientError):
+        code, status = error_code(exc)
+        message = " ".join(str(exc.response.get("Error", {}).get("Message") or "").split())[:200]
+        label = f"{what}: S3 {code or status}" + (f" (HTTP {status})" if code and status else "")
+        label += f": {message}" if message and message != code else ""
+        if code in ("NoSuchUpload",):
+            return SessionGone(label)
+        if code in _AUTH_CODES or status in (401, 403):
+            return AuthRejected(f"authentication rejected ({label})")
+        if code == "NoSuchBucket":
+            return PermanentError(f"bucket {bucket!r} does not exist ({label})")
+        if code == "EntityTooLarge" or status == 413:
+            return PermanentError(f"too large for the server ({label}, HTTP 413)" if status != 413
+                                  else f"too large for the server ({label})")
+        if code in _FULL_CODES or status == 507:
+            return StorageFull(f"server storage is full ({label})")
+        if code in _CHECKSUM_CODES:
+            return TransientError(label, reason="checksum")
+        if code in ("InvalidPart", "InvalidPartOrder"):
+            return TransientError(label, reason="protocol")
+        retry_after = _retry_after(exc.response.get("ResponseMetadata", {}).get("HTTPHeaders") or {})
+        if code in _THROTTLE_CODES or status == 429:
+            return TransientError(label, reason="throttled", retry_after=retry_after)
+        if code in _TIMEOUT_CODES or status == 408:
+            return TransientError(label, reason="timeout", retry_after=retry_after)
+        if status >= 500 or code == "InternalError":
+            return TransientError(label, reason="server", retry_after=retry_after)
+        return PermanentError(label)
+    if isinstance(exc, (bce.ConnectTimeoutError, bce.ReadTimeoutError)):
+        return TransientError(f"{what}: timed out: {exc}", reason="timeout")
+    if isinstance(exc, (bce.EndpointConnectionError, bce.ConnectionClosedError, bce.HTTPClientError,
+                        bce.ResponseStreamingError, bce.IncompleteReadError)):
+        return TransientError(f"{what}: connection failed: {exc}", reason="connection")
+    if isinstance(exc, (bce.NoCredentialsError, bce.PartialCredentialsError)):
+        return AuthRejected(f"authentication rejected ({what}: {exc})")
+    if isinstance(exc, bce.BotoCoreError):
+        return PermanentError(f"{what}: {exc}")
+    return exc
+
+
+class S3Backend:
+    def __init__(self, name: str, settings: Settings, *, client: Any | None = None):
+        self.name = name
+        self.settings = settings
+        self.bucket = settings.bucket
+        self.prefix = render_prefix(settings.prefix)
+        self.client = client if client is not None else self._make_client(settings)
+        self._extra = {}
+        if settings.storage_class:
+            self._extra["StorageClass"] = settings.storage_class
+        if settings.server_side_encryption:
+            self._extra["ServerSideEncryption"] = settings.server_side_encryption
+        if settings.kms_key_id:
+            self._extra["SSEKMSKeyId"] = settings.kms_key_id
+        # Under SSE-KMS the ETag is not the content's MD5: it cannot check parts or objects.
+        self.etag_is_md5 = settings.server_side_encryption not in ("aws:kms", "aws:kms:dsse")
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def _make_client(settings: Settings) -> Any:
+        import boto3
+        from botocore.config import Config as BotoConfig
+
+        session = boto3.session.Session(
+            aws_access_key_id=settings.access_key_id,
+            aws_secret_access_key=settings.resolve_secret() if settings.access_key_id else None,
+            profile_name=settings.profile,
+            region_name=settings.region,
+        )
+        config = BotoConfig(
+            region_name=settings.region or session.region_name or "us-east-1",
+            signature_version="s3v4",
+            connect_timeout=settings.timeout.connect,
+            read_timeout=settings.timeout.read,
+            retries={"total_max_attempts": 1, "mode": "standard"},  # syncd's retry policy owns timing
+            max_pool_connections=max(10, 4 * settings.part_concurrency),
+            s3={"addressing_style": settings.addressing_style},
+            # Content-MD5 is what every server here checks (or stores); botocore's default
+            # CRC32 trailers are not understood by every S3-compatible server.
+            request_checksum_calculation="when_required",
+            response_checksum_validation="when_required",
+            user_agent_extra="syncd",
+        )
+        verify: bool | str = str(settings.ca_bundle) if settings.ca_bundle else settings.verify_tls
+        return session.client("s3", endpoint_url=settings.endpoint_url, config=config, verify=verify)
+
+    @classmethod
+    def from_settings(cls, name: str, settings: Settings) -> S3Backend:
+        return cls(name, settings)
+
+    def key(self, remote_name: str) -> str:
+        return object_key(self.prefix, remote_name)
+
+    def call(self, what: str, method: str, **kw: Any) -> dict[str, Any]:
+        """One client call; every failure leaves as one of base.py's errors."""
+        try:
+            return getattr(self.client, method)(Bucket=self.bucket, **kw)
+        except UploadError:
+            raise
+        except Exception as exc:
+            translated = _translate(exc, what, bucket=self.bucket)
+            if translated is exc:
+                raise
+            raise translated from exc
+
+    # --- the Backend interface -------------------------------------------------------------
+
+    def plan(self, item: UploadItem) -> Capabilities:
+        return Capabilities(part_size=self.settings.part_size, min_part=self.settings.min_part_size,
+                            max_part=MAX_PART, max_parts=MAX_PARTS, concurrency=self.settings.part_concurrency,
+                            verifies="part-checksum",
+                            single_request_max=min(self.settings.part_size, SINGLE_REQUEST_MAX),
+                            part_checksum=True)
+
+    def create(self, item: UploadItem) -> S3Session:
+        key = self.key(item.remote_name)
+        if self.settings.on_conflict == "fail":
+            head = self.head(key)
+            if head is not None and int(head.get("ContentLength", -1)) != item.size:
+                raise self._exists(key)
+        answer = self.call("create upload", "create_multipart_upload", Key=key,
+                           Metadata={META_MTIME: format_mtime(item.mtime_ns)}, **self._extra)
+        return S3Session(self, item, str(answer["UploadId"]), new=True)
+
+    def resume(self, item: UploadItem, handle: str | None) -> S3Session | NotStarted:
+        if handle is None:
+            return NotStarted()  # CreateMultipartUpload's answer was lost: nothing to find it by
+        return S3Session(self, item, handle)
+
+    def upload_whole(self, item: UploadItem, body: BinaryIO, md5_hex: str) -> RemoteFile:
+        key = self.key(item.remote_name)
+        if self.settings.on_conflict != "overwrite":
+            existing = self.identical(key, size=item.size, md5_hex=md5_hex)
+            if existing is not None:
+                return existing
+        data = body.read()
+        conditional = {"IfNoneMatch": "*"} if self.settings.on_conflict == "fail" else {}
+        try:
+            answer = self.call("put", "put_object", Key=key, Body=data, ContentMD5=_b64(md5_hex),
+                               Metadata={META_MD5: md5_hex, META_MTIME: format_mtime(item.mtime_ns)},
+                               **conditional, **self._extra)
+        except PermanentError as exc:
+            if "PreconditionFailed" in str(exc) or "HTTP 412" in str(exc):
+                # another writer got there first, or our own put whose answer was lost
+                existing = self.identical(key, size=item.size, md5_hex=md5_hex)
+                if existing is not None:
+                    return existing
+                raise self._exists(key) from exc
+            raise
+        etag = etag_md5(answer.get("ETag"))
+        if self.etag_is_md5 and etag is not None and etag != md5_hex:
+            raise ChecksumMismatch(f"{key}: server stored ETag {etag}, expected MD5 {md5_hex}")
+        return RemoteFile(name=key, size=item.size, md5=md5_hex, location=f"s3://{self.bucket}/{key}",
+                          verified="md5" if etag == md5_hex else "part-checksum")
+
+    def close(self) -> None:
+        close = getattr(self.client, "close", None)
+        if close is not None:
+            close()
+
+    # --- helpers -----------------------------------------------------------------------------
+
+    def head(self, key: str) -> dict[str, Any] | None:
+        """The object's HEAD, or None when there is none."""
+        try:
+            return self.call("head", "head_object", Key=key)
+        except PermanentError as exc:
+            if isinstance(exc.__cause__, Exception) and error_code(exc.__cause__)[1] == 404:
+                return None
+            raise
+
+    def stored_md5(self, head: Mapping[str, Any], parts: Sequence[PartReceipt] | None = None) -> str | None:
+        """The whole-file MD5 the object's HEAD tells: its ``md5`` metadata (any case), else
+        a plain-MD5 ETag. None when it tells none (a ``-N`` ETag; see ``matches_parts``)."""
+        for name, value in (head.get("Metadata") or {}).items():
+            if name.lower() == META_MD5 and _MD5_HEX.match(str(value).lower()):
+                return str(value).lower()
+        return etag_md5(head.get("ETag")) if self.etag_is_md5 else None
+
+    def identical(self, key: str, *, size: int, md5_hex: str,
+                  parts: Sequence[PartReceipt] = ()) -> RemoteFile | None:
+        """The object under ``key`` if it holds exactly these bytes (size and MD5, or the
+        ``-N`` ETag of exactly these parts), else None."""
+        head = self.head(key)
+        if head is None or int(head.get("ContentLength", -1)) != size:
+            return None
+        md5 = self.stored_md5(head)
+        if md5 == md5_hex:
+            return RemoteFile(name=key, size=size, md5=md5, location=f"s3://{self.bucket}/{key}", verified="md5")
+        if md5 is None and parts and self.matches_parts(head, parts):
+            return RemoteFile(name=key, size=size, md5=md5_hex, location=f"s3://{self.bucket}/{key}",
+                              verified="part-checksum")
+        return None
+
+    def matches_parts(self, head: Mapping[str, Any], parts: Sequence[PartReceipt]) -> bool:
+        md5s = [p.md5 or etag_md5(p.etag) for p in parts]
+        if any(m is None for m in md5s):
+            return False
+        return str(head.get("ETag") or "").strip('"').lower() == multipart_etag(md5s)  # type: ignore[arg-type]
+
+    def _exists(self, key: str) -> PermanentError:
+        return PermanentError(f"s3://{self.bucket}/{key} already exists with other content (on_conflict: fail)")
+
+    def add_md5_metadata(self, key: str, item: UploadItem, md5_hex: str) -> None:
+        """Copy the object onto itself with its MD5 in the metadata (see the module docstring)."""
+        self.call("store the MD5 as metadata", "copy_object", Key=key,
+                  CopySource={"Bucket": self.bucket, "Key": key}, MetadataDirective="REPLACE",
+                  Metadata={META_MD5: md5_hex, META_MTIME: format_mtime(item.mtime_ns)}, **self._extra)
+
+
+def _b64(md5_hex: str) -> str:
+    return base64.b64encode(bytes.fromhex(md5_hex)).decode("ascii")
+
+
+class S3Session:
+    """One multipart upload; ``handle`` is its UploadId."""
+
+    def __init__(self, backend: S3Backend, item: UploadItem, upload_id: str, *, new: bool = False):
+        self._backend = backend
+        self._empty = new
+        """made by this process and no part sent yet: the server holds nothing of it"""
+        self._item = item
+        self._key = backend.key(item.remote_name)
+        self.handle = upload_id
+        self._maybe_completed = False
+        """a completion was sent and its answer lost"""
+
+    def committed(self) -> dict[int, PartReceipt]:
+        """ListParts, every page. The marker is treated as possibly inclusive (rclone's is):
+        a part seen twice counts once, and a page that adds nothing ends the listing."""
+        if self._empty:
+            return {}
+        held: dict[int, PartReceipt] = {}
+        marker = 0
+        while True:
+            page = self._backend.call("list parts", "list_parts", Key=self._key, UploadId=self.handle,
+                                      MaxParts=LIST_PAGE, PartNumberMarker=marker)
+            new = 0
+            for part in page.get("Parts") or []:
+                number = int(part["PartNumber"])
+                if number not in held:
+                    new += 1
+                etag = str(part.get("ETag") or "")
+                held[number] = PartReceipt(number=number, size=int(part["Size"]), etag=etag,
+                                           md5=etag_md5(etag) if self._backend.etag_is_md5 else None)
+            if not page.get("IsTruncated") or not new:
+                return held
+            marker = int(page.get("NextPartNumberMarker") or max(held))
+
+    def send_part(self, part: Part) -> PartReceipt:
+        self._empty = False
+        data = part.body.read()
+        md5 = part.md5 or hashlib.md5(data).hexdigest()
+        answer = self._backend.call(f"part {part.number}", "upload_part", Key=self._key, UploadId=self.handle,
+                                    PartNumber=part.number, Body=data, ContentMD5=_b64(md5))
+        etag = str(answer.get("ETag") or "")
+        if self._backend.etag_is_md5 and etag_md5(etag) != md5:
+            raise TransientError(f"part {part.number}: server's ETag {etag} is not the part's MD5 {md5}",
+                                 reason="checksum")
+        return PartReceipt(number=part.number, size=len(data), etag=etag, md5=md5)
+
+    def complete(self, parts: Sequence[PartReceipt], md5_hex: str) -> RemoteFile:
+        backend, key, size = self._backend, self._key, self._item.size
+        on_conflict = backend.settings.on_conflict
+        if on_conflict != "overwrite":
+            existing = backend.identical(key, size=size, md5_hex=md5_hex, parts=parts)
+            if existing is not None:  # already there (or our own completion whose answer was lost)
+                self.abort()
+                return existing
+        if self._maybe_completed:
+            # An earlier try's answer was lost: if the object holds exactly these parts, that
+            # try completed it (sent again, the completion finds no upload: NoSuchUpload on
+            # rclone and AWS, 500 on s3rver).
+            done = backend.identical(key, size=size, md5_hex=md5_hex, parts=parts)
+            if done is not None:
+                log.info("%s: an earlier completion whose answer was lost completed it", key)
+                return self._with_metadata(done, md5_hex)
+        conditional = {"IfNoneMatch": "*"} if on_conflict == "fail" else {}
+        listing = [{"PartNumber": p.number, "ETag": p.etag} for p in parts]
+        try:
+            backend.call("complete", "complete_multipart_upload", Key=key, UploadId=self.handle,
+                         MultipartUpload={"Parts": listing}, **conditional)
+        except TransientError:
+            self._maybe_completed = True
+            raise
+        except (SessionGone, PermanentError) as exc:
+            done = None if isinstance(exc, AuthRejected) else \
+                backend.identical(key, size=size, md5_hex=md5_hex, parts=parts)
+            if done is not None:
+                log.info("%s: completion answered %s, but the object holds these parts: done", key, exc)
+                return self._with_metadata(done, md5_hex)
+            if "PreconditionFailed" in str(exc) or "HTTP 412" in str(exc):
+                raise backend._exists(key) from exc
+            raise
+        return self._verify(parts, md5_hex)
+
+    def _verify(self, parts: Sequence[PartReceipt], md5_hex: str) -> RemoteFile:
+        """HEAD after the completion: the size, and the whole-file MD5 where it tells one."""
+        backend, key = self._backend, self._key
+        head = backend.head(key)
+        if head is None:
+            raise TransientError(f"{key}: completed, but HEAD finds no object", reason="protocol")
+        stored = int(head.get("ContentLength", -1))
+        if stored != self._item.size:
+            raise ChecksumMismatch(f"{key}: server holds {stored} bytes, expected {self._item.size}")
+        md5 = backend.stored_md5(head)
+        if md5 is not None and md5 != md5_hex:
+            raise ChecksumMismatch(f"{key}: server holds MD5 {md5}, expected {md5_hex}")
+        if md5 is None and backend.etag_is_md5 and not backend.matches_parts(head, parts):
+            raise ChecksumMismatch(f"{key}: server's ETag {head.get('ETag')} is not that of the parts sent")
+        remote = RemoteFile(name=key, size=stored, md5=md5_hex, location=f"s3://{backend.bucket}/{key}",
+                            verified="md5" if md5 == md5_hex else "part-checksum")
+        return self._with_metadata(remote, md5_hex, told=md5 is not None)
+
+    def _with_metadata(self, remote: RemoteFile, md5_hex: str, *, told: bool = False) -> RemoteFile:
+        if told or remote.verified == "md5" or self._item.size > COPY_MAX:
+            return remote
+        self._backend.add_md5_metadata(self._key, self._item, md5_hex)
+        return remote
+
+    def abort(self) -> None:
+        try:
+            self._backend.call("abort", "abort_multipart_upload", Key=self._key, UploadId=self.handle)
+        except (UploadError, OSError) as exc:  # best effort: a lifecycle rule ends the rest
+            log.debug("%s: abort of upload %s failed: %s", self._key, self.handle, exc)
+
+
+PROTOCOL = ProtocolEntry("s3", Settings, S3Backend.from_settings)
