@@ -48,6 +48,7 @@ from syncd.upload.base import (
     MiB,
     NotStarted,
     Part,
+    PartPlan,
     PartReceipt,
     PermanentError,
     RemoteFile,
@@ -360,8 +361,23 @@ class S3Backend:
 
     def resume(self, item: UploadItem, handle: str | None) -> S3Session | NotStarted:
         if handle is None:
-            return NotStarted()  # CreateMultipartUpload's answer was lost: nothing to find it by
+            # CreateMultipartUpload's answer was lost (a crash): the upload may exist, under
+            # an UploadId nobody knows. Uploads of this exact key are this file's (one
+            # syncd per prefix), so they are aborted before a new one is made.
+            self.abort_orphans(self.key(item.remote_name))
+            return NotStarted()
         return S3Session(self, item, handle)
+
+    def abort_orphans(self, key: str) -> None:
+        try:
+            answer = self.call("list uploads", "list_multipart_uploads", Prefix=key)
+            for upload in answer.get("Uploads") or []:
+                if upload.get("Key") == key:
+                    self.call("abort", "abort_multipart_upload", Key=key, UploadId=upload["UploadId"])
+                    log.info("%s: aborted upload %s, made by a run that crashed before it heard back",
+                             key, upload["UploadId"])
+        except UploadError as exc:  # best effort (rclone: 404 when there are none; s3rver: 501)
+            log.debug("%s: no orphan uploads aborted: %s", key, exc)
 
     def upload_whole(self, item: UploadItem, body: BinaryIO, md5_hex: str) -> RemoteFile:
         key = self.key(item.remote_name)
@@ -458,8 +474,9 @@ class S3Session:
         self._item = item
         self._key = backend.key(item.remote_name)
         self.handle = upload_id
-        self._maybe_completed = False
-        """a completion was sent and its answer lost"""
+        self._gone = False
+        """ListParts found no upload, but an object of this file's size and mtime: a
+        completion whose answer a crash cut off, to be confirmed by ``complete``'s HEAD"""
 
     def committed(self) -> dict[int, PartReceipt]:
         """ListParts, every page. The marker is treated as possibly inclusive (rclone's is):
@@ -469,8 +486,17 @@ class S3Session:
         held: dict[int, PartReceipt] = {}
         marker = 0
         while True:
-            page = self._backend.call("list parts", "list_parts", Key=self._key, UploadId=self.handle,
-                                      MaxParts=LIST_PAGE, PartNumberMarker=marker)
+            try:
+                page = self._backend.call("list parts", "list_parts", Key=self._key, UploadId=self.handle,
+                                          MaxParts=LIST_PAGE, PartNumberMarker=marker)
+            except SessionGone:
+                if not self._completed_before():
+                    raise
+                # Every part counts as held (by size): ``complete`` checks the object's MD5
+                # and says SessionGone if it is not this file after all.
+                self._gone = True
+                plan = PartPlan(self._item.size, self._item.part_size)
+                return {n: PartReceipt(number=n, size=plan.bounds(n)[1]) for n in range(1, plan.count + 1)}
             new = 0
             for part in page.get("Parts") or []:
                 number = int(part["PartNumber"])
@@ -483,7 +509,18 @@ class S3Session:
                 return held
             marker = int(page.get("NextPartNumberMarker") or max(held))
 
+    def _completed_before(self) -> bool:
+        """An object under the key with this file's size and source mtime: likely this
+        upload, completed by a run that was killed before it could journal that."""
+        head = self._backend.head(self._key)
+        if head is None or int(head.get("ContentLength", -1)) != self._item.size:
+            return False
+        meta = {k.lower(): v for k, v in (head.get("Metadata") or {}).items()}
+        return meta.get(META_MTIME) == format_mtime(self._item.mtime_ns)
+
     def send_part(self, part: Part) -> PartReceipt:
+        if self._gone:
+            raise SessionGone(f"{self._key}: upload {self.handle} is gone")
         self._empty = False
         data = part.body.read()
         md5 = part.md5 or hashlib.md5(data).hexdigest()
@@ -496,35 +533,25 @@ class S3Session:
         return PartReceipt(number=part.number, size=len(data), etag=etag, md5=md5)
 
     def complete(self, parts: Sequence[PartReceipt], md5_hex: str) -> RemoteFile:
+        """One HEAD first: an object that already holds exactly these bytes is not written
+        again. That is how a completion whose answer was lost (to a crash or the network)
+        is recognised when it is tried again: sent again, it would find no upload
+        (NoSuchUpload on AWS and rclone, 500 on s3rver; moto completes it twice)."""
         backend, key, size = self._backend, self._key, self._item.size
-        on_conflict = backend.settings.on_conflict
-        if on_conflict != "overwrite":
-            existing = backend.identical(key, size=size, md5_hex=md5_hex, parts=parts)
-            if existing is not None:  # already there (or our own completion whose answer was lost)
+        existing = backend.identical(key, size=size, md5_hex=md5_hex, parts=parts)
+        if existing is not None:
+            if not self._gone:
                 self.abort()
-                return existing
-        if self._maybe_completed:
-            # An earlier try's answer was lost: if the object holds exactly these parts, that
-            # try completed it (sent again, the completion finds no upload: NoSuchUpload on
-            # rclone and AWS, 500 on s3rver).
-            done = backend.identical(key, size=size, md5_hex=md5_hex, parts=parts)
-            if done is not None:
-                log.info("%s: an earlier completion whose answer was lost completed it", key)
-                return self._with_metadata(done, md5_hex)
-        conditional = {"IfNoneMatch": "*"} if on_conflict == "fail" else {}
+            log.info("%s: the object already holds these bytes; not written again", key)
+            return self._with_metadata(existing, md5_hex)
+        if self._gone:
+            raise SessionGone(f"{key}: upload {self.handle} is gone and the object is not this file")
+        conditional = {"IfNoneMatch": "*"} if backend.settings.on_conflict == "fail" else {}
         listing = [{"PartNumber": p.number, "ETag": p.etag} for p in parts]
         try:
             backend.call("complete", "complete_multipart_upload", Key=key, UploadId=self.handle,
                          MultipartUpload={"Parts": listing}, **conditional)
-        except TransientError:
-            self._maybe_completed = True
-            raise
-        except (SessionGone, PermanentError) as exc:
-            done = None if isinstance(exc, AuthRejected) else \
-                backend.identical(key, size=size, md5_hex=md5_hex, parts=parts)
-            if done is not None:
-                log.info("%s: completion answered %s, but the object holds these parts: done", key, exc)
-                return self._with_metadata(done, md5_hex)
+        except PermanentError as exc:
             if "PreconditionFailed" in str(exc) or "HTTP 412" in str(exc):
                 raise backend._exists(key) from exc
             raise

@@ -404,6 +404,9 @@ class FaultProxy:
         with self._lock:
             seen.n = len(self.seen)
             self.seen.append(seen)
+        if request.headers.get("Expect", "").lower() == "100-continue":
+            # what a server says before the body comes (botocore waits 1 s for it otherwise)
+            await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         body = _Body(request, seen)
         body.present = request.body_exists
         try:
@@ -440,7 +443,7 @@ class FaultProxy:
                         bucket: _Bucket | None = None, cut_after: int | None = None
                         ) -> tuple[int, list[tuple[str, str]], bytes] | None:
         """Send the request on. Returns the server's answer, or None if the body was cut."""
-        headers = [(k, v) for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP]
+        headers = [(k, v) for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP and k.lower() != "expect"]
         cut = False
 
         async def stream() -> AsyncIterator[bytes]:
