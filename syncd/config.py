@@ -278,7 +278,8 @@ def render_remote_dir(template: str, *, watch: str, when: float) -> str:
 
 # --- loading ---------------------------------------------------------------------------
 
-_PATH_KEYS = {"journal", "staging_dir", "path", "done_dir", "failed_dir", "token_file", "ca_bundle", "root"}
+_PATH_KEYS = {"journal", "staging_dir", "path", "done_dir", "failed_dir", "token_file", "ca_bundle", "root",
+              "secret_access_key_file"}
 
 
 def _resolve_paths(node: Any, base: Path, loc: str, errors: list[str], name: str) -> Any:

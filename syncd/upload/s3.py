@@ -115,7 +115,7 @@ class Settings(TargetSettings):
     """A ``protocol: s3`` target: a bucket (and a prefix in it) on an S3-compatible store."""
 
     protocol: Literal["s3"] = "s3"
-    bucket: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{1,254}$")
+    bucket: str
     prefix: str = ""
     endpoint_url: str | None = None
     region: str | None = None
@@ -132,6 +132,13 @@ class Settings(TargetSettings):
     part_concurrency: int = Field(4, ge=1, le=64)
     checksum: Literal["md5"] = "md5"
     on_conflict: Literal["overwrite", "skip_identical", "fail"] = "overwrite"
+
+    @field_validator("bucket")
+    @classmethod
+    def _bucket(cls, value: str) -> str:
+        if not re.match(r"^[A-Za-z0-9][A-Za-z0-9._-]{2,254}$", value):
+            raise ValueError(f"{value!r} is not a bucket name (3 or more letters, digits, '.', '-', '_')")
+        return value
 
     @field_validator("prefix")
     @classmethod
