@@ -29,10 +29,12 @@ import hashlib
 import logging
 import os
 import re
+import secrets
 import socket
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Literal
 
@@ -251,7 +253,7 @@ def _translate(exc: BaseException, what: str, *, bucket: str) -> BaseException:
             return SessionGone(label)
         if code in _AUTH_CODES or status in (401, 403):
             return AuthRejected(f"authentication rejected ({label})")
-        if code == "NoSuchBucket":
+        if code == "NoSuchBucket" or (what == "head bucket" and status == 404):
             return PermanentError(f"bucket {bucket!r} does not exist ({label})")
         if code == "EntityTooLarge" or status == 413:
             return PermanentError(f"too large for the server ({label}, HTTP 413)" if status != 413
@@ -412,6 +414,47 @@ class S3Backend:
         return RemoteFile(name=key, size=item.size, md5=md5_hex, location=f"s3://{self.bucket}/{key}",
                           verified="md5" if etag == md5_hex else "part-checksum")
 
+    def incomplete_uploads(self) -> Iterator[IncompleteUpload]:
+        """Every incomplete multipart upload under the target's prefix, paged
+        (ListMultipartUploads; rclone answers NoSuchUpload when there are none)."""
+        prefix = f"{self.prefix}/" if self.prefix else ""
+        markers: dict[str, str] = {}
+        while True:
+            try:
+                page = self.call("list uploads", "list_multipart_uploads", Prefix=prefix, **markers)
+            except SessionGone:
+                return
+            for upload in page.get("Uploads") or []:
+                initiated = upload.get("Initiated")
+                yield IncompleteUpload(key=str(upload["Key"]), upload_id=str(upload["UploadId"]),
+                                       initiated=initiated.timestamp() if initiated is not None else None)
+            if not page.get("IsTruncated"):
+                return
+            next_markers = {"KeyMarker": page.get("NextKeyMarker") or "",
+                            "UploadIdMarker": page.get("NextUploadIdMarker") or ""}
+            if next_markers == markers:
+                return
+            markers = next_markers
+
+    def abort_upload(self, key: str, upload_id: str) -> None:
+        self.call("abort", "abort_multipart_upload", Key=key, UploadId=upload_id)
+
+    def probe(self) -> str:
+        """Reach the store once: HEAD the bucket, then put and delete a tiny object under
+        the prefix. One line saying what works; raises an UploadError for what does not."""
+        where = f"s3://{self.bucket}/{self.prefix + '/' if self.prefix else ''}"
+        self.call("head bucket", "head_bucket")
+        key = object_key(self.prefix, f".syncd-probe-{secrets.token_hex(6)}")
+        try:
+            self.call("put", "put_object", Key=key, Body=b"syncd probe", **self._extra)
+        except PermanentError as exc:
+            return f"{where}: bucket reachable, but a put under the prefix fails: {exc}"
+        try:
+            self.call("delete", "delete_object", Key=key)
+        except PermanentError as exc:
+            return f"{where}: bucket reachable, put works, delete of {key} fails (remove it by hand): {exc}"
+        return f"{where}: bucket reachable; put and delete under the prefix work"
+
     def close(self) -> None:
         close = getattr(self.client, "close", None)
         if close is not None:
@@ -465,6 +508,14 @@ class S3Backend:
         self.call("store the MD5 as metadata", "copy_object", Key=key,
                   CopySource={"Bucket": self.bucket, "Key": key}, MetadataDirective="REPLACE",
                   Metadata={META_MD5: md5_hex, META_MTIME: format_mtime(item.mtime_ns)}, **self._extra)
+
+
+@dataclass(frozen=True)
+class IncompleteUpload:
+    key: str
+    upload_id: str
+    initiated: float | None
+    """when it was made (seconds since the epoch), as the store says"""
 
 
 def _b64(md5_hex: str) -> str:
