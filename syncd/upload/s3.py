@@ -301,6 +301,8 @@ class S3Backend:
         # Under SSE-KMS the ETag is not the content's MD5: it cannot check parts or objects.
         self.etag_is_md5 = settings.server_side_encryption not in ("aws:kms", "aws:kms:dsse")
         self._lock = threading.Lock()
+        self._lost_creates: set[str] = set()
+        """keys whose CreateMultipartUpload failed in a way that may have made an upload"""
 
     @staticmethod
     def _make_client(settings: Settings) -> Any:
@@ -363,9 +365,20 @@ class S3Backend:
         if self.settings.on_conflict == "fail":
             head = self.head(key)
             if head is not None and int(head.get("ContentLength", -1)) != item.size:
-                raise self._exists(key)
-        answer = self.call("create upload", "create_multipart_upload", Key=key,
-                           Metadata={META_MTIME: format_mtime(item.mtime_ns)}, **self._extra)
+                raise self.conflict_error(key)
+        with self._lock:
+            lost = key in self._lost_creates
+        if lost:  # an earlier try may have made an upload whose answer never came
+            self.abort_orphans(key)
+        try:
+            answer = self.call("create upload", "create_multipart_upload", Key=key,
+                               Metadata={META_MTIME: format_mtime(item.mtime_ns)}, **self._extra)
+        except TransientError:
+            with self._lock:
+                self._lost_creates.add(key)
+            raise
+        with self._lock:
+            self._lost_creates.discard(key)
         return S3Session(self, item, str(answer["UploadId"]), new=True)
 
     def resume(self, item: UploadItem, handle: str | None) -> S3Session | NotStarted:
@@ -391,9 +404,11 @@ class S3Backend:
     def upload_whole(self, item: UploadItem, body: BinaryIO, md5_hex: str) -> RemoteFile:
         key = self.key(item.remote_name)
         if self.settings.on_conflict != "overwrite":
-            existing = self.identical(key, size=item.size, md5_hex=md5_hex)
-            if existing is not None:
-                return existing
+            there, same = self.existing(key, size=item.size, md5_hex=md5_hex)
+            if same is not None:
+                return same
+            if there and self.settings.on_conflict == "fail":
+                raise self.conflict_error(key)
         data = body.read()
         conditional = {"IfNoneMatch": "*"} if self.settings.on_conflict == "fail" else {}
         try:
@@ -403,10 +418,10 @@ class S3Backend:
         except PermanentError as exc:
             if "PreconditionFailed" in str(exc) or "HTTP 412" in str(exc):
                 # another writer got there first, or our own put whose answer was lost
-                existing = self.identical(key, size=item.size, md5_hex=md5_hex)
-                if existing is not None:
-                    return existing
-                raise self._exists(key) from exc
+                _, same = self.existing(key, size=item.size, md5_hex=md5_hex)
+                if same is not None:
+                    return same
+                raise self.conflict_error(key) from exc
             raise
         etag = etag_md5(answer.get("ETag"))
         if self.etag_is_md5 and etag is not None and etag != md5_hex:
@@ -479,20 +494,23 @@ class S3Backend:
                 return str(value).lower()
         return etag_md5(head.get("ETag")) if self.etag_is_md5 else None
 
-    def identical(self, key: str, *, size: int, md5_hex: str,
-                  parts: Sequence[PartReceipt] = ()) -> RemoteFile | None:
-        """The object under ``key`` if it holds exactly these bytes (size and MD5, or the
-        ``-N`` ETag of exactly these parts), else None."""
+    def existing(self, key: str, *, size: int, md5_hex: str,
+                 parts: Sequence[PartReceipt] = ()) -> tuple[bool, RemoteFile | None]:
+        """Whether an object is under ``key``, and it if it holds exactly these bytes (size
+        and MD5, or the ``-N`` ETag of exactly these parts)."""
         head = self.head(key)
-        if head is None or int(head.get("ContentLength", -1)) != size:
-            return None
+        if head is None:
+            return False, None
+        if int(head.get("ContentLength", -1)) != size:
+            return True, None
         md5 = self.stored_md5(head)
         if md5 == md5_hex:
-            return RemoteFile(name=key, size=size, md5=md5, location=f"s3://{self.bucket}/{key}", verified="md5")
+            return True, RemoteFile(name=key, size=size, md5=md5, location=f"s3://{self.bucket}/{key}",
+                                    verified="md5")
         if md5 is None and parts and self.matches_parts(head, parts):
-            return RemoteFile(name=key, size=size, md5=md5_hex, location=f"s3://{self.bucket}/{key}",
-                              verified="part-checksum")
-        return None
+            return True, RemoteFile(name=key, size=size, md5=md5_hex, location=f"s3://{self.bucket}/{key}",
+                                    verified="part-checksum")
+        return True, None
 
     def matches_parts(self, head: Mapping[str, Any], parts: Sequence[PartReceipt]) -> bool:
         md5s = [p.md5 or etag_md5(p.etag) for p in parts]
@@ -500,7 +518,7 @@ class S3Backend:
             return False
         return str(head.get("ETag") or "").strip('"').lower() == multipart_etag(md5s)  # type: ignore[arg-type]
 
-    def _exists(self, key: str) -> PermanentError:
+    def conflict_error(self, key: str) -> PermanentError:
         return PermanentError(f"s3://{self.bucket}/{key} already exists with other content (on_conflict: fail)")
 
     def add_md5_metadata(self, key: str, item: UploadItem, md5_hex: str) -> None:
@@ -596,14 +614,16 @@ class S3Session:
         is recognised when it is tried again: sent again, it would find no upload
         (NoSuchUpload on AWS and rclone, 500 on s3rver; moto completes it twice)."""
         backend, key, size = self._backend, self._key, self._item.size
-        existing = backend.identical(key, size=size, md5_hex=md5_hex, parts=parts)
-        if existing is not None:
+        there, same = backend.existing(key, size=size, md5_hex=md5_hex, parts=parts)
+        if same is not None:
             if not self._gone:
                 self.abort()
             log.info("%s: the object already holds these bytes; not written again", key)
-            return self._with_metadata(existing, md5_hex)
+            return self._with_metadata(same, md5_hex)
         if self._gone:
             raise SessionGone(f"{key}: upload {self.handle} is gone and the object is not this file")
+        if there and backend.settings.on_conflict == "fail":
+            raise backend.conflict_error(key)
         conditional = {"IfNoneMatch": "*"} if backend.settings.on_conflict == "fail" else {}
         listing = [{"PartNumber": p.number, "ETag": p.etag} for p in parts]
         try:
@@ -611,7 +631,7 @@ class S3Session:
                          MultipartUpload={"Parts": listing}, **conditional)
         except PermanentError as exc:
             if "PreconditionFailed" in str(exc) or "HTTP 412" in str(exc):
-                raise backend._exists(key) from exc
+                raise backend.conflict_error(key) from exc
             raise
         return self._verify(parts, md5_hex)
 
