@@ -14,6 +14,9 @@ RGW, R2, B2, ``rclone serve s3``), with boto3's low-level client.
   where HEAD already tells the MD5 as a plain ETag (rclone, s3rver) and for objects over
   5 GiB (CopyObject's limit); there the ``-N`` ETag, checked against the parts' MD5s, is
   the proof.
+- ``checksum`` other than ``md5`` adds a flexible checksum (botocore computes it) to every
+  part and PutObject, besides Content-MD5; the parts' values, from UploadPart's answers or
+  ListParts, are named again in CompleteMultipartUpload, as AWS requires.
 - botocore's own retries are off: the engine's retry policy owns timing. Every botocore
   exception is translated here into base.py's errors (``_translate``).
 
@@ -132,7 +135,7 @@ class Settings(TargetSettings):
     part_size: Size = 16 * MiB
     min_part_size: Size = MIN_PART
     part_concurrency: int = Field(4, ge=1, le=64)
-    checksum: Literal["md5"] = "md5"
+    checksum: Literal["md5", "crc32", "crc32c", "sha1", "sha256"] = "md5"
     on_conflict: Literal["overwrite", "skip_identical", "fail"] = "overwrite"
 
     @field_validator("bucket")
@@ -207,6 +210,14 @@ class Settings(TargetSettings):
     def resolve_token(self) -> str | None:
         """The secret to keep out of logs (``syncd run`` registers it)."""
         return self.resolve_secret()
+
+    def environment_problems(self) -> list[str]:
+        import importlib.util
+
+        problems = super().environment_problems()
+        if self.checksum == "crc32c" and importlib.util.find_spec("awscrt") is None:
+            problems.append("checksum: crc32c needs botocore's CRT extra (pip install 'botocore[crt]')")
+        return problems
 
     def describe(self) -> str:
         where = self.endpoint_url or f"AWS {self.region or '(default region)'}"
@@ -298,6 +309,13 @@ class S3Backend:
             self._extra["ServerSideEncryption"] = settings.server_side_encryption
         if settings.kms_key_id:
             self._extra["SSEKMSKeyId"] = settings.kms_key_id
+        self.checksum_args: dict[str, str] = {}
+        """a flexible checksum botocore computes for each part and whole object, besides Content-MD5"""
+        self.checksum_field = ""
+        """where an answer or a listing tells a part's flexible checksum (``ChecksumCRC32``...)"""
+        if settings.checksum != "md5":
+            self.checksum_args = {"ChecksumAlgorithm": settings.checksum.upper()}
+            self.checksum_field = f"Checksum{settings.checksum.upper()}"
         # Under SSE-KMS the ETag is not the content's MD5: it cannot check parts or objects.
         self.etag_is_md5 = settings.server_side_encryption not in ("aws:kms", "aws:kms:dsse")
         self._lock = threading.Lock()
@@ -372,7 +390,8 @@ class S3Backend:
             self.abort_orphans(key)
         try:
             answer = self.call("create upload", "create_multipart_upload", Key=key,
-                               Metadata={META_MTIME: format_mtime(item.mtime_ns)}, **self._extra)
+                               Metadata={META_MTIME: format_mtime(item.mtime_ns)}, **self.checksum_args,
+                               **self._extra)
         except TransientError:
             with self._lock:
                 self._lost_creates.add(key)
@@ -414,7 +433,7 @@ class S3Backend:
         try:
             answer = self.call("put", "put_object", Key=key, Body=data, ContentMD5=_b64(md5_hex),
                                Metadata={META_MD5: md5_hex, META_MTIME: format_mtime(item.mtime_ns)},
-                               **conditional, **self._extra)
+                               **conditional, **self.checksum_args, **self._extra)
         except PermanentError as exc:
             if "PreconditionFailed" in str(exc) or "HTTP 412" in str(exc):
                 # another writer got there first, or our own put whose answer was lost
@@ -550,6 +569,9 @@ class S3Session:
         self._item = item
         self._key = backend.key(item.remote_name)
         self.handle = upload_id
+        self._checksums: dict[int, str] = {}
+        """each part's flexible checksum as the server answered or listed it (CompleteMultipartUpload
+        names them when the upload was made with a checksum algorithm)"""
         self._gone = False
         """ListParts found no upload, but an object of this file's size and mtime: a
         completion whose answer a crash cut off, to be confirmed by ``complete``'s HEAD"""
@@ -579,6 +601,8 @@ class S3Session:
                 if number not in held:
                     new += 1
                 etag = str(part.get("ETag") or "")
+                if self._backend.checksum_field and part.get(self._backend.checksum_field):
+                    self._checksums[number] = str(part[self._backend.checksum_field])
                 held[number] = PartReceipt(number=number, size=int(part["Size"]), etag=etag,
                                            md5=etag_md5(etag) if self._backend.etag_is_md5 else None)
             if not page.get("IsTruncated") or not new:
@@ -601,8 +625,11 @@ class S3Session:
         data = part.body.read()
         md5 = part.md5 or hashlib.md5(data).hexdigest()
         answer = self._backend.call(f"part {part.number}", "upload_part", Key=self._key, UploadId=self.handle,
-                                    PartNumber=part.number, Body=data, ContentMD5=_b64(md5))
+                                    PartNumber=part.number, Body=data, ContentMD5=_b64(md5),
+                                    **self._backend.checksum_args)
         etag = str(answer.get("ETag") or "")
+        if self._backend.checksum_field and answer.get(self._backend.checksum_field):
+            self._checksums[part.number] = str(answer[self._backend.checksum_field])
         if self._backend.etag_is_md5 and etag_md5(etag) != md5:
             raise TransientError(f"part {part.number}: server's ETag {etag} is not the part's MD5 {md5}",
                                  reason="checksum")
@@ -626,6 +653,10 @@ class S3Session:
             raise backend.conflict_error(key)
         conditional = {"IfNoneMatch": "*"} if backend.settings.on_conflict == "fail" else {}
         listing = [{"PartNumber": p.number, "ETag": p.etag} for p in parts]
+        if self._backend.checksum_field:
+            for entry in listing:
+                if entry["PartNumber"] in self._checksums:
+                    entry[self._backend.checksum_field] = self._checksums[entry["PartNumber"]]
         try:
             backend.call("complete", "complete_multipart_upload", Key=key, UploadId=self.handle,
                          MultipartUpload={"Parts": listing}, **conditional)

@@ -92,6 +92,16 @@ def test_secret_from_a_file_or_the_environment_and_its_problems(tmp_path, monkey
         _error(tmp_path, access_key_id="AKIA", secret_access_key_file="missing")
 
 
+def test_crc32c_needs_the_crt_extra(tmp_path):
+    import importlib.util
+
+    if importlib.util.find_spec("awscrt") is not None:
+        assert _config(tmp_path, checksum="crc32c").targets["store"].checksum == "crc32c"
+    else:
+        assert "targets.store.checksum: crc32c needs botocore's CRT extra" in _error(tmp_path, checksum="crc32c")
+    assert _config(tmp_path, checksum="crc32").targets["store"].checksum == "crc32"
+
+
 def test_check_config_shows_no_credentials(tmp_path):
     (tmp_path / "secret").write_text("s3cr3t")
     config = _config(tmp_path, access_key_id="AKIAEXAMPLE", secret_access_key_file="secret")
