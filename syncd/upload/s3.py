@@ -267,8 +267,7 @@ def _translate(exc: BaseException, what: str, *, bucket: str) -> BaseException:
         if code == "NoSuchBucket" or (what == "head bucket" and status == 404):
             return PermanentError(f"bucket {bucket!r} does not exist ({label})")
         if code == "EntityTooLarge" or status == 413:
-            return PermanentError(f"too large for the server ({label}, HTTP 413)" if status != 413
-                                  else f"too large for the server ({label})")
+            return PermanentError(f"too large for the server (HTTP 413: {label})")
         if code in _FULL_CODES or status == 507:
             return StorageFull(f"server storage is full ({label})")
         if code in _CHECKSUM_CODES:
@@ -347,8 +346,7 @@ class S3Backend:
             response_checksum_validation="when_required",
             user_agent_extra="syncd",
         )
-        verify: bool | str = str(settings.ca_bundle) if settings.ca_bundle else settings.verify_tls
-        return session.client("s3", endpoint_url=settings.endpoint_url, config=config, verify=verify)
+        return session.client("s3", endpoint_url=settings.endpoint_url, config=config, verify=settings.tls_verify())
 
     @classmethod
     def from_settings(cls, name: str, settings: Settings) -> S3Backend:

@@ -87,7 +87,11 @@ class S3Server:
                     raise RuntimeError(f"{self.name} did not listen within {timeout}s: {self.log()[-2000:]}") \
                         from None
                 time.sleep(0.1)
-        self.ensure_bucket()
+        try:
+            self.ensure_bucket()
+        except BaseException:
+            self.stop()
+            raise
         return self
 
     def ensure_bucket(self) -> None:
