@@ -29,6 +29,7 @@ from __future__ import annotations
 import base64
 import email.utils
 import hashlib
+import io
 import logging
 import os
 import re
@@ -50,6 +51,7 @@ from syncd.upload.base import (
     Capabilities,
     ChecksumMismatch,
     GiB,
+    Interrupted,
     MiB,
     NotStarted,
     Part,
@@ -294,6 +296,20 @@ def _translate(exc: BaseException, what: str, *, bucket: str) -> BaseException:
     return exc
 
 
+def _stopped(exc: BaseException) -> Interrupted | None:
+    """The Interrupted a part's body raised while botocore sent it (botocore wraps it in an
+    HTTPClientError), if that is what ``exc`` is."""
+    seen: set[int] = set()
+    node: BaseException | None = exc
+    while node is not None and id(node) not in seen:
+        if isinstance(node, Interrupted):
+            return node
+        seen.add(id(node))
+        inner = getattr(node, "kwargs", {}).get("error") if isinstance(getattr(node, "kwargs", None), dict) else None
+        node = inner if isinstance(inner, BaseException) else (node.__cause__ or node.__context__)
+    return None
+
+
 class S3Backend:
     def __init__(self, name: str, settings: Settings, *, client: Any | None = None):
         self.name = name
@@ -339,7 +355,9 @@ class S3Backend:
             read_timeout=settings.timeout.read,
             retries={"total_max_attempts": 1, "mode": "standard"},  # syncd's retry policy owns timing
             max_pool_connections=max(10, 4 * settings.part_concurrency),
-            s3={"addressing_style": settings.addressing_style},
+            # Every part and object carries a signed Content-MD5: SHA-256 of each body for the
+            # signature would be a third hash of every byte, and buys nothing on top.
+            s3={"addressing_style": settings.addressing_style, "payload_signing_enabled": False},
             # Content-MD5 is what every server here checks (or stores); botocore's default
             # CRC32 trailers are not understood by every S3-compatible server.
             request_checksum_calculation="when_required",
@@ -362,6 +380,8 @@ class S3Backend:
         except UploadError:
             raise
         except Exception as exc:
+            if stopped := _stopped(exc):  # the part's stream said stop, inside botocore
+                raise stopped from None
             translated = _translate(exc, what, bucket=self.bucket)
             if translated is exc:
                 raise
@@ -553,6 +573,34 @@ class IncompleteUpload:
     """when it was made (seconds since the epoch), as the store says"""
 
 
+class _WholePart:
+    """A part's stream that, once all its bytes were read, says so without reading it again.
+
+    The part's own stream raises Interrupted at its next read once the daemon stops; the
+    read that would only have said "no more" must not cut a request whose every byte has
+    left: the server stores such a part, and it would be held without being journaled."""
+
+    def __init__(self, body: BinaryIO, size: int):
+        self._body = body
+        self._size = size
+        self._left = size
+
+    def read(self, size: int | None = -1) -> bytes:
+        if self._left <= 0:
+            return b""
+        data = self._body.read(self._left if size is None or size < 0 else min(size, self._left))
+        self._left -= len(data)
+        return data
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        position = self._body.seek(offset, whence)
+        self._left = self._size - position
+        return position
+
+    def tell(self) -> int:
+        return self._body.tell()
+
+
 def _b64(md5_hex: str) -> str:
     return base64.b64encode(bytes.fromhex(md5_hex)).decode("ascii")
 
@@ -620,18 +668,30 @@ class S3Session:
         if self._gone:
             raise SessionGone(f"{self._key}: upload {self.handle} is gone")
         self._empty = False
-        data = part.body.read()
-        md5 = part.md5 or hashlib.md5(data).hexdigest()
+        body: BinaryIO | bytes = part.body
+        md5 = part.md5
+        if md5 is None:  # the engine hashes parts for us (part_checksum); this is a fallback
+            if isinstance(body, io.BytesIO):  # a part in memory: hashed where it lies
+                md5 = hashlib.md5(body.getvalue()).hexdigest()
+            else:  # a part streamed from disk: read it once, into memory
+                body = body.read()
+                md5 = hashlib.md5(body).hexdigest()
+        if self._backend.checksum_args and not isinstance(body, bytes):
+            # botocore reads the body for a flexible checksum before sending it: give it
+            # bytes, so the part's stream (which counts what is sent) is read once
+            body = body.read()
+        if not isinstance(body, bytes):
+            body = _WholePart(body, part.size)
         answer = self._backend.call(f"part {part.number}", "upload_part", Key=self._key, UploadId=self.handle,
-                                    PartNumber=part.number, Body=data, ContentMD5=_b64(md5),
-                                    **self._backend.checksum_args)
+                                    PartNumber=part.number, Body=body, ContentLength=part.size,
+                                    ContentMD5=_b64(md5), **self._backend.checksum_args)
         etag = str(answer.get("ETag") or "")
         if self._backend.checksum_field and answer.get(self._backend.checksum_field):
             self._checksums[part.number] = str(answer[self._backend.checksum_field])
         if self._backend.etag_is_md5 and etag_md5(etag) != md5:
             raise TransientError(f"part {part.number}: server's ETag {etag} is not the part's MD5 {md5}",
                                  reason="checksum")
-        return PartReceipt(number=part.number, size=len(data), etag=etag, md5=md5)
+        return PartReceipt(number=part.number, size=part.size, etag=etag, md5=md5)
 
     def complete(self, parts: Sequence[PartReceipt], md5_hex: str) -> RemoteFile:
         """One HEAD first: an object that already holds exactly these bytes is not written

@@ -209,8 +209,9 @@ def test_507_fails_fast_keeps_the_session_and_resumes_later(target, tmp_path):
         upload = rig.journal.open_upload(job.file_id, target="t")
         assert upload is not None and upload.session is not None
         assert target.open_sessions(name) == 1
-        held = upload.offset  # parts 1 and 2, and with parallel parts maybe some after 3
-        assert held >= 2 * PART
+        # parts 1 and 2 on a serial protocol; with parts in parallel, the refusal stops the
+        # parts in flight beside it (some may be cut, some done, some after part 3)
+        held = upload.offset
         sent: list[int] = []
         rig.engine.upload(job, on_read=sent.append)
         assert target.stored_md5(name) == md5_of(path)
