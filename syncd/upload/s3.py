@@ -17,6 +17,10 @@ RGW, R2, B2, ``rclone serve s3``), with boto3's low-level client.
 - ``checksum`` other than ``md5`` adds a flexible checksum (botocore computes it) to every
   part and PutObject, besides Content-MD5; the parts' values, from UploadPart's answers or
   ListParts, are named again in CompleteMultipartUpload, as AWS requires.
+- Parts are hashed by the engine (``part_checksum``) and streamed from memory into the
+  request, so progress and a stop are seen as the bytes go. Every body goes with a signed
+  Content-MD5, so the SigV4 signature does not SHA-256 the body as well
+  (``payload_signing_enabled: False``): that would be a third hash of every byte.
 - botocore's own retries are off: the engine's retry policy owns timing. Every botocore
   exception is translated here into base.py's errors (``_translate``).
 
