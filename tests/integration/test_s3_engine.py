@@ -152,3 +152,33 @@ def test_a_flexible_checksum_goes_with_every_part_and_survives_a_resume(s3, tmp_
         assert all(f"x-amz-checksum-{checksum}" in s.headers and "content-md5" in s.headers for s in parts)
     finally:
         rig.close()
+
+
+def test_a_bad_digest_on_rclone_ends_its_upload_and_a_new_one_completes(rclone_s3, tmp_path, monkeypatch):
+    """rclone checks Content-MD5, and a BadDigest on a part drops the whole multipart
+    upload (the part sent again gets NoSuchUpload): the file completes in a new upload."""
+    from syncd.upload import s3 as s3_module
+
+    real, wrong = s3_module._b64, []
+
+    def one_wrong_digest(md5_hex: str) -> str:
+        if not wrong:
+            wrong.append(md5_hex)
+            return real("0" * 32)
+        return real(md5_hex)
+
+    monkeypatch.setattr(s3_module, "_b64", one_wrong_digest)
+    target = S3Target(rclone_s3)
+    rig = _rig(target, tmp_path)
+    try:
+        path = write_random(tmp_path / "f.bin", LARGE)
+        job = rig.job(path, "digest.bin")
+        rig.engine.upload(job)
+        assert wrong and "checksum" in rig.retries
+        assert rclone_s3.stored_md5(target.key("digest.bin")) == md5_of(path)
+        assert target.completions("digest.bin") == 1 and target.open_sessions("digest.bin") == 0
+        states = [r.state for r in (rig.journal.get_upload(i) for i in (1, 2))]
+        assert states == ["abandoned", "completed"], states
+    finally:
+        rig.close()
+        target.close()
