@@ -12,6 +12,7 @@ Runs every benchmark of issue 7 in turn, prints one table each, writes
 5. resume      SIGKILL 10 times during a 1 GiB upload: bytes sent again per kill
 6. idle        60 s idle with 10,000 done files: CPU seconds and wake-ups
 7. transcode   bench/transcode.py: optimize_for_web vs the same ffmpeg command line
+8. s3          S3 target: 1 GiB vs boto3 upload_file and rclone copy; 10,000 x 4 KiB vs rclone copy
 """
 
 from __future__ import annotations
@@ -130,6 +131,14 @@ def _transcode(quick: bool) -> dict[str, Any]:
     return out
 
 
+def _s3(quick: bool) -> dict[str, Any]:
+    from bench import s3
+
+    if quick:
+        return s3.run(size=256 * MiB, part=16 * MiB, concurrency=4, rounds=1, files=1000, file_size=4096)
+    return s3.run(size=GiB, part=16 * MiB, concurrency=4, rounds=3, files=10_000, file_size=4096)
+
+
 def _render_transcode(result: dict[str, Any]) -> str:
     if "skipped" in result:
         return f"### Transcode overhead\n\nskipped: {result['skipped']}"
@@ -138,7 +147,7 @@ def _render_transcode(result: dict[str, Any]) -> str:
 
 
 def benches() -> list[Bench]:
-    from bench import idle, resume, settle, smallfiles, sweep, throughput
+    from bench import idle, resume, s3, settle, smallfiles, sweep, throughput
 
     return [
         Bench(1, "throughput", "Throughput and memory, one big file", _throughput, throughput.render, throughput.plot),
@@ -148,6 +157,7 @@ def benches() -> list[Bench]:
         Bench(5, "resume", "Resume waste", _resume, resume.render, resume.plot),
         Bench(6, "idle", "Idle cost", _idle, idle.render),
         Bench(7, "transcode", "Transcode overhead", _transcode, _render_transcode),
+        Bench(8, "s3", "S3 target: one big file and many small files", _s3, s3.render),
     ]
 
 
@@ -162,7 +172,7 @@ def _select(spec: str | None, all_benches: list[Bench]) -> set[int]:
                 out.add(b.number)
                 break
         else:
-            raise SystemExit(f"python -m bench: unknown benchmark {item!r} (1-7 or a name)")
+            raise SystemExit(f"python -m bench: unknown benchmark {item!r} (1-8 or a name)")
     return out
 
 

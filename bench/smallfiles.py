@@ -75,6 +75,8 @@ def write_files(folder: Path, n: int, size: int, *, per_dir: int = 1000) -> None
 
 class RcloneS3(ServerProcess):
     name = "rclone serve s3"
+    args: tuple[str, ...] = ()
+    """more flags for ``rclone serve s3``"""
 
     def __init__(self, rclone: str, root: Path):
         self.rclone = rclone
@@ -87,7 +89,7 @@ class RcloneS3(ServerProcess):
         self._log = (self.root.parent / "rclone-serve.log").open("ab")  # root.parent: a fresh folder
         self.proc = subprocess.Popen(
             [self.rclone, "serve", "s3", "--config", "/dev/null", "--addr", f"127.0.0.1:{self.port}",
-             "--auth-key", f"{self.key},{self.secret}", str(self.root)],
+             "--auth-key", f"{self.key},{self.secret}", *self.args, str(self.root)],
             stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         self.pid = self.proc.pid
         # ready when rclone itself says it listens on our port (a bare connect could reach
@@ -164,11 +166,12 @@ def run_syncd(work: Path, receiver: Receiver, *, n: int, size: int, quiet: str, 
     return vals
 
 
-def run_rclone(rclone: str, root: Path, src: Path, *, n: int, timeout: float) -> dict[str, Any]:
+def run_rclone(rclone: str, root: Path, src: Path, *, n: int, timeout: float,
+               server_class: type[RcloneS3] = RcloneS3) -> dict[str, Any]:
     """One ``rclone copy`` to a fresh ``rclone serve s3`` on an empty folder (a server that
     served a folder emptied behind its back would still list the old objects from its
     VFS directory cache, and rclone would then copy nothing)."""
-    server = RcloneS3(rclone, root).start()
+    server = server_class(rclone, root).start()
     try:
         # --error-on-no-transfer: copying nothing is an error here, not a quiet success
         r = run_measured([rclone, "copy", "--config", "/dev/null", "--error-on-no-transfer", str(src),

@@ -66,6 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--skip-secrets", action="store_true",
                        help="check everything but the tokens: for a service config outside systemd, where "
                             "${CREDENTIALS_DIRECTORY} is not set")
+    check.add_argument("--probe", action="store_true",
+                       help="also reach each target once and say what works (S3: HEAD the bucket, put and "
+                            "delete a tiny object under the prefix)")
 
     status = sub.add_parser("status", help="what is uploading, waiting, failed, and why")
     _add_config(status, quick_start=True)
@@ -96,8 +99,26 @@ def build_parser() -> argparse.ArgumentParser:
     upload.add_argument("--remote-dir", default="", help="folder on the server to put the files in")
     upload.add_argument("files", nargs="+", type=Path, metavar="FILE")
 
+    cleanup = sub.add_parser("cleanup", help="list (and abort) incomplete S3 multipart uploads no journal row owns",
+                             description="List the incomplete multipart uploads under an S3 target's prefix that "
+                                         "no open upload in the journal owns; with --abort, abort them.")
+    _add_config(cleanup)
+    cleanup.add_argument("--target", required=True, help="an s3 target name from the config")
+    cleanup.add_argument("--older-than", type=_duration, default=None, metavar="DURATION",
+                         help="only uploads started at least this long ago (default 1h)")
+    cleanup.add_argument("--abort", action="store_true", help="abort them (default: only list them)")
+
     sub.add_parser("version", help="print the version")
     return parser
+
+
+def _duration(text: str) -> float:
+    from syncd.units import parse_duration
+
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -130,7 +151,11 @@ def main(argv: list[str] | None = None) -> int:
               "(start `syncd run` in this folder first, or give -c FILE)", file=sys.stderr)
         return EXIT_FAILURE
     if args.command == "check-config":
-        return cmd_check_config(config)
+        return cmd_check_config(config, probe=args.probe)
+    if args.command == "cleanup":
+        from syncd.cleanup import cmd_cleanup
+
+        return cmd_cleanup(config, target=args.target, older_than=args.older_than, abort=args.abort)
     if args.command == "status":
         from syncd.status import cmd_status
 
@@ -150,14 +175,21 @@ def main(argv: list[str] | None = None) -> int:
     return EXIT_USAGE
 
 
-def cmd_check_config(config: Config) -> int:
+def cmd_check_config(config: Config, *, probe: bool = False) -> int:
     import yaml
 
     print(yaml.safe_dump(redacted(config), sort_keys=False, allow_unicode=True), end="")
     where = config.source if config.source != "<built-in>" else \
         f"the quick start in {config.journal.parent.parent} (no -c; `syncd run` creates its folders)"
     print(f"# {where}: ok", file=sys.stderr)
-    return EXIT_OK
+    if not probe:
+        return EXIT_OK
+    from syncd.probe import probe_targets
+
+    lines, ok = probe_targets(config)
+    for line in lines:  # as YAML comments: stdout stays the resolved config
+        print(f"# {line}")
+    return EXIT_OK if ok else EXIT_FAILURE
 
 
 def cmd_run(args: argparse.Namespace) -> int:

@@ -335,10 +335,10 @@ def render_remote_dir(template: str, *, watch: str, when: float) -> str:
 # --- loading ---------------------------------------------------------------------------
 
 _PATH_KEYS = {"journal", "staging_dir", "path", "done_dir", "failed_dir", "token_file", "ca_bundle", "root",
-              "file"}
+              "file", "secret_access_key_file"}
 
 
-_SECRET_PATH_KEYS = {"token_file"}
+_SECRET_PATH_KEYS = {"token_file", "secret_access_key_file"}
 _UNSET_VAR = re.compile(r"\$\{(\w+)\}|\$(\w+)")
 
 
@@ -633,12 +633,15 @@ def default_config(base: Path, *, port: int = DEFAULT_PORT, create_folders: bool
     return build_config(data, base=base, name="<built-in>", check=create_folders)
 
 
+_SECRET_KEYS = {"token", "access_key_id"}
+
+
 def redacted(config: Config) -> dict[str, Any]:
     """The resolved config as plain data, with every secret replaced by ``***``."""
 
     def scrub(node: Any) -> Any:
         if isinstance(node, dict):
-            return {k: ("***" if k == "token" and v is not None else scrub(v)) for k, v in node.items()}
+            return {k: ("***" if k in _SECRET_KEYS and v is not None else scrub(v)) for k, v in node.items()}
         if isinstance(node, SecretStr):
             return "***"
         if isinstance(node, (list, tuple)):

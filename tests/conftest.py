@@ -44,6 +44,34 @@ def drf_server() -> Iterator[DrfServer]:
         server.stop()
 
 
+def _s3_server(name: str) -> Iterator:
+    from tests.support.s3servers import SERVERS
+
+    server = SERVERS[name]().start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def rclone_s3() -> Iterator:
+    """``rclone serve s3`` on 127.0.0.1, shared by the session; tests use their own keys."""
+    yield from _s3_server("rclone")
+
+
+@pytest.fixture(scope="session")
+def moto_s3() -> Iterator:
+    """The moto S3 server on 127.0.0.1, shared by the session."""
+    yield from _s3_server("moto")
+
+
+@pytest.fixture(scope="session")
+def s3rver_s3() -> Iterator:
+    """s3rver (npm, installed by .ci/install-s3-servers) on 127.0.0.1, shared by the session."""
+    yield from _s3_server("s3rver")
+
+
 @pytest.fixture(params=["receiver", pytest.param("drf", marks=pytest.mark.interop)])
 def peer(request, tmp_path):
     """The server a daemon test uploads to: the built-in receiver, or real drf-chunked-upload."""

@@ -21,6 +21,7 @@ DEFAULT = "chunked"
 BUILTIN = {
     "chunked": "syncd.upload.chunked",
     "tus": "syncd.upload.tus",
+    "s3": "syncd.upload.s3",
 }
 
 

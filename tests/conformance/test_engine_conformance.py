@@ -27,6 +27,11 @@ def _upload_and_check(target, rig, path, name):
     return remote
 
 
+def _needs_resume(target):
+    if target.cannot_resume:
+        pytest.skip(target.cannot_resume)
+
+
 def _assert_aborted(target, name):
     if target.can_abort:
         assert target.open_sessions(name) == 0
@@ -67,6 +72,7 @@ def _server_holds(rig, upload) -> int:
 def test_resume_with_the_journal_behind_the_server(target, tmp_path):
     """Parts the server holds but the journal forgot (a crash before they were recorded)
     are kept under their own numbers, not sent again and never renumbered."""
+    _needs_resume(target)
     rig = target.rig(tmp_path)
     try:
         name = unique_name(tmp_path, "behind.bin")
@@ -86,6 +92,7 @@ def test_resume_with_the_journal_behind_the_server(target, tmp_path):
 def test_resume_with_the_journal_ahead_of_the_server(target, tmp_path):
     """The journal records parts the server does not hold (the server lost them): they are
     sent again; the server's view wins."""
+    _needs_resume(target)
     rig = target.rig(tmp_path)
     try:
         name = unique_name(tmp_path, "ahead.bin")
@@ -125,6 +132,7 @@ def test_lost_answer_to_the_completion(target, tmp_path):
 
 
 def test_session_gone_on_resume_starts_a_new_one(target, tmp_path):
+    _needs_resume(target)
     rig = target.rig(tmp_path)
     try:
         name = unique_name(tmp_path, "gone.bin")
@@ -195,6 +203,7 @@ def test_413_fails_fast_and_frees_the_session(target, tmp_path):
 def test_507_fails_fast_keeps_the_session_and_resumes_later(target, tmp_path):
     """A full disk keeps what it received: the session stays, and a later attempt
     (``syncd retry``) sends only what the server lacks."""
+    _needs_resume(target)
     rig = target.rig(tmp_path)
     try:
         name = unique_name(tmp_path, "full.bin")
@@ -207,9 +216,12 @@ def test_507_fails_fast_keeps_the_session_and_resumes_later(target, tmp_path):
         upload = rig.journal.open_upload(job.file_id, target="t")
         assert upload is not None and upload.session is not None
         assert target.open_sessions(name) == 1
+        # parts 1 and 2 on a serial protocol; with parts in parallel, the refusal stops the
+        # parts in flight beside it (some may be cut, some done, some after part 3)
+        held = upload.offset
         sent: list[int] = []
         rig.engine.upload(job, on_read=sent.append)
         assert target.stored_md5(name) == md5_of(path)
-        assert sum(sent) == os.path.getsize(path) - 2 * PART
+        assert sum(sent) == os.path.getsize(path) - held
     finally:
         rig.close()

@@ -12,15 +12,18 @@ import json
 import re
 import secrets
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
+from urllib.parse import parse_qs
 
 from syncd.upload.base import AuthRejected, SessionGone, StorageFull, TransientError
 from syncd.upload.chunked import ChunkedBackend
 from syncd.upload.registry import build_backend
+from syncd.upload.s3 import Settings as S3Settings
 from tests.support.engine import EngineRig
 from tests.support.fake_backend import FakeServer, FakeSettings
 from tests.support.fault_proxy import FaultProxy, Match, Respond, Rule
 from tests.support.files import md5_of
+from tests.support.s3servers import BUCKET, S3Server
 
 PART = 64 * 1024
 
@@ -31,6 +34,8 @@ class Target(Protocol):
     accepts_empty: bool
     can_abort: bool
     """the server can delete a session (drf-chunked-upload cannot: it expires them)"""
+    cannot_resume: str | None
+    """why resume cases cannot run against this server (None: they can)"""
 
     def rig(self, tmp: Path, *, wrong_token: bool = False) -> EngineRig: ...
     def stored_md5(self, remote_name: str) -> str | None: ...
@@ -50,6 +55,7 @@ class FakeTarget:
     part = PART
     accepts_empty = True
     can_abort = True
+    cannot_resume = None
 
     def __init__(self) -> None:
         self.server = FakeServer(f"fake-{secrets.token_hex(4)}", min_part=PART, single_request_max=0)
@@ -104,6 +110,7 @@ class _HttpTarget:
     part = PART
     accepts_empty = True
     can_abort = True
+    cannot_resume = None
     url = ""
     token = ""
 
@@ -197,6 +204,112 @@ class DrfTarget(_HttpTarget):
         return sum(1 for s in self.server.sessions() if s.filename == remote_name and s.status == 1)
 
 
+class S3Target:
+    """A real S3 server (rclone, moto, s3rver) behind a fault proxy, driven by the ``s3``
+    protocol module. Faults match S3's requests by their query string: a part is
+    ``PUT ?partNumber=N&uploadId=...``, a completion ``POST ?uploadId=...``."""
+
+    part = PART
+    accepts_empty = True
+
+    def __init__(self, server: S3Server):
+        self.server = server
+        self.name = server.name
+        self.can_abort = server.can_abort
+        self.cannot_resume = None if server.can_list_parts else \
+            f"{server.name} answers ListParts with 405: it cannot tell which parts it holds"
+        self.prefix = f"conf-{secrets.token_hex(4)}"
+        self.proxy = FaultProxy(server.url, seed=1, rules=[]).start()
+        self._rules: list[Rule] = []
+
+    def settings(self, tmp: Path, *, secret: str | None = None, access_key: str | None = None,
+                 **keys: Any) -> S3Settings:
+        secret_file = tmp / f"s3-secret-{secrets.token_hex(3)}"
+        secret_file.write_text(secret or self.server.secret_key)
+        return S3Settings(protocol="s3", bucket=BUCKET, prefix=self.prefix,
+                          endpoint_url=self.proxy.url_for(self.server.url), region="us-east-1",
+                          addressing_style="path", access_key_id=access_key or self.server.access_key,
+                          secret_access_key_file=secret_file, part_size=self.part,
+                          min_part_size=max(self.part, self.server.min_part_size), part_concurrency=3,
+                          timeout={"connect": "2s", "read": "10s"}, **keys)
+
+    def rig(self, tmp: Path, *, wrong_token: bool = False) -> EngineRig:
+        if wrong_token and self.name == "moto":
+            # moto checks no signature: a store that refuses the key answers 403 AccessDenied
+            self._add(Rule(Respond(403, detail="AccessDenied"), match=Match()))
+        # s3rver checks the key id but not the signature: both are wrong
+        settings = self.settings(tmp, secret="not-the-secret" if wrong_token else None,
+                                 access_key="not-the-key" if wrong_token else None)
+        return EngineRig(tmp, backend=build_backend("t", settings))
+
+    def key(self, remote_name: str) -> str:
+        return f"{self.prefix}/{remote_name}"
+
+    def _requests(self, remote_name: str) -> list:
+        path = f"/{BUCKET}/{self.key(remote_name)}"
+        return [s for s in self.proxy.seen if s.path == path]
+
+    def stored_md5(self, remote_name: str) -> str | None:
+        return self.server.stored_md5(self.key(remote_name))
+
+    def completions(self, remote_name: str) -> int:
+        """Objects written under the name: whole PutObjects and distinct completed uploads
+        (moto answers a repeated completion 200 again; that writes nothing new)."""
+        puts = completed = 0
+        upload_ids = set()
+        for seen in self._requests(remote_name):
+            query = parse_qs(seen.query, keep_blank_values=True)
+            if seen.upstream_status != 200:
+                continue
+            if seen.method == "PUT" and "partNumber" not in query and "x-amz-copy-source" not in seen.headers:
+                puts += 1
+            elif seen.method == "POST" and "uploadId" in query:
+                upload_ids.add(query["uploadId"][0])
+        completed = len(upload_ids)
+        return puts + completed
+
+    def open_sessions(self, remote_name: str) -> int:
+        key = self.key(remote_name)
+        if self.server.can_list_uploads:
+            return sum(1 for u in self.server.open_uploads(key) if u["Key"] == key)
+        # s3rver cannot list them: made minus completed, as the proxy saw them
+        made = ended = 0
+        for seen in self._requests(remote_name):
+            query = parse_qs(seen.query, keep_blank_values=True)
+            if seen.upstream_status == 200 and seen.method == "POST":
+                made += "uploads" in query
+                ended += "uploadId" in query
+        return made - ended
+
+    def abort_requests(self) -> int:
+        return sum(1 for s in self.proxy.seen if s.method == "DELETE" and "uploadId=" in s.query)
+
+    def _add(self, rule: Rule) -> None:
+        self._rules.append(rule)
+        self.proxy.set_rules(self._rules)
+
+    @staticmethod
+    def _part_match(number: int) -> Match:
+        return Match(method="PUT", when=lambda info: parse_qs(info.query).get("partNumber") == [str(number)])
+
+    def fail_part(self, number: int, *, lost_answer: bool = False) -> None:
+        self._add(Rule(Respond(504 if lost_answer else 503, forward=lost_answer), match=self._part_match(number),
+                       times=1))
+
+    def lose_completion_answer(self) -> None:
+        self._add(Rule(Respond(504, forward=True),
+                       match=Match(method="POST", when=lambda info: "uploadId=" in info.query), times=1))
+
+    def lose_session(self) -> None:
+        assert self.server.abort_all(self.prefix) >= 1
+
+    def refuse_part(self, number: int, status: int) -> None:
+        self._add(Rule(Respond(status, detail="refused by the test"), match=self._part_match(number), times=1))
+
+    def close(self) -> None:
+        self.proxy.stop()
+
+
 class TusTarget:
     """@tus/server with its file store, behind a fault proxy matched on method and
     ``Upload-Offset``. With ``checksum`` a proxy that stands in for a server offering the
@@ -206,6 +319,7 @@ class TusTarget:
     part = PART
     accepts_empty = True
     can_abort = True  # termination
+    cannot_resume = None
 
     def __init__(self, root: Path, *, verify: str = "server", checksum: bool = False):
         from tests.support.tus import TusServer, new_token
@@ -280,5 +394,5 @@ def unique_name(tmp: Path, stem: str) -> str:
     return f"conf/{re.sub(r'[^A-Za-z0-9_-]', '_', tmp.name)}/{stem}"
 
 
-__all__ = ["PART", "DrfTarget", "FakeTarget", "ReceiverTarget", "SessionGone", "Target", "TusTarget", "md5_of",
-           "unique_name"]
+__all__ = ["PART", "DrfTarget", "FakeTarget", "ReceiverTarget", "S3Target", "SessionGone", "Target", "TusTarget",
+           "md5_of", "unique_name"]

@@ -113,6 +113,10 @@ class RequestInfo:
     content_range: str | None
     content_length: int | None
     filename: str | None
+    query: str = ""
+    """the raw query string (S3 names parts and uploads there: ``partNumber=2&uploadId=...``)"""
+    headers: dict[str, str] = field(default_factory=dict)
+    """the request's headers, names in lower case"""
     upload_offset: int | None = None
     """the tus ``Upload-Offset`` header, if any"""
 
@@ -171,6 +175,8 @@ class Seen:
     filename: str | None
     upload_offset: int | None = None
     """the tus ``Upload-Offset`` header, if any"""
+    query: str = ""
+    headers: dict[str, str] = field(default_factory=dict)
     action: str = "forward"
     """the action that handled it ("forward", "respond", "reset", "stall"), or "upstream-down"
     when the server could not be reached"""
@@ -398,11 +404,15 @@ class FaultProxy:
         offset = request.headers.get("Upload-Offset", "")
         seen = Seen(n=0, started=time.monotonic(), method=request.method, path=request.path,
                     content_range=request.headers.get("Content-Range"), content_length=length,
-                    filename=self._sessions.get(request.path),
+                    filename=self._sessions.get(request.path), query=request.query_string,
+                    headers={k.lower(): v for k, v in request.headers.items()},
                     upload_offset=int(offset) if offset.isdigit() else None)
         with self._lock:
             seen.n = len(self.seen)
             self.seen.append(seen)
+        if request.headers.get("Expect", "").lower() == "100-continue":
+            # what a server says before the body comes (botocore waits 1 s for it otherwise)
+            await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         body = _Body(request, seen)
         body.present = request.body_exists
         try:
@@ -410,8 +420,8 @@ class FaultProxy:
                 m = _FILENAME_FIELD.search(await body.peek())
                 if m and seen.filename is None:
                     seen.filename = m[1].decode("utf-8", "replace")
-            info = RequestInfo(seen.method, seen.path, seen.content_range, length, seen.filename,
-                               upload_offset=seen.upload_offset)
+            info = RequestInfo(seen.method, seen.path, seen.content_range, length, seen.filename, seen.query,
+                               seen.headers, upload_offset=seen.upload_offset)
             rule = self._choose(info)
             action = rule.action if rule is not None else Forward()
             seen.action = type(action).__name__.lower()
@@ -439,7 +449,7 @@ class FaultProxy:
                         bucket: _Bucket | None = None, cut_after: int | None = None
                         ) -> tuple[int, list[tuple[str, str]], bytes] | None:
         """Send the request on. Returns the server's answer, or None if the body was cut."""
-        headers = [(k, v) for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP]
+        headers = [(k, v) for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP and k.lower() != "expect"]
         cut = False
 
         async def stream() -> AsyncIterator[bytes]:
@@ -463,8 +473,9 @@ class FaultProxy:
             async with self._client.request(request.method, self.upstream + request.path_qs,
                                             headers=headers, data=data, allow_redirects=False) as up:
                 payload = await up.read()
+                # a HEAD's Content-Length is the size of what a GET would return: keep it
                 answer = (up.status, [(k, v) for k, v in up.headers.items() if k.lower() not in HOP_BY_HOP
-                                      and k.lower() != "content-length"], payload)
+                                      and (k.lower() != "content-length" or request.method == "HEAD")], payload)
         except _ClientGone:
             raise
         except (aiohttp.ClientError, OSError, _Cut, TimeoutError) as exc:
