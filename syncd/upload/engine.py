@@ -458,6 +458,9 @@ class UploadEngine:
 
         def send(number: int, offset: int, data: bytes, part_md5: str | None) -> None:
             try:
+                if part_md5 is None and up.caps.part_checksum:
+                    # hashed here, beside the other senders, while the reader hashes the whole file
+                    part_md5 = hashlib.md5(data).hexdigest()
                 def attempt() -> PartReceipt:
                     if stop.is_set():
                         raise Interrupted()
@@ -492,8 +495,8 @@ class UploadEngine:
                     raise
                 up.md5.feed(offset, data)
                 have = held.get(number)
-                wants_md5 = up.caps.part_checksum or (have is not None and have.md5 is not None)
-                part_md5 = hashlib.md5(data).hexdigest() if wants_md5 else None
+                # a held part is compared here; a part to send is hashed by its sender
+                part_md5 = hashlib.md5(data).hexdigest() if have is not None and have.md5 is not None else None
                 if self._keep_held(up, have, size, part_md5):
                     receipts[number] = have
                     if number not in known:
