@@ -20,9 +20,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from syncd.config import Config, ConfigError, load_config
+from syncd.allocator import tune_allocator
+from syncd.config import SMALL_FILE_MAX, Config, ConfigError, load_config
 from syncd.intake import Intake
-from syncd.journal import MOVE_ASIDE, Journal, JournalError
+from syncd.journal import MOVE_ASIDE, FileRow, Journal, JournalError
 from syncd.live import changed_keys, needs_restart
 from syncd.notify import WatchdogPinger
 from syncd.pipeline import FileProcessor, Outcome
@@ -44,6 +45,9 @@ WAKE = b"\0"
 IDLE_TICK = 1.0
 SHUTDOWN_GRACE = 8.0
 STATUS_INTERVAL = 1.0
+DUE_PER_WORKER = 4
+"""rows of the journal's due list kept per worker, so that a flood of small files costs one
+query per few dozen files instead of one per file"""
 
 
 class StartError(Exception):
@@ -51,16 +55,30 @@ class StartError(Exception):
 
 
 class Waker:
-    """A self-pipe: signal handlers and other threads write one byte; the loop selects on it."""
+    """A self-pipe: signal handlers and other threads write one byte; the loop selects on it.
+
+    Threads write only while no wake is pending (``nudge``): a burst of events or finished
+    files costs one write and one loop step, not one each. The loop calls ``armed()`` before
+    it takes what the threads queued, so whatever they queue later wakes it again."""
 
     def __init__(self) -> None:
         self.rfd, self.wfd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._pending = False
 
     def wake(self, byte: bytes = WAKE) -> None:
         try:
             os.write(self.wfd, byte)
         except BlockingIOError:
             pass  # the pipe is full: the loop is already due to wake
+
+    def nudge(self) -> None:
+        """Wake the loop from another thread, unless a wake is already on its way."""
+        if not self._pending:
+            self._pending = True
+            self.wake()
+
+    def armed(self) -> None:
+        self._pending = False
 
     def drain(self) -> bytes:
         out = b""
@@ -183,6 +201,12 @@ class Daemon:
         self.events: queue.SimpleQueue[FileEvent] = queue.SimpleQueue()
         self.finished: queue.SimpleQueue[tuple[int, Outcome | BaseException]] = queue.SimpleQueue()
         self.running: set[int] = set()
+        self._large_running: set[int] = set()
+        """the files in ``running`` larger than SMALL_FILE_MAX (at most concurrency.uploads)"""
+        self._backlog: list[FileRow] = []
+        """due rows fetched and not handed out yet, oldest first"""
+        self._due_stale = True
+        self._due_refresh_at = 0.0
         self.rate = RateMeter()
         self.notifier = notifier
         # pinged from the loop that does the work, so a hung loop stops the pings
@@ -208,6 +232,7 @@ class Daemon:
 
     def open(self) -> None:
         """Everything before the loop; raises JournalError / OSError with a clear message."""
+        tune_allocator()  # before any thread starts
         self._lock_fd = lock_journal(self.config.journal)
         self.journal = Journal(self.config.journal)
         if self.journal.created:
@@ -266,11 +291,13 @@ class Daemon:
         self.watcher = Watcher(specs, self._on_event)
         self.watcher.start()
         self._rr = deque(w.name for w in config.watches)
-        if self.workers is None or self.workers.size != config.concurrency.uploads:
+        if self.workers is None or self.workers.size != config.concurrency.workers:
             if self.workers is not None:
                 self.workers.stop(timeout=0)  # idle threads exit; busy ones finish their file first
-            self.workers = _Workers(self._process, self._finished, config.concurrency.uploads)
+            self.workers = _Workers(self._process, self._finished, config.concurrency.workers)
             self.workers.start()
+        self._backlog = []
+        self._due_stale = True
         self.config = config
         self.intake = Intake(self.journal, config, self.specs, self.processor, self.running,
                              on_settled=self._on_settled, clock=self.clock)
@@ -323,11 +350,11 @@ class Daemon:
 
     def _on_event(self, event: FileEvent) -> None:
         self.events.put(event)
-        self.waker.wake()
+        self.waker.nudge()
 
     def _finished(self, file_id: int, result: Outcome | BaseException) -> None:
         self.finished.put((file_id, result))
-        self.waker.wake()
+        self.waker.nudge()
 
     def _timeout(self) -> float:
         timeout = IDLE_TICK
@@ -340,7 +367,9 @@ class Daemon:
         return max(0.0, timeout)
 
     def _wait(self, timeout: float) -> None:
-        if self.waker_selector.select(timeout):
+        ready = self.waker_selector.select(timeout)
+        self.waker.armed()  # before the queues are read (in _step): later puts wake us again
+        if ready:
             for byte in self.waker.drain():
                 if byte in (signal.SIGTERM, signal.SIGINT):
                     log.info("received %s; stopping", signal.Signals(byte).name)
@@ -354,9 +383,14 @@ class Daemon:
         if self._reload_requested:
             self._reload_requested = False
             self.reload()
-        self.intake.step(self._take_events())
-        self._drain_finished()
+        events = self._take_events()
+        with self.journal.batch():  # a burst of new and settled files: a few transactions, not one each
+            if self.intake.step(events) or events:
+                self._due_stale = True
+        if self._drain_finished():
+            self._due_stale = True
         if time.monotonic() >= self._next_rescan:
+            self._due_stale = True
             self.intake.rescan_all()
             self._next_rescan = time.monotonic() + self.config.rescan_interval
         self._dispatch()
@@ -370,13 +404,17 @@ class Daemon:
             except queue.Empty:
                 return events
 
-    def _drain_finished(self, *, stopping: bool = False) -> None:
+    def _drain_finished(self, *, stopping: bool = False) -> bool:
+        """True if a worker finished a file."""
+        drained = False
         while True:
             try:
                 file_id, result = self.finished.get_nowait()
             except queue.Empty:
-                return
+                return drained
+            drained = True
             self.running.discard(file_id)
+            self._large_running.discard(file_id)
             if isinstance(result, JournalError) and not stopping:
                 raise result  # the daemon stops, as when the loop itself cannot write the journal
             if isinstance(result, BaseException):
@@ -386,16 +424,35 @@ class Daemon:
                 self.intake.worker_finished(file_id, result)
 
     def _dispatch(self) -> None:
-        free = self.config.concurrency.uploads - len(self.running)
-        if free <= 0:
+        """Hand due files to free workers: at most concurrency.uploads large files, and up to
+        concurrency.small_uploads in all while the others are small."""
+        limits = self.config.concurrency
+        if len(self.running) >= limits.workers:
             return
-        due = [r for r in self.journal.due(watches=list(self.specs), limit=free + len(self.running))
-               if r.id not in self.running]
-        by_watch: dict[str, deque] = {}
-        for row in due:
+        handed = self._hand_out(limits.workers, limits.uploads)
+        if handed or len(self.running) >= limits.workers:
+            return
+        now = time.monotonic()
+        if not self._due_stale and now < self._due_refresh_at:
+            return  # nothing happened since the last look that could have made a file due
+        self._due_stale = False
+        self._due_refresh_at = now + IDLE_TICK  # waiting files come due by the clock
+        self._backlog = [r for r in self.journal.due(watches=list(self.specs), limit=limits.workers * DUE_PER_WORKER)
+                         if r.id not in self.running]
+        self._hand_out(limits.workers, limits.uploads)
+
+    def _hand_out(self, workers: int, large: int) -> int:
+        """Round-robin over watches, so a flood in one folder never starves another; a large
+        file waits (in the backlog) while concurrency.uploads large ones run."""
+        by_watch: dict[str, deque[FileRow]] = {}
+        for row in self._backlog:
+            if row.id in self.running:
+                continue
+            if row.fingerprint.size > SMALL_FILE_MAX and len(self._large_running) >= large:
+                continue
             by_watch.setdefault(row.watch, deque()).append(row)
-        # Round-robin over watches, so a flood in one folder never starves another.
-        while free > 0 and by_watch:
+        handed: set[int] = set()
+        while len(self.running) < workers and by_watch:
             name = self._rr[0] if self._rr else next(iter(by_watch))
             self._rr.rotate(-1)
             rows = by_watch.get(name)
@@ -408,10 +465,17 @@ class Daemon:
             row = rows.popleft()
             if not rows:
                 del by_watch[name]
+            if row.fingerprint.size > SMALL_FILE_MAX:
+                if len(self._large_running) >= large:
+                    continue
+                self._large_running.add(row.id)
             self.running.add(row.id)
+            handed.add(row.id)
             self.workers.submit(row.id)
             log.debug("%s:%s: handed to a worker (%s)", row.watch, row.relpath, row.state)
-            free -= 1
+        if handed:
+            self._backlog = [r for r in self._backlog if r.id not in handed]
+        return len(handed)
 
     def _process(self, file_id: int) -> Outcome:
         return self.processor.process(file_id)

@@ -14,13 +14,16 @@ header on a first part or a whole-file POST names the upload before the server h
 answer leaves no orphan), and a server that answers ``Syncd-Raw-Parts: 1`` takes later
 parts as a raw ``application/offset+octet-stream`` body instead of multipart.
 
-Parts stream from disk through requests-toolbelt's encoder: a part is never in memory.
+Parts stream from disk through requests-toolbelt's encoder: a part is never in memory. A
+small file's form (at most ``SMALL_FORM_MAX``) is built in memory in one go instead: for 4 KiB
+the streaming encoder costs more than the rest of the request.
 """
 
 from __future__ import annotations
 
 import email.utils
 import json
+import os
 import posixpath
 import threading
 import time
@@ -30,7 +33,9 @@ from urllib.parse import urljoin
 
 import requests
 from pydantic import field_validator
+from requests.utils import get_environ_proxies, get_netrc_auth
 from requests_toolbelt import MultipartEncoder
+from urllib3.filepost import encode_multipart_formdata
 
 from syncd import __version__
 from syncd.config import TargetSettings, http_url
@@ -55,6 +60,7 @@ STREAM_BLOCK = 1024 * 1024
 # A whole-file POST carries its MD5, so the file is read twice (hash, then send): worth
 # saving a request only for small files, whose second read comes from the page cache.
 SINGLE_REQUEST_MAX = 4 * 1024 * 1024
+SMALL_FORM_MAX = 256 * 1024
 UPLOAD_KEY_HEADER = "Upload-Key"
 RAW_PART_TYPE = "application/offset+octet-stream"
 _RETRY_STATUSES = {408, 429} | set(range(500, 600)) - {507}
@@ -189,12 +195,21 @@ class ChunkedBackend:
                    verify=settings.tls_verify())
 
     def _http(self) -> requests.Session:
-        """One requests.Session per worker thread (they are not thread-safe)."""
+        """One requests.Session per worker thread (they are not thread-safe).
+
+        What requests would look up in the environment on every request (proxies, a CA
+        bundle, ~/.netrc) is looked up once here, for the target's URL."""
         http = getattr(self._local, "http", None)
         if http is None:
             http = requests.Session()
             http.headers.update(self._headers)
             http.verify = self._verify
+            if self._verify is True:
+                http.verify = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True
+            http.proxies.update(get_environ_proxies(self.url))
+            if "Authorization" not in self._headers and (netrc := get_netrc_auth(self.url)):
+                http.auth = netrc
+            http.trust_env = False
             self._local.http = http
             with self._sessions_lock:
                 self._sessions.append(http)
@@ -224,15 +239,19 @@ class ChunkedBackend:
         return ChunkedSession(self, item, url=handle)
 
     def upload_whole(self, item: UploadItem, body: BinaryIO, md5_hex: str) -> RemoteFile:
-        encoder = MultipartEncoder(fields=[
-            ("filename", item.remote_name),
-            ("md5", md5_hex),
-            ("file", (posixpath.basename(item.remote_name), body, "application/octet-stream")),
-        ])
-        headers = {"Content-Type": encoder.content_type}
+        fields: list[tuple[str, Any]] = [("filename", item.remote_name), ("md5", md5_hex)]
+        file_name = posixpath.basename(item.remote_name)
+        if item.size <= SMALL_FORM_MAX:
+            form, content_type = encode_multipart_formdata(
+                [*fields, ("file", (file_name, body.read(), "application/octet-stream"))])
+            data: Any = form
+        else:
+            encoder = MultipartEncoder(fields=[*fields, ("file", (file_name, body, "application/octet-stream"))])
+            content_type, data = encoder.content_type, _Stream(encoder, encoder.len)
+        headers = {"Content-Type": content_type}
         if item.key:
             headers[UPLOAD_KEY_HEADER] = item.key
-        resp = self.request("POST", self.url, data=_Stream(encoder, encoder.len), headers=headers)
+        resp = self.request("POST", self.url, data=data, headers=headers)
         data = raise_for_answer(resp, on_session=False)
         return _remote_file(data, item, md5_hex)
 
