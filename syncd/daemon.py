@@ -58,8 +58,9 @@ class Waker:
     """A self-pipe: signal handlers and other threads write one byte; the loop selects on it.
 
     Threads write only while no wake is pending (``nudge``): a burst of events or finished
-    files costs one write and one loop step, not one each. The loop calls ``armed()`` before
-    it takes what the threads queued, so whatever they queue later wakes it again."""
+    files costs one write and one loop step, not one each. The loop calls ``armed()`` after
+    draining the pipe and before it takes what the threads queued, so whatever they queue
+    later wakes it again."""
 
     def __init__(self) -> None:
         self.rfd, self.wfd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
@@ -367,15 +368,16 @@ class Daemon:
         return max(0.0, timeout)
 
     def _wait(self, timeout: float) -> None:
-        ready = self.waker_selector.select(timeout)
-        self.waker.armed()  # before the queues are read (in _step): later puts wake us again
-        if ready:
-            for byte in self.waker.drain():
-                if byte in (signal.SIGTERM, signal.SIGINT):
-                    log.info("received %s; stopping", signal.Signals(byte).name)
-                    self._stopping = True
-                elif byte == signal.SIGHUP:
-                    self._reload_requested = True
+        woken = self.waker.drain() if self.waker_selector.select(timeout) else b""
+        # after the drain (a nudge's byte drained here must not leave the waker pending) and
+        # before the queues are read (in _step): whatever is queued from now on wakes us again
+        self.waker.armed()
+        for byte in woken:
+            if byte in (signal.SIGTERM, signal.SIGINT):
+                log.info("received %s; stopping", signal.Signals(byte).name)
+                self._stopping = True
+            elif byte == signal.SIGHUP:
+                self._reload_requested = True
 
     def _step(self) -> None:
         if self._stopping:

@@ -188,7 +188,7 @@ class Intake:
             return
         prefix = f"{relpath}/" if relpath else ""
         blind = tuple(f"{d}/" for d in unreadable)
-        for row in self.journal.files(states=sorted(IDLE_PENDING), watch=watch_name):
+        for row in self.journal.files(states=sorted(IDLE_PENDING), watch=watch_name, under=relpath):
             if (row.relpath in seen or row.id in self.running or not row.relpath.startswith(prefix)
                     or (blind and row.relpath.startswith(blind))):
                 continue

@@ -417,7 +417,8 @@ class Journal:
                                  (watch, relpath)).fetchone()
         return _file_row(r) if r else None
 
-    def files(self, *, states: Sequence[str] = (), watch: str | None = None) -> list[FileRow]:
+    def files(self, *, states: Sequence[str] = (), watch: str | None = None, under: str = "") -> list[FileRow]:
+        """Rows by state and watch; ``under`` (a folder of the watch) keeps only the rows below it."""
         sql, args = "SELECT * FROM files WHERE 1", []
         if states:
             sql += f" AND state IN ({','.join('?' * len(states))})"
@@ -425,6 +426,11 @@ class Journal:
         if watch is not None:
             sql += " AND watch = ?"
             args.append(watch)
+        if under:
+            # "dir/" <= relpath < "dir0" ('0' follows '/'): the rows below "dir/", by index
+            prefix = under.rstrip("/") + "/"
+            sql += " AND relpath >= ? AND relpath < ?"
+            args += [prefix, prefix[:-1] + "0"]
         with self._lock:
             return [_file_row(r) for r in self._db.execute(sql + " ORDER BY id", args)]
 

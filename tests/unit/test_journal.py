@@ -163,3 +163,13 @@ def test_daemon_work_excludes_oneshot_rows(journal):
     assert journal.recover_interrupted(watches=["w"]) == 1
     assert journal.get_file(oneshot.id).state == "uploading"
     assert [r.watch for r in journal.due(watches=["w"])] == ["w"]
+
+
+def test_files_under_a_folder_are_exactly_the_rows_below_it(journal):
+    names = ["a/x", "a/b/y", "a0", "a.txt", "a", "ab/z", "b/a/x", "a/"]
+    for i, name in enumerate(names):
+        journal.note_new("w", name, Fingerprint(dev=1, ino=i, size=1, mtime_ns=1))
+    below = sorted(r.relpath for r in journal.files(watch="w", under="a"))
+    assert below == ["a/", "a/b/y", "a/x"]
+    assert sorted(r.relpath for r in journal.files(watch="w", under="a/b/")) == ["a/b/y"]
+    assert len(journal.files(watch="w", under="")) == len(names)
