@@ -446,6 +446,8 @@ class Daemon:
     def _hand_out(self, workers: int, large: int) -> int:
         """Round-robin over watches, so a flood in one folder never starves another; a large
         file waits (in the backlog) while concurrency.uploads large ones run."""
+        if len(self._rr) <= 1:
+            return self._hand_out_in_order(workers, large)
         by_watch: dict[str, deque[FileRow]] = {}
         for row in self._backlog:
             if row.id in self.running:
@@ -478,6 +480,26 @@ class Daemon:
         if handed:
             self._backlog = [r for r in self._backlog if r.id not in handed]
         return len(handed)
+
+    def _hand_out_in_order(self, workers: int, large: int) -> int:
+        """``_hand_out`` for one watch: the backlog in its order."""
+        kept: list[FileRow] = []
+        handed = 0
+        for row in self._backlog:
+            if row.id in self.running:
+                continue
+            if len(self.running) >= workers or (
+                    row.fingerprint.size > SMALL_FILE_MAX and len(self._large_running) >= large):
+                kept.append(row)
+                continue
+            if row.fingerprint.size > SMALL_FILE_MAX:
+                self._large_running.add(row.id)
+            self.running.add(row.id)
+            self.workers.submit(row.id)
+            log.debug("%s:%s: handed to a worker (%s)", row.watch, row.relpath, row.state)
+            handed += 1
+        self._backlog = kept
+        return handed
 
     def _process(self, file_id: int) -> Outcome:
         return self.processor.process(file_id)

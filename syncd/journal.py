@@ -26,7 +26,7 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from syncd.states import ACTIVE, PENDING, STATES, FileState, allowed_from
@@ -471,10 +471,12 @@ class Journal:
         with self._write() as db:
             r = db.execute("SELECT * FROM files WHERE watch = ? AND relpath = ?", (watch, relpath)).fetchone()
             if r is None:
-                db.execute(
+                cur = db.execute(
                     "INSERT INTO files (watch, relpath, dev, ino, size, mtime_ns, state, first_seen_at,"
                     " updated_at) VALUES (?, ?, ?, ?, ?, ?, 'ready', ?, ?)",
                     (watch, relpath, fp.dev, fp.ino, fp.size, fp.mtime_ns, now, now))
+                return FileRow(cur.lastrowid, watch, relpath, fp, FileState.READY, 0, None, None, now, now, None,
+                               None, None, None)
             else:
                 row = _file_row(r)
                 if row.state in ACTIVE:
@@ -489,8 +491,10 @@ class Journal:
                     " remote_name = NULL, after_action = NULL, done_at = NULL, updated_at = ?"
                     " WHERE id = ?",
                     (fp.dev, fp.ino, fp.size, fp.mtime_ns, now, row.id))
-            r = db.execute("SELECT * FROM files WHERE watch = ? AND relpath = ?", (watch, relpath)).fetchone()
-        return _file_row(r)
+                # the row as written (no second read)
+                return replace(row, fingerprint=fp, state=FileState.READY, attempts=0, last_error=None,
+                               next_attempt_at=None, md5=None, remote_name=None, after_action=None, done_at=None,
+                               updated_at=now)
 
     def set_state(self, file_id: int, state: str, *, only_from: Sequence[str] | None = None,
                   error: str | None = None, next_attempt_at: float | None = None,
@@ -629,8 +633,10 @@ class Journal:
                 " part_size, started_at, updated_at, upload_key) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (file_id, target, source, remote_name, size, fp.dev, fp.ino, fp.mtime_ns, part_size, now, now,
                  upload_key))
-            r = db.execute("SELECT * FROM uploads WHERE id = ?", (cur.lastrowid,)).fetchone()
-        return _upload_row(r)
+        # the row as written (no second read)
+        return UploadRow(cur.lastrowid, file_id, target, source, remote_name, size,
+                         Fingerprint(fp.dev, fp.ino, size, fp.mtime_ns), part_size, None, 0, "open", now, now,
+                         None, upload_key)
 
     def set_session(self, upload_id: int, session: str) -> None:
         """The server made the session: keep its handle, so a crash cannot orphan it."""

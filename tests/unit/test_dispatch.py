@@ -84,3 +84,27 @@ def test_the_journal_is_asked_again_only_after_something_happened(daemon, monkey
     daemon._dispatch()
     assert len(asked) == 1
     assert len(daemon.workers.submitted) == 2
+
+
+def test_two_watches_take_turns(tmp_path):
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+    config = load_config(make_config(tmp_path, url="http://127.0.0.1:9/up/", token=None,
+                                     concurrency={"uploads": 2, "small_uploads": 4},
+                                     watches=[{"name": n, "path": str(tmp_path / n), "target": "main"}
+                                              for n in ("a", "b")]))
+    d = Daemon(config)
+    d.journal = Journal(config.journal)
+    d.specs = {"a": None, "b": None}
+    d._rr.extend(["a", "b"])
+    d.workers = RecordingWorkers()
+    try:
+        flood = [d.journal.mark_settled("a", f"f{i}", Fingerprint(1, i, 10, 1)).id for i in range(6)]
+        one = d.journal.mark_settled("b", "g", Fingerprint(1, 99, 10, 1)).id
+        d._dispatch()
+        assert len(d.workers.submitted) == 4
+        assert one in d.workers.submitted  # not starved by the flood in "a"
+        assert d.workers.submitted[:1] == flood[:1]
+    finally:
+        d.journal.close()
+        d.waker.close()
