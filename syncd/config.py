@@ -263,9 +263,20 @@ class Watch(_Model):
         return self
 
 
+SMALL_FILE_MAX = 1024**2
+"""a file of at most this many bytes is small: it may use ``concurrency.small_uploads``"""
+
+
 class Concurrency(_Model):
     uploads: int = Field(2, ge=1, le=64)
+    small_uploads: int = Field(8, ge=1, le=64)
+    """files uploaded at once when the extra ones are small (<= SMALL_FILE_MAX): a small file
+    costs round trips, not bandwidth, so more of them in flight hide the latency"""
     transcodes: int = Field(1, ge=1, le=16)
+
+    @property
+    def workers(self) -> int:
+        return max(self.uploads, self.small_uploads)
 
 
 class Receiver(TokenSource):

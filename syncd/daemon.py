@@ -20,12 +20,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from syncd.allocator import tune_allocator
 from syncd.bandwidth import BandwidthLimiter, Limits, timetables_of
-from syncd.config import Config, ConfigError, load_config
+from syncd.config import SMALL_FILE_MAX, Config, ConfigError, load_config
 from syncd.controls import Paused
 from syncd.dispatch import Dispatcher, WatchQueue
 from syncd.intake import Intake
-from syncd.journal import MOVE_ASIDE, Journal, JournalError
+from syncd.journal import MOVE_ASIDE, FileRow, Journal, JournalError
 from syncd.live import changed_keys, needs_restart
 from syncd.notify import WatchdogPinger
 from syncd.pipeline import FileProcessor, Outcome
@@ -47,6 +48,9 @@ WAKE = b"\0"
 IDLE_TICK = 1.0
 SHUTDOWN_GRACE = 8.0
 STATUS_INTERVAL = 1.0
+DUE_PER_WORKER = 4
+"""rows of a watch's due list looked at per worker, so large files waiting for a large
+file's place do not hide the small files behind them"""
 
 
 class StartError(Exception):
@@ -54,16 +58,31 @@ class StartError(Exception):
 
 
 class Waker:
-    """A self-pipe: signal handlers and other threads write one byte; the loop selects on it."""
+    """A self-pipe: signal handlers and other threads write one byte; the loop selects on it.
+
+    Threads write only while no wake is pending (``nudge``): a burst of events or finished
+    files costs one write and one loop step, not one each. The loop calls ``armed()`` after
+    draining the pipe and before it takes what the threads queued, so whatever they queue
+    later wakes it again."""
 
     def __init__(self) -> None:
         self.rfd, self.wfd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._pending = False
 
     def wake(self, byte: bytes = WAKE) -> None:
         try:
             os.write(self.wfd, byte)
         except BlockingIOError:
             pass  # the pipe is full: the loop is already due to wake
+
+    def nudge(self) -> None:
+        """Wake the loop from another thread, unless a wake is already on its way."""
+        if not self._pending:
+            self._pending = True
+            self.wake()
+
+    def armed(self) -> None:
+        self._pending = False
 
     def drain(self) -> bytes:
         out = b""
@@ -186,6 +205,10 @@ class Daemon:
         self.events: queue.SimpleQueue[FileEvent] = queue.SimpleQueue()
         self.finished: queue.SimpleQueue[tuple[int, Outcome | BaseException]] = queue.SimpleQueue()
         self.running: set[int] = set()
+        self._large_running: set[int] = set()
+        """the files in ``running`` larger than SMALL_FILE_MAX (at most concurrency.uploads)"""
+        self._due_stale = True
+        self._due_refresh_at = 0.0
         self.rate = RateMeter()
         self.limiter = BandwidthLimiter()  # one for the daemon's life: a reload re-times it in place
         self.paused = Paused()
@@ -215,6 +238,7 @@ class Daemon:
 
     def open(self) -> None:
         """Everything before the loop; raises JournalError / OSError with a clear message."""
+        tune_allocator()  # before any thread starts
         journal = self.config.journal
         # a lock file outlives its journal: without one, no syncd ever ran on this journal
         first_run = not any(journal.with_name(journal.name + suffix).exists() for suffix in (".lock", "-wal"))
@@ -280,11 +304,12 @@ class Daemon:
         self.watcher = Watcher(specs, self._on_event)
         self.watcher.start()
         self.dispatcher = Dispatcher([WatchQueue(w.name, w.priority, w.order) for w in config.watches])
-        if self.workers is None or self.workers.size != config.concurrency.uploads:
+        if self.workers is None or self.workers.size != config.concurrency.workers:
             if self.workers is not None:
                 self.workers.stop(timeout=0)  # idle threads exit; busy ones finish their file first
-            self.workers = _Workers(self._process, self._finished, config.concurrency.uploads)
+            self.workers = _Workers(self._process, self._finished, config.concurrency.workers)
             self.workers.start()
+        self._due_stale = True
         self.config = config
         self.intake = Intake(self.journal, config, self.specs, self.processor, self.running,
                              on_settled=self._on_settled, clock=self.clock)
@@ -337,11 +362,11 @@ class Daemon:
 
     def _on_event(self, event: FileEvent) -> None:
         self.events.put(event)
-        self.waker.wake()
+        self.waker.nudge()
 
     def _finished(self, file_id: int, result: Outcome | BaseException) -> None:
         self.finished.put((file_id, result))
-        self.waker.wake()
+        self.waker.nudge()
 
     def _timeout(self) -> float:
         timeout = IDLE_TICK
@@ -354,13 +379,16 @@ class Daemon:
         return max(0.0, timeout)
 
     def _wait(self, timeout: float) -> None:
-        if self.waker_selector.select(timeout):
-            for byte in self.waker.drain():
-                if byte in (signal.SIGTERM, signal.SIGINT):
-                    log.info("received %s; stopping", signal.Signals(byte).name)
-                    self._stopping = True
-                elif byte == signal.SIGHUP:
-                    self._reload_requested = True
+        woken = self.waker.drain() if self.waker_selector.select(timeout) else b""
+        # after the drain (a nudge's byte drained here must not leave the waker pending) and
+        # before the queues are read (in _step): whatever is queued from now on wakes us again
+        self.waker.armed()
+        for byte in woken:
+            if byte in (signal.SIGTERM, signal.SIGINT):
+                log.info("received %s; stopping", signal.Signals(byte).name)
+                self._stopping = True
+            elif byte == signal.SIGHUP:
+                self._reload_requested = True
 
     def _step(self) -> None:
         if self._stopping:
@@ -368,9 +396,14 @@ class Daemon:
         if self._reload_requested:
             self._reload_requested = False
             self.reload()
-        self.intake.step(self._take_events())
-        self._drain_finished()
+        events = self._take_events()
+        with self.journal.batch():  # a burst of new and settled files: a few transactions, not one each
+            if self.intake.step(events) or events:
+                self._due_stale = True
+        if self._drain_finished():
+            self._due_stale = True
         if time.monotonic() >= self._next_rescan:
+            self._due_stale = True
             self.intake.rescan_all()
             self._next_rescan = time.monotonic() + self.config.rescan_interval
         self._dispatch()
@@ -384,13 +417,17 @@ class Daemon:
             except queue.Empty:
                 return events
 
-    def _drain_finished(self, *, stopping: bool = False) -> None:
+    def _drain_finished(self, *, stopping: bool = False) -> bool:
+        """True if a worker finished a file."""
+        drained = False
         while True:
             try:
                 file_id, result = self.finished.get_nowait()
             except queue.Empty:
-                return
+                return drained
+            drained = True
             self.running.discard(file_id)
+            self._large_running.discard(file_id)
             self._running_watch.pop(file_id, None)
             if isinstance(result, JournalError) and not stopping:
                 raise result  # the daemon stops, as when the loop itself cannot write the journal
@@ -401,28 +438,52 @@ class Daemon:
                 self.intake.worker_finished(file_id, result)
 
     def _dispatch(self) -> None:
-        self._read_controls()
-        free = self.config.concurrency.uploads - len(self.running)
+        """Hand due files to free workers, in priority order: at most concurrency.uploads
+        large files, and up to concurrency.small_uploads in all while the others are small."""
+        if self._read_controls():
+            self._due_stale = True
+        limits = self.config.concurrency
+        free = limits.workers - len(self.running)
         if free <= 0:
             return
+        now = time.monotonic()
+        if not self._due_stale and now < self._due_refresh_at:
+            return  # nothing happened since the last look that could have made a file due
+        self._due_stale = False
+        self._due_refresh_at = now + IDLE_TICK  # waiting files come due by the clock; `syncd retry`
+        large_free = limits.uploads - len(self._large_running)
+
+        def admit(row: FileRow) -> bool:
+            nonlocal large_free
+            if row.fingerprint.size <= SMALL_FILE_MAX:
+                return True
+            if large_free <= 0:
+                return False  # it waits while concurrency.uploads large files run
+            large_free -= 1
+            return True
+
         held = [w.name for w in self.config.watches if self._blocked(watch=w.name, target=w.target)]
-        for row in self.dispatcher.pick(self.journal, free=free, running=self.running, held=held):
+        for row in self.dispatcher.pick(self.journal, free=free, running=self.running, held=held, admit=admit,
+                                        lookahead=limits.workers * DUE_PER_WORKER):
             self.running.add(row.id)
+            if row.fingerprint.size > SMALL_FILE_MAX:
+                self._large_running.add(row.id)
             self._running_watch[row.id] = row.watch
             self.workers.submit(row.id)
             log.debug("%s:%s: handed to a worker (%s)", row.watch, row.relpath, row.state)
 
-    def _read_controls(self) -> None:
-        """``syncd pause`` / ``resume`` write the journal from another process; its
-        data_version tells when to read the controls again."""
+    def _read_controls(self) -> bool:
+        """``syncd pause`` / ``resume`` (and ``syncd retry``) write the journal from another
+        process; its data_version tells when to read the controls again. True if it changed."""
         version = self.journal.data_version()
         if version == self._controls_seen:
-            return
+            return False
         self._controls_seen = version
         paused = Paused.read(self.journal)
         if paused != self.paused:
             log.info("%s", paused.describe() or "resumed: nothing is paused")
             self.paused = paused
+        return True
 
     def _blocked(self, *, watch: str | None, target: str) -> str | None:
         """Why nothing of ``watch`` / ``target`` may start now: a pause, or a bandwidth limit of 0

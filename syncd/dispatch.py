@@ -11,7 +11,7 @@ worker. A lower-priority watch gets workers only while no higher-priority file i
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 
 from syncd.journal import DueOrder, FileRow, Journal
@@ -34,10 +34,13 @@ class Dispatcher:
         self._turn = deque(w.name for w in watches)
 
     def pick(self, journal: Journal, *, free: int, running: Collection[int],
-             held: Collection[str] = ()) -> list[FileRow]:
+             held: Collection[str] = (), admit: Callable[[FileRow], bool] | None = None,
+             lookahead: int = 0) -> list[FileRow]:
         """Up to ``free`` rows to start now, in the order they should start. ``running``:
         ids already handed to workers (their rows may still read ``ready``); ``held``: watches
-        that start nothing now (``syncd pause``, a bandwidth limit of 0)."""
+        that start nothing now (``syncd pause``, a bandwidth limit of 0); ``admit``: whether a
+        row may start now (no more large files than concurrency.uploads); one it refuses
+        waits, and the next row is looked at, up to ``lookahead`` rows further per watch."""
         picked: list[FileRow] = []
         for names in self._levels:
             if free <= 0:
@@ -47,7 +50,7 @@ class Dispatcher:
                 if name in held:
                     continue
                 rows = [r for r in journal.due(watches=[name], order=self._watches[name].order,
-                                               limit=free + len(running)) if r.id not in running]
+                                               limit=free + len(running) + lookahead) if r.id not in running]
                 if rows:
                     queues[name] = deque(rows)
             while free > 0 and queues:
@@ -56,8 +59,10 @@ class Dispatcher:
                 rows = queues.get(name)
                 if not rows:
                     continue
-                picked.append(rows.popleft())
-                free -= 1
+                row = rows.popleft()
+                if admit is None or admit(row):
+                    picked.append(row)
+                    free -= 1
                 if not rows:
                     del queues[name]
         return picked

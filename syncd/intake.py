@@ -54,8 +54,10 @@ class Intake:
     def rescan_all(self) -> None:
         self.pending_scans = [(w.name, "", True) for w in self.config.watches]
 
-    def step(self, events: list[FileEvent]) -> None:
-        """Queued scans, then events, then whatever settled."""
+    def step(self, events: list[FileEvent]) -> bool:
+        """Queued scans, then events, then whatever settled. True if a scan ran or a file
+        settled (either may have made files due)."""
+        busy = bool(self.pending_scans)
         while self.pending_scans:
             self.scan(*self.pending_scans.pop(0))
         for event in events:
@@ -65,7 +67,9 @@ class Intake:
                 log.warning("%s:%s: %s", event.watch, event.relpath, exc)
         for name, settler in self.settlers.items():
             for outcome in settler.poll():
+                busy = True
                 self.apply_settled(name, outcome)
+        return busy
 
     def worker_finished(self, file_id: int, result: Outcome) -> None:
         if result.state == FileState.SETTLING and result.watch in self.settlers:
@@ -100,6 +104,14 @@ class Intake:
     def seen(self, watch: str, relpath: str, st: os.stat_result | None = None, *, closed: bool = False) -> None:
         """A file exists and may be new or changed: journal it and let it settle (``closed``:
         its writer closed it, which ``settle.on_close`` may take as the end of the writing)."""
+        if relpath in self.settlers[watch]:
+            # Settling already (journaled when it began): the quiet gap starts over. Spares
+            # the journal the second and third event of every new file (created, modified, closed).
+            if closed:
+                self.settlers[watch].closed(relpath, self.specs[watch].root / relpath)
+            else:
+                self._touch(watch, relpath)
+            return
         row = self.journal.find_file(watch, relpath)
         if row is not None and row.state in ACTIVE:
             self._changed_while_owned.add(row.id)  # looked at again when its worker lets go
@@ -202,7 +214,7 @@ class Intake:
             return
         prefix = f"{relpath}/" if relpath else ""
         blind = tuple(f"{d}/" for d in unreadable)
-        for row in self.journal.files(states=sorted(IDLE_PENDING), watch=watch_name):
+        for row in self.journal.files(states=sorted(IDLE_PENDING), watch=watch_name, under=relpath):
             if (row.relpath in seen or row.id in self.running or not row.relpath.startswith(prefix)
                     or (blind and row.relpath.startswith(blind))):
                 continue

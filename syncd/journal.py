@@ -6,6 +6,16 @@ takes a journal from version n to n + 1.
 
 File states and their allowed transitions are declared in ``syncd.states``; ``set_state``
 enforces them.
+
+Group commit: every write is its own savepoint, and a write returns only once its
+transaction is committed; but a writer that finds other writers queued behind it leaves the
+transaction open for them, and the last of the queue commits everyone's writes at once (a
+queue is cut at ``GROUP_MAX`` writes). A ``batch()`` (the daemon's loop, taking in a burst of
+events) commits its writes together at its end, or every ``GROUP_MAX`` writes. Under
+``synchronous = NORMAL`` a commit survives a crash of syncd; a ``durable`` write (the ``done``
+before a delete or move) commits at once with ``synchronous = FULL``, so it also survives a
+power loss, together with whatever shared its transaction. A ``prompt`` write (what became of
+a local file after its delete or move) commits at once, also inside a batch.
 """
 
 from __future__ import annotations
@@ -16,11 +26,16 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
 from syncd.states import ACTIVE, PENDING, STATES, FileState, allowed_from
+
+GROUP_MAX = 256
+"""writes that may share one transaction"""
+COMMIT_WAIT = 1.0
+"""seconds a writer waits for the writer queued behind it to commit before committing itself"""
 
 AFTER_PENDING = "pending"
 """``files.after_action`` of a ``done`` file whose delete / move has not happened yet"""
@@ -216,13 +231,30 @@ def _upload_row(r: sqlite3.Row) -> UploadRow:
 
 
 class Journal:
-    """One connection shared by the daemon's threads behind a lock; every write is a
-    transaction of its own. ``clock`` gives wall-clock seconds (persisted times)."""
+    """One connection shared by the daemon's threads behind a lock; writes are group-committed
+    (see the module's notes). ``clock`` gives wall-clock seconds (persisted times)."""
 
     def __init__(self, path: Path, *, readonly: bool = False, clock=time.time):
         self.path = Path(path)
         self.clock = clock
         self._lock = threading.RLock()
+        self._gate = threading.Lock()
+        self._committed = threading.Condition(self._gate)
+        self._queued = 0
+        """writers waiting for ``_lock`` (guarded by ``_gate``)"""
+        self._epoch = 0
+        """how many transactions were ended (committed, or rolled back when a commit failed)"""
+        self._failed: tuple[int, BaseException] | None = None
+        """the last transaction whose commit failed: its epoch and why"""
+        self._open_writes = 0
+        """writes in the open transaction"""
+        self._followers = 0
+        """writers waiting for someone else to commit their write (guarded by ``_gate``)"""
+        self._batch_owner: int | None = None
+        self._durable = False
+        """the write in progress must be committed at once, with synchronous = FULL"""
+        self._prompt = False
+        """the write in progress must be committed at once"""
         if readonly and not self.path.exists():
             raise JournalError(f"{self.path}: no journal here (has the daemon run yet?)")
         self.created = not readonly and not self.path.exists()
@@ -278,24 +310,129 @@ class Journal:
 
     def close(self) -> None:
         with self._lock:
+            if self._db.in_transaction:
+                self._commit()
             self._db.close()
 
     @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
+    def batch(self) -> Iterator[None]:
+        """Writes of this thread inside the block share transactions (committed at the end of
+        the block, or every GROUP_MAX writes): for a burst of writes that promise nothing to
+        anyone outside syncd before the block ends."""
+        me = threading.get_ident()
+        if self._batch_owner == me:
+            yield
+            return
         with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
+            self._batch_owner = me
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._batch_owner = None
+                if self._db.in_transaction:
+                    self._commit()
+
+    def _commit(self) -> None:
+        """End the open transaction (the caller holds ``_lock``); wakes the writers that
+        waited for it, also when the commit fails."""
+        epoch = self._epoch
+        try:
+            self._db.execute("COMMIT")
+        except BaseException as exc:
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
+            self._failed = (epoch, exc)
+            raise
+        finally:
+            self._open_writes = 0
+            with self._gate:
+                self._epoch = epoch + 1
+                self._committed.notify_all()
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        """One write, as a savepoint of the open transaction; returns once that transaction
+        is committed (see the module's notes)."""
+        with self._gate:
+            self._queued += 1
+        try:
+            self._lock.acquire()
+        finally:
+            with self._gate:
+                self._queued -= 1
+        wait_for: int | None = None
+        durable = self._durable
+        try:
+            if durable:
+                # its own transaction: the safety level cannot change inside one
+                if self._db.in_transaction:
+                    self._commit()
+                self._db.execute("PRAGMA synchronous = FULL")
+            if not self._db.in_transaction:
+                self._db.execute("BEGIN IMMEDIATE")
+            self._db.execute("SAVEPOINT write")
             try:
                 yield self._db
             except BaseException:
-                self._db.execute("ROLLBACK")
+                self._db.execute("ROLLBACK TO write")
+                self._db.execute("RELEASE write")
+                if durable or self._prompt or not self._leave_open():
+                    self._commit()
                 raise
-            self._db.execute("COMMIT")
+            self._db.execute("RELEASE write")
+            self._open_writes += 1
+            if durable or self._prompt or not self._leave_open():
+                self._commit()
+            elif self._batch_owner != threading.get_ident():
+                wait_for = self._epoch
+                with self._gate:
+                    self._followers += 1
+        finally:
+            if durable:
+                self._db.execute("PRAGMA synchronous = NORMAL")
+            self._lock.release()
+        if wait_for is not None:
+            try:
+                self._wait_for_commit(wait_for)
+            finally:
+                with self._gate:
+                    self._followers -= 1
+
+    def _leave_open(self) -> bool:
+        """Whether the open transaction may stay open for more writes: inside a batch, or
+        while another writer queues for the lock (it commits, or the one after it)."""
+        if self._open_writes >= GROUP_MAX:
+            return False
+        with self._gate:
+            if self._batch_owner == threading.get_ident():
+                return self._followers == 0  # a worker waits for its write: do not make it wait longer
+            return self._queued > 0
+
+    def _wait_for_commit(self, epoch: int) -> None:
+        with self._gate:
+            ended = self._committed.wait_for(lambda: self._epoch > epoch, timeout=COMMIT_WAIT)
+        if not ended:  # the queue behind us is stuck (a long batch): commit ourselves
+            with self._lock:
+                if self._epoch == epoch and self._db.in_transaction:
+                    self._commit()
+        if self._failed is not None and self._failed[0] == epoch:
+            raise self._failed[1]
 
     @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
+    def _write(self, *, durable: bool = False, prompt: bool = False) -> Iterator[sqlite3.Connection]:
         try:
-            with self._tx() as db:
-                yield db
+            if durable or prompt:
+                with self._lock:
+                    self._durable, self._prompt = durable, True
+                    try:
+                        with self._tx() as db:
+                            yield db
+                    finally:
+                        self._durable = self._prompt = False
+            else:
+                with self._tx() as db:
+                    yield db
         except sqlite3.OperationalError as exc:
             if "full" in str(exc) or "disk I/O" in str(exc):
                 raise JournalError(f"{self.path}: cannot write journal: {exc} (syncd stops; once it can "
@@ -322,7 +459,8 @@ class Journal:
                                  (watch, relpath)).fetchone()
         return _file_row(r) if r else None
 
-    def files(self, *, states: Sequence[str] = (), watch: str | None = None) -> list[FileRow]:
+    def files(self, *, states: Sequence[str] = (), watch: str | None = None, under: str = "") -> list[FileRow]:
+        """Rows by state and watch; ``under`` (a folder of the watch) keeps only the rows below it."""
         sql, args = "SELECT * FROM files WHERE 1", []
         if states:
             sql += f" AND state IN ({','.join('?' * len(states))})"
@@ -330,6 +468,11 @@ class Journal:
         if watch is not None:
             sql += " AND watch = ?"
             args.append(watch)
+        if under:
+            # "dir/" <= relpath < "dir0" ('0' follows '/'): the rows below "dir/", by index
+            prefix = under.rstrip("/") + "/"
+            sql += " AND relpath >= ? AND relpath < ?"
+            args += [prefix, prefix[:-1] + "0"]
         with self._lock:
             return [_file_row(r) for r in self._db.execute(sql + " ORDER BY id", args)]
 
@@ -383,10 +526,12 @@ class Journal:
         with self._write() as db:
             r = db.execute("SELECT * FROM files WHERE watch = ? AND relpath = ?", (watch, relpath)).fetchone()
             if r is None:
-                db.execute(
+                cur = db.execute(
                     "INSERT INTO files (watch, relpath, dev, ino, size, mtime_ns, state, first_seen_at,"
                     " updated_at) VALUES (?, ?, ?, ?, ?, ?, 'ready', ?, ?)",
                     (watch, relpath, fp.dev, fp.ino, fp.size, fp.mtime_ns, now, now))
+                return FileRow(cur.lastrowid, watch, relpath, fp, FileState.READY, 0, None, None, now, now, None,
+                               None, None, None)
             else:
                 row = _file_row(r)
                 if row.state in ACTIVE:
@@ -401,8 +546,10 @@ class Journal:
                     " remote_name = NULL, after_action = NULL, done_at = NULL, updated_at = ?"
                     " WHERE id = ?",
                     (fp.dev, fp.ino, fp.size, fp.mtime_ns, now, row.id))
-            r = db.execute("SELECT * FROM files WHERE watch = ? AND relpath = ?", (watch, relpath)).fetchone()
-        return _file_row(r)
+                # the row as written (no second read)
+                return replace(row, fingerprint=fp, state=FileState.READY, attempts=0, last_error=None,
+                               next_attempt_at=None, md5=None, remote_name=None, after_action=None, done_at=None,
+                               updated_at=now)
 
     def set_state(self, file_id: int, state: str, *, only_from: Sequence[str] | None = None,
                   error: str | None = None, next_attempt_at: float | None = None,
@@ -434,22 +581,16 @@ class Journal:
         returning: required before a destructive after-action (delete / move), which is then
         recorded as ``AFTER_PENDING`` until done, so that one a crash cut off is redone."""
         now = self.clock()
-        with self._lock:
-            if durable:
-                self._db.execute("PRAGMA synchronous = FULL")
-            try:
-                with self._write() as db:
-                    db.execute(
-                        "UPDATE files SET state = 'done', md5 = ?, remote_name = ?, done_at = ?,"
-                        " last_error = NULL, next_attempt_at = NULL, after_action = ?, updated_at = ?,"
-                        " target = ?, dest = ?, verified = ? WHERE id = ?",
-                        (md5, remote_name, now, after_action, now, target, dest, verified, file_id))
-            finally:
-                if durable:
-                    self._db.execute("PRAGMA synchronous = NORMAL")
+        with self._write(durable=durable) as db:
+            db.execute(
+                "UPDATE files SET state = 'done', md5 = ?, remote_name = ?, done_at = ?,"
+                " last_error = NULL, next_attempt_at = NULL, after_action = ?, updated_at = ?,"
+                " target = ?, dest = ?, verified = ? WHERE id = ?",
+                (md5, remote_name, now, after_action, now, target, dest, verified, file_id))
 
     def set_after_action(self, file_id: int, action: str) -> None:
-        with self._write() as db:
+        """What became of the local file (deleted, moved): written down at once."""
+        with self._write(prompt=True) as db:
             db.execute("UPDATE files SET after_action = ?, updated_at = ? WHERE id = ?",
                        (action, self.clock(), file_id))
 
@@ -548,8 +689,10 @@ class Journal:
                 " part_size, started_at, updated_at, upload_key) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (file_id, target, source, remote_name, size, fp.dev, fp.ino, fp.mtime_ns, part_size, now, now,
                  upload_key))
-            r = db.execute("SELECT * FROM uploads WHERE id = ?", (cur.lastrowid,)).fetchone()
-        return _upload_row(r)
+        # the row as written (no second read)
+        return UploadRow(cur.lastrowid, file_id, target, source, remote_name, size,
+                         Fingerprint(fp.dev, fp.ino, size, fp.mtime_ns), part_size, None, 0, "open", now, now,
+                         None, upload_key)
 
     def set_session(self, upload_id: int, session: str) -> None:
         """The server made the session: keep its handle, so a crash cannot orphan it."""

@@ -26,9 +26,11 @@ KiB, MiB = 1024, 1024 * 1024
 
 def failure_config(base: Path, *, url: str, token: str | None, part_size: int = 64 * KiB,
                    retry: dict[str, str] | None = None, timeout: dict[str, str] | None = None,
-                   prefix: str = "", quiet: str = "0.3s", uploads: int = 2, **extra: Any) -> Path:
+                   prefix: str = "", quiet: str = "0.3s", uploads: int = 2, small_uploads: int | None = None,
+                   **extra: Any) -> Path:
     """Two watches on ``base/keep`` and ``base/del`` (after_upload: delete), uploading to
-    ``{prefix}keep/...`` and ``{prefix}del/...`` on the server."""
+    ``{prefix}keep/...`` and ``{prefix}del/...`` on the server; ``uploads`` files at once
+    (``small_uploads`` while the extra ones are small; default: no extra ones)."""
     watches = []
     for name, after in (("keep", "keep"), ("del", "delete")):
         (base / name).mkdir(exist_ok=True)
@@ -36,7 +38,7 @@ def failure_config(base: Path, *, url: str, token: str | None, part_size: int = 
                         "remote_dir": f"{prefix}{{watch}}", "after_upload": after,
                         "settle": {"quiet": quiet, "max_wait": "30s"}})
     path = make_config(base, url=url, token=token, part_size=part_size, watches=watches,
-                       concurrency={"uploads": uploads}, **extra)
+                       concurrency={"uploads": uploads, "small_uploads": small_uploads or uploads}, **extra)
     data = yaml.safe_load(path.read_text())
     target = data["targets"]["main"]
     target["retry"].update(retry or {})

@@ -205,3 +205,32 @@ def test_a_schema_2_journal_is_migrated_and_keeps_its_queue(tmp_path):
         assert {"files_due_oldest", "files_due_smallest"} <= indexes and "files_due" not in indexes
     finally:
         db.close()
+
+
+def test_files_under_a_folder_are_exactly_the_rows_below_it(journal):
+    names = ["a/x", "a/b/y", "a0", "a.txt", "a", "ab/z", "b/a/x", "a/"]
+    for i, name in enumerate(names):
+        journal.note_new("w", name, Fingerprint(dev=1, ino=i, size=1, mtime_ns=1))
+    below = sorted(r.relpath for r in journal.files(watch="w", under="a"))
+    assert below == ["a/", "a/b/y", "a/x"]
+    assert sorted(r.relpath for r in journal.files(watch="w", under="a/b/")) == ["a/b/y"]
+    assert len(journal.files(watch="w", under="")) == len(names)
+
+
+def test_the_rows_returned_by_writes_are_the_rows_written(journal):
+    """mark_settled and start_upload return what they wrote without reading it back: it
+    must be exactly what a read gives."""
+    fresh = journal.mark_settled("w", "new.bin", FP)  # inserted
+    assert fresh == journal.get_file(fresh.id)
+    row = journal.note_new("w", "b.bin", FP)
+    journal.test_clock[0] += 5
+    settled = journal.mark_settled("w", "b.bin", FP2)  # updated
+    assert settled == journal.get_file(row.id)
+    journal.set_state(settled.id, "uploading")
+    journal.mark_done(settled.id, md5="m", remote_name="b.bin", target="t", verified="md5")
+    journal.test_clock[0] += 5
+    again = journal.mark_settled("w", "b.bin", FP)  # a done file changed: updated, target kept
+    assert again == journal.get_file(row.id)
+    up = journal.start_upload(row.id, target="t", source="/s", remote_name="b.bin", fp=FP, size=FP.size,
+                              part_size=0, upload_key="k")
+    assert up == journal.get_upload(up.id)

@@ -1,0 +1,111 @@
+"""The daemon's dispatcher: how many files it hands to workers at once, large and small."""
+
+from __future__ import annotations
+
+import pytest
+
+from syncd.config import SMALL_FILE_MAX, load_config
+from syncd.daemon import Daemon
+from syncd.dispatch import Dispatcher, WatchQueue
+from syncd.journal import Fingerprint, Journal
+from tests.support.daemon import make_config
+
+
+class RecordingWorkers:
+    def __init__(self) -> None:
+        self.submitted: list[int] = []
+
+    def submit(self, file_id: int) -> None:
+        self.submitted.append(file_id)
+
+
+@pytest.fixture
+def daemon(tmp_path):
+    config = load_config(make_config(tmp_path, url="http://127.0.0.1:9/up/", token=None,
+                                     concurrency={"uploads": 2, "small_uploads": 5}))
+    d = Daemon(config)
+    d.journal = Journal(config.journal)
+    d.specs = {"drop": None}
+    d.dispatcher = Dispatcher([WatchQueue("drop")])
+    d.workers = RecordingWorkers()
+    yield d
+    d.journal.close()
+    d.waker.close()
+
+
+def ready(daemon: Daemon, name: str, size: int) -> int:
+    return daemon.journal.mark_settled("drop", name, Fingerprint(1, hash(name) & 0xFFFF, size, 1)).id
+
+
+def finish(daemon: Daemon, file_id: int) -> None:
+    daemon.journal.set_state(file_id, "uploading")
+    daemon.journal.mark_done(file_id, md5="m", remote_name="x")
+    daemon.finished.put((file_id, None))
+    daemon._drain_finished(stopping=True)
+    daemon._due_stale = True
+
+
+def test_small_files_use_the_extra_workers_large_ones_never(daemon):
+    large = [ready(daemon, f"large{i}", SMALL_FILE_MAX + 1) for i in range(4)]
+    small = [ready(daemon, f"small{i}", SMALL_FILE_MAX) for i in range(6)]
+    daemon._dispatch()
+    assert daemon.workers.submitted == large[:2] + small[:3]  # 2 large (uploads), 5 in all
+    assert daemon.running == set(large[:2] + small[:3])
+
+    finish(daemon, small[0])  # a small file's place: the large ones still wait for a large place
+    daemon._dispatch()
+    assert daemon.workers.submitted[5:] == [small[3]]
+
+    finish(daemon, large[0])  # a large file's place: the next large file
+    daemon._dispatch()
+    assert daemon.workers.submitted[6:] == [large[2]]
+    assert len(daemon.running) == 5 and len(daemon._large_running) == 2
+
+
+def test_with_no_extra_workers_small_files_share_uploads(daemon):
+    daemon.config = daemon.config.model_copy(update={"concurrency": daemon.config.concurrency.model_copy(
+        update={"small_uploads": 1})})
+    ids = [ready(daemon, f"small{i}", 10) for i in range(4)]
+    daemon._dispatch()
+    assert daemon.workers.submitted == ids[:2]
+
+
+def test_the_journal_is_asked_again_only_after_something_happened(daemon, monkeypatch):
+    ready(daemon, "a", 10)
+    daemon._dispatch()
+    daemon._due_refresh_at = float("inf")  # the once-a-second look for waiting files is not due
+    asked = []
+    real_due = daemon.journal.due
+    monkeypatch.setattr(daemon.journal, "due", lambda **kw: asked.append(kw) or real_due(**kw))
+    for _ in range(5):
+        daemon._dispatch()  # nothing new: no query
+    assert asked == []
+    ready(daemon, "b", 10)
+    daemon._due_stale = True  # what the loop sets when a file settled
+    daemon._dispatch()
+    assert len(asked) == 1
+    assert len(daemon.workers.submitted) == 2
+
+
+def test_two_watches_take_turns(tmp_path):
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+    config = load_config(make_config(tmp_path, url="http://127.0.0.1:9/up/", token=None,
+                                     concurrency={"uploads": 2, "small_uploads": 4},
+                                     watches=[{"name": n, "path": str(tmp_path / n), "target": "main"}
+                                              for n in ("a", "b")]))
+    d = Daemon(config)
+    d.journal = Journal(config.journal)
+    d.specs = {"a": None, "b": None}
+    d.dispatcher = Dispatcher([WatchQueue("a"), WatchQueue("b")])
+    d.workers = RecordingWorkers()
+    try:
+        flood = [d.journal.mark_settled("a", f"f{i}", Fingerprint(1, i, 10, 1)).id for i in range(6)]
+        one = d.journal.mark_settled("b", "g", Fingerprint(1, 99, 10, 1)).id
+        d._dispatch()
+        assert len(d.workers.submitted) == 4
+        assert one in d.workers.submitted  # not starved by the flood in "a"
+        assert d.workers.submitted[:1] == flood[:1]
+    finally:
+        d.journal.close()
+        d.waker.close()
