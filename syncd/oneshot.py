@@ -48,8 +48,8 @@ def cmd_upload(config: Config, *, target: str, files: list[Path], remote_dir: st
     failures = 0
     try:
         for path in files:
-            if stop.is_set():
-                print("syncd upload: interrupted; run the same command again to resume", file=sys.stderr)
+            if stop.is_set():  # the same line as for a file interrupted mid-upload: it names the file
+                print(f"syncd upload: {path}: interrupted by shutdown (run again to resume)", file=sys.stderr)
                 return 1
             if not _upload_one(journal, engine, target, path, remote_dir):
                 failures += 1

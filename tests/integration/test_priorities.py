@@ -23,7 +23,7 @@ def test_the_daemon_starts_a_mixed_queue_in_priority_order(receiver, tmp_path) -
         {"name": "scans", "path": str(tmp_path / "scans"), "target": "main", "priority": 10},
     ]
     config = make_config(tmp_path, url=receiver.url, token=receiver.token, watches=watches,
-                         concurrency={"uploads": 1})
+                         concurrency={"uploads": 1, "small_uploads": 1})  # one worker, even for small files
     # The queue is in the journal before the daemon starts, so its first dispatch sees all of it.
     clock = [time.time() - 100]
 
