@@ -23,12 +23,10 @@ streaming encoder and requests' own layers cost more CPU than the rest of the re
 
 from __future__ import annotations
 
-import email.utils
 import json
 import os
 import posixpath
 import threading
-import time
 from collections.abc import Sequence
 from typing import Any, BinaryIO, Literal
 from urllib.parse import urljoin
@@ -58,6 +56,7 @@ from syncd.upload.base import (
     UploadItem,
 )
 from syncd.upload.registry import ProtocolEntry
+from syncd.upload.retry import parse_retry_after
 
 STREAM_BLOCK = 1024 * 1024
 # A whole-file POST carries its MD5, so the file is read twice (hash, then send): worth
@@ -124,18 +123,7 @@ def _detail(resp: requests.Response | _Answer) -> str:
 
 
 def _retry_after(resp: requests.Response | _Answer) -> float | None:
-    value = resp.headers.get("Retry-After")
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())
+    return parse_retry_after(resp.headers.get("Retry-After"))
 
 
 def raise_for_answer(resp: requests.Response | _Answer, *, on_session: bool) -> dict[str, Any]:

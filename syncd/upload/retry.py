@@ -8,6 +8,7 @@ Retry-After, until its time budget is spent or the daemon stops; then the file g
 
 from __future__ import annotations
 
+import email.utils
 import logging
 import random
 import threading
@@ -60,6 +61,21 @@ class stop_after_budget(stop_base):
 
     def __call__(self, retry_state: RetryCallState) -> bool:
         return self.clock() >= self.deadline
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Seconds from a Retry-After header (delta-seconds or an HTTP date), or None."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
 
 
 def backoff(policy: RetryPolicy) -> wait_base:

@@ -31,7 +31,6 @@ loads it.
 from __future__ import annotations
 
 import base64
-import email.utils
 import hashlib
 import io
 import logging
@@ -40,7 +39,6 @@ import re
 import secrets
 import socket
 import threading
-import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,6 +68,7 @@ from syncd.upload.base import (
     UploadItem,
 )
 from syncd.upload.registry import ProtocolEntry
+from syncd.upload.retry import parse_retry_after
 
 log = logging.getLogger("syncd.upload.s3")
 
@@ -233,18 +232,7 @@ class Settings(TargetSettings):
 
 
 def _retry_after(headers: Mapping[str, str]) -> float | None:
-    value = headers.get("retry-after")
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())
+    return parse_retry_after(headers.get("retry-after"))
 
 
 def error_code(exc: BaseException) -> tuple[str, int]:

@@ -63,6 +63,7 @@ from syncd.upload.base import (
     UploadItem,
 )
 from syncd.upload.registry import ProtocolEntry
+from syncd.upload.retry import parse_retry_after
 
 log = logging.getLogger("syncd.upload")
 
@@ -221,18 +222,7 @@ class ServerInfo:
 
 
 def _retry_after(resp: requests.Response) -> float | None:
-    value = resp.headers.get("Retry-After")
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())
+    return parse_retry_after(resp.headers.get("Retry-After"))
 
 
 def _detail(resp: requests.Response) -> str:
