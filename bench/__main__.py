@@ -36,6 +36,7 @@ from bench.common import PYTHON, REPO, GiB, MiB, dump_json, log, machine
 RESULTS = REPO / "bench" / "results"
 PLOTS = REPO / "bench" / "plots"
 REPORT = REPO / "BENCHMARKS.md"
+HAND_RUN = "<!-- hand-run: kept when this report is rewritten -->"
 TRANSCODE = REPO / "bench" / "transcode.py"
 
 
@@ -206,6 +207,9 @@ def write_report(data: dict[str, Any], sections: list[tuple[Bench, str, Path | N
         lines += [f"## {bench.number}. {bench.title}", "", text.replace("### ", "#### "), ""]
         if plot is not None:
             lines += [f"![{bench.title}]({plot.relative_to(REPO).as_posix()})", ""]
+    old = REPORT.read_text() if REPORT.exists() else ""
+    if HAND_RUN in old:  # measurements taken by hand (before/after comparisons) stay
+        lines += [old[old.index(HAND_RUN):].rstrip("\n"), ""]
     REPORT.write_text("\n".join(lines))
 
 

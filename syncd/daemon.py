@@ -110,15 +110,20 @@ class RateMeter:
         self._lock = threading.Lock()
 
     def add(self, n: int) -> None:
+        now = self.clock()
         with self._lock:
-            self._events.append((self.clock(), n))
+            self._events.append((now, n))
+            self._forget_before(now - self.window)  # also when nobody asks (no systemd status line)
 
     def per_second(self) -> float:
         now = self.clock()
         with self._lock:
-            while self._events and self._events[0][0] < now - self.window:
-                self._events.popleft()
+            self._forget_before(now - self.window)
             return sum(n for _, n in self._events) / self.window
+
+    def _forget_before(self, when: float) -> None:
+        while self._events and self._events[0][0] < when:
+            self._events.popleft()
 
 
 def lock_journal(journal: Path) -> int:
