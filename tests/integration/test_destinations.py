@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import yaml
 
-from tests.support.daemon import DaemonProcess, make_config
+from tests.support.daemon import DaemonProcess, make_config, wait_until
 from tests.support.files import md5_of, write_random
 from tests.support.peers import ReceiverPeer
 
@@ -29,17 +29,19 @@ def test_a_watch_moved_to_another_target_or_folder_uploads_again(tmp_path):
         config.write_text(yaml.safe_dump(data, sort_keys=False))
         with DaemonProcess(config) as daemon:
             daemon.wait_until_log("uploading it again", timeout=15)
-            daemon.wait_states({"drop:a.bin": "done"})
-        assert first.stored_md5("archive/a.bin") == md5_of(path)
+            # (the row still reads `done` from before until the new upload takes it)
+            wait_until(lambda: first.stored_md5("archive/a.bin") == md5_of(path), timeout=15, what="archive/a.bin")
+            wait_until(lambda: daemon.rows()["drop:a.bin"]["dest"] == "archive/a.bin", timeout=15, what="new dest")
+        assert daemon.rows()["drop:a.bin"]["state"] == "done"
 
         data["targets"]["second"] = {**data["targets"]["main"], "url": second.url, "token": second.token}
         data["watches"][0]["target"] = "second"  # another server
         config.write_text(yaml.safe_dump(data, sort_keys=False))
         with DaemonProcess(config) as daemon:
             daemon.wait_until_log("target changed from main to second", timeout=15)
-            daemon.wait_states({"drop:a.bin": "done"})
-        assert second.stored_md5("archive/a.bin") == md5_of(path)
-        assert daemon.rows()["drop:a.bin"]["target"] == "second"
+            wait_until(lambda: second.stored_md5("archive/a.bin") == md5_of(path), timeout=15, what="on second")
+            wait_until(lambda: daemon.rows()["drop:a.bin"]["target"] == "second", timeout=15, what="new target")
+        assert daemon.rows()["drop:a.bin"]["state"] == "done"
     finally:
         first.stop()
         second.stop()
