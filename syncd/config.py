@@ -64,6 +64,24 @@ class _Model(BaseModel):
 Listen = Annotated[tuple[str, int], BeforeValidator(parse_listen)]
 
 
+def read_secret(*, file: Path | None = None, env: str | None = None, key: str = "") -> str:
+    """A secret from a file or an environment variable, stripped; ValueError (prefixed with
+    ``key``) when it cannot be read or is empty. One place for every secret source."""
+    prefix = f"{key}: " if key else ""
+    if file is not None:
+        try:
+            text = file.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ValueError(f"{prefix}cannot read {str(file)!r}: {exc.strerror}") from None
+        if not text:
+            raise ValueError(f"{prefix}{str(file)!r} is empty")
+        return text
+    text = os.environ.get(env or "", "").strip()
+    if not text:
+        raise ValueError(f"{prefix}environment variable {env!r} is not set")
+    return text
+
+
 class TokenSource(_Model):
     """Exactly one of ``token`` / ``token_file`` / ``token_env``, or none (no auth)."""
 
@@ -86,18 +104,9 @@ class TokenSource(_Model):
         if self.token is not None:
             return self.token.get_secret_value()
         if self.token_file is not None:
-            try:
-                text = self.token_file.read_text(encoding="utf-8").strip()
-            except OSError as exc:
-                raise ValueError(f"token_file: cannot read {str(self.token_file)!r}: {exc.strerror}") from None
-            if not text:
-                raise ValueError(f"token_file: {str(self.token_file)!r} is empty")
-            return text
+            return read_secret(file=self.token_file, key="token_file")
         if self.token_env is not None:
-            text = os.environ.get(self.token_env, "").strip()
-            if not text:
-                raise ValueError(f"token_env: environment variable {self.token_env!r} is not set")
-            return text
+            return read_secret(env=self.token_env, key="token_env")
         return None
 
 

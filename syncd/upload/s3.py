@@ -34,7 +34,6 @@ import base64
 import hashlib
 import io
 import logging
-import os
 import re
 import secrets
 import socket
@@ -46,7 +45,7 @@ from typing import Any, BinaryIO, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from syncd.config import Size, TargetSettings
+from syncd.config import Size, TargetSettings, read_secret
 from syncd.units import format_size
 from syncd.upload.base import (
     AuthRejected,
@@ -196,20 +195,9 @@ class Settings(TargetSettings):
         """The secret access key itself (None: the AWS chain finds credentials); raises
         ValueError naming the key on a bad source."""
         if self.secret_access_key_file is not None:
-            try:
-                text = self.secret_access_key_file.read_text(encoding="utf-8").strip()
-            except OSError as exc:
-                raise ValueError(f"secret_access_key_file: cannot read {str(self.secret_access_key_file)!r}: "
-                                 f"{exc.strerror}") from None
-            if not text:
-                raise ValueError(f"secret_access_key_file: {str(self.secret_access_key_file)!r} is empty")
-            return text
+            return read_secret(file=self.secret_access_key_file, key="secret_access_key_file")
         if self.secret_access_key_env is not None:
-            text = os.environ.get(self.secret_access_key_env, "").strip()
-            if not text:
-                raise ValueError(f"secret_access_key_env: environment variable {self.secret_access_key_env!r} "
-                                 "is not set")
-            return text
+            return read_secret(env=self.secret_access_key_env, key="secret_access_key_env")
         return None
 
     def resolve_token(self) -> str | None:

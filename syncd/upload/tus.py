@@ -29,7 +29,6 @@ import email.utils
 import hashlib
 import logging
 import mimetypes
-import os
 import posixpath
 import queue
 import re
@@ -45,7 +44,7 @@ import requests
 from pydantic import BaseModel, ConfigDict, SecretStr, field_validator, model_validator
 
 from syncd import __version__
-from syncd.config import TargetSettings, http_url
+from syncd.config import TargetSettings, http_url, read_secret
 from syncd.units import format_size
 from syncd.upload.base import (
     AuthRejected,
@@ -94,18 +93,7 @@ class HeaderSource(BaseModel):
         return self
 
     def resolve(self) -> str:
-        if self.file is not None:
-            try:
-                text = self.file.read_text(encoding="utf-8").strip()
-            except OSError as exc:
-                raise ValueError(f"cannot read {str(self.file)!r}: {exc.strerror}") from None
-            if not text:
-                raise ValueError(f"{str(self.file)!r} is empty")
-            return text
-        text = os.environ.get(self.env or "", "").strip()
-        if not text:
-            raise ValueError(f"environment variable {self.env!r} is not set")
-        return text
+        return read_secret(file=self.file, env=self.env)
 
 
 class Settings(TargetSettings):
