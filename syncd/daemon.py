@@ -26,11 +26,12 @@ from syncd.config import SMALL_FILE_MAX, Config, ConfigError, load_config
 from syncd.controls import Paused
 from syncd.dispatch import Dispatcher, WatchQueue
 from syncd.intake import Intake
-from syncd.journal import MOVE_ASIDE, FileRow, Journal, JournalError
+from syncd.journal import MOVE_ASIDE, DueFile, Journal, JournalError
 from syncd.live import changed_keys, needs_restart
 from syncd.notify import WatchdogPinger
 from syncd.pipeline import FileProcessor, Outcome
 from syncd.sources import SourcePlanner
+from syncd.states import FileState
 from syncd.upload.base import Backend
 from syncd.upload.engine import UploadEngine
 from syncd.upload.registry import build_backends
@@ -213,6 +214,9 @@ class Daemon:
         self._large_running: set[int] = set()
         """the files in ``running`` larger than SMALL_FILE_MAX (at most concurrency.uploads)"""
         self._due_stale = True
+        """something may have made files due: the next dispatch asks the journal"""
+        self._slots_freed = False
+        """a worker let go of a file: the next dispatch serves the dispatcher's backlog"""
         self._due_refresh_at = 0.0
         self.rate = RateMeter()
         self.limiter = BandwidthLimiter()  # one for the daemon's life: a reload re-times it in place
@@ -405,8 +409,7 @@ class Daemon:
         with self.journal.batch():  # a burst of new and settled files: a few transactions, not one each
             if self.intake.step(events) or events:
                 self._due_stale = True
-        if self._drain_finished():
-            self._due_stale = True
+        self._drain_finished()
         if time.monotonic() >= self._next_rescan:
             self._due_stale = True
             self.intake.rescan_all()
@@ -431,6 +434,7 @@ class Daemon:
             except queue.Empty:
                 return drained
             drained = True
+            self._slots_freed = True
             self.running.discard(file_id)
             self._large_running.discard(file_id)
             self._running_watch.pop(file_id, None)
@@ -438,7 +442,10 @@ class Daemon:
                 raise result  # the daemon stops, as when the loop itself cannot write the journal
             if isinstance(result, BaseException):
                 log.error("file %d: worker error: %r", file_id, result)
+                self._due_stale = True
                 continue
+            if result.state not in (FileState.DONE, FileState.FAILED, FileState.GONE):
+                self._due_stale = True  # it may be due again (interrupted, waiting, changed)
             if not stopping:
                 self.intake.worker_finished(file_id, result)
 
@@ -452,15 +459,18 @@ class Daemon:
         if free <= 0:
             return
         now = time.monotonic()
-        if not self._due_stale and now < self._due_refresh_at:
+        refresh = self._due_stale or now >= self._due_refresh_at
+        if not refresh and not self._slots_freed:
             return  # nothing happened since the last look that could have made a file due
-        self._due_stale = False
-        self._due_refresh_at = now + IDLE_TICK  # waiting files come due by the clock; `syncd retry`
+        self._slots_freed = False
+        if refresh:
+            self._due_stale = False
+            self._due_refresh_at = now + IDLE_TICK  # waiting files come due by the clock; `syncd retry`
         large_free = limits.uploads - len(self._large_running)
 
-        def admit(row: FileRow) -> bool:
+        def admit(row: DueFile) -> bool:
             nonlocal large_free
-            if row.fingerprint.size <= SMALL_FILE_MAX:
+            if row.size <= SMALL_FILE_MAX:
                 return True
             if large_free <= 0:
                 return False  # it waits while concurrency.uploads large files run
@@ -469,9 +479,9 @@ class Daemon:
 
         held = [w.name for w in self.config.watches if self._blocked(watch=w.name, target=w.target)]
         for row in self.dispatcher.pick(self.journal, free=free, running=self.running, held=held, admit=admit,
-                                        lookahead=limits.workers * DUE_PER_WORKER):
+                                        lookahead=limits.workers * DUE_PER_WORKER, refresh=refresh):
             self.running.add(row.id)
-            if row.fingerprint.size > SMALL_FILE_MAX:
+            if row.size > SMALL_FILE_MAX:
                 self._large_running.add(row.id)
             self._running_watch[row.id] = row.watch
             self.workers.submit(row.id)

@@ -28,7 +28,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Literal
+from typing import Literal, NamedTuple
 
 from syncd.states import ACTIVE, PENDING, STATES, FileState, allowed_from
 
@@ -126,19 +126,37 @@ SCHEMA_VERSION = len(_MIGRATIONS)
 DueOrder = Literal["oldest", "smallest"]
 DUE_ORDERS: tuple[DueOrder, ...] = ("oldest", "smallest")
 _WAITED = "coalesce(next_attempt_at, updated_at)"
+_DUE_COLUMNS = f"id, watch, relpath, size, state, {_WAITED}"
 _DUE_SQL = {
     "oldest": (
-        f"SELECT * FROM files WHERE watch = ? AND state = 'ready' ORDER BY {_WAITED}, id LIMIT ?",
-        f"SELECT * FROM files WHERE watch = ? AND state = 'waiting' AND {_WAITED} <= ? ORDER BY {_WAITED}, id LIMIT ?",
+        f"SELECT {_DUE_COLUMNS} FROM files WHERE watch = ? AND state = 'ready' ORDER BY {_WAITED}, id LIMIT ?",
+        f"SELECT {_DUE_COLUMNS} FROM files WHERE watch = ? AND state = 'waiting' AND {_WAITED} <= ?"
+        f" ORDER BY {_WAITED}, id LIMIT ?",
     ),
     "smallest": (
-        "SELECT * FROM files WHERE watch = ? AND state = 'ready' ORDER BY size, id LIMIT ?",
-        f"SELECT * FROM files WHERE watch = ? AND state = 'waiting' AND {_WAITED} <= ? ORDER BY size, id LIMIT ?",
+        f"SELECT {_DUE_COLUMNS} FROM files WHERE watch = ? AND state = 'ready' ORDER BY size, id LIMIT ?",
+        f"SELECT {_DUE_COLUMNS} FROM files WHERE watch = ? AND state = 'waiting' AND {_WAITED} <= ?"
+        " ORDER BY size, id LIMIT ?",
     ),
 }
+
+
+class DueFile(NamedTuple):
+    """A file to start, with what ordering and admitting it takes (the worker that takes it
+    reads its whole row): a plain tuple, since the dispatcher looks at many per start."""
+
+    id: int
+    watch: str
+    relpath: str
+    size: int
+    state: str
+    waited: float
+    """since when it is due: its next attempt time, or its last change"""
+
+
 _DUE_KEY = {
-    "oldest": lambda r: (r["next_attempt_at"] if r["next_attempt_at"] is not None else r["updated_at"], r["id"]),
-    "smallest": lambda r: (r["size"], r["id"]),
+    "oldest": lambda r: (r.waited, r.id),
+    "smallest": lambda r: (r.size, r.id),
 }
 
 
@@ -637,7 +655,7 @@ class Journal:
                               (self.clock(), *watches)).rowcount
 
     def due(self, *, watches: Sequence[str], now: float | None = None, limit: int = 100,
-            order: DueOrder = "oldest") -> list[FileRow]:
+            order: DueOrder = "oldest") -> list[DueFile]:
         """Files of these watches to start: ``ready`` ones, and ``waiting`` ones whose time
         has come. ``oldest``: the longest waiting first (a ``waiting`` file counts from its
         next attempt time); ``smallest``: the smallest first. (Rows of ``syncd upload``
@@ -646,15 +664,17 @@ class Journal:
         if order not in DUE_ORDERS:
             raise ValueError(f"unknown order {order!r}")
         ready_sql, waiting_sql = _DUE_SQL[order]
-        rows: list[sqlite3.Row] = []
+        rows: list[DueFile] = []
         # Index range scans per watch (files_due_*) instead of sorting every pending row
         # per call: the daemon asks on every loop step.
         with self._lock:
+            cursor = self._db.cursor()
+            cursor.row_factory = None
             for watch in dict.fromkeys(watches):
-                rows += self._db.execute(ready_sql, (watch, limit)).fetchall()
-                rows += self._db.execute(waiting_sql, (watch, now, limit)).fetchall()
+                rows += map(DueFile._make, cursor.execute(ready_sql, (watch, limit)).fetchall())
+                rows += map(DueFile._make, cursor.execute(waiting_sql, (watch, now, limit)).fetchall())
         rows.sort(key=_DUE_KEY[order])
-        return [_file_row(r) for r in rows[:limit]]
+        return rows[:limit]
 
     def next_waiting_at(self) -> float | None:
         with self._lock:

@@ -25,8 +25,8 @@ class Queue:
         self._ino += 1
         return self.journal.mark_settled(watch, relpath, Fingerprint(1, self._ino, size, 0)).id
 
-    def start(self, free: int) -> list[str]:
-        rows = self.dispatcher.pick(self.journal, free=free, running=self.running)
+    def start(self, free: int, *, refresh: bool = True) -> list[str]:
+        rows = self.dispatcher.pick(self.journal, free=free, running=self.running, refresh=refresh)
         for row in rows:
             self.running.add(row.id)
             self.journal.set_state(row.id, "uploading")
@@ -38,12 +38,14 @@ class Queue:
         self.journal.mark_done(row.id, md5="m", remote_name=relpath)
         self.running.discard(row.id)
 
-    def drain(self, *, workers: int) -> list[str]:
-        """Start and finish files one at a time with ``workers`` slots, oldest start first."""
+    def drain(self, *, workers: int, refresh: bool = True) -> list[str]:
+        """Start and finish files one at a time with ``workers`` slots, oldest start first;
+        without ``refresh``, as the daemon does after a worker finished (the first pick asks
+        the journal, the others serve the backlog)."""
         order: list[str] = []
         started: list[str] = []
         while True:
-            new = self.start(workers - len(self.running))
+            new = self.start(workers - len(self.running), refresh=refresh or not order)
             order += new
             started += new
             if not started:
@@ -130,6 +132,64 @@ def test_files_handed_to_workers_are_not_picked_again(make_queue) -> None:
     assert q.start(1) == ["w:b"]
 
 
+class CountingJournal:
+    """The journal, counting the dispatcher's questions."""
+
+    def __init__(self, journal: Journal) -> None:
+        self.journal = journal
+        self.asked: list[str] = []
+
+    def due(self, **kwargs):
+        self.asked.append(kwargs["watches"][0])
+        return self.journal.due(**kwargs)
+
+
+def test_without_refresh_the_backlog_is_served_without_asking_the_journal(make_queue) -> None:
+    q = make_queue([WatchQueue("w")])
+    for i in range(5):
+        q.ready("w", f"f{i}", 1)
+    counting = CountingJournal(q.journal)
+    assert [r.relpath for r in q.dispatcher.pick(counting, free=2, running=set())] == ["f0", "f1"]
+    assert counting.asked == ["w"]
+    q.ready("w", "late", 1)  # due now, but only a refresh looks for it
+    assert [r.relpath for r in q.dispatcher.pick(counting, free=2, running=set(), refresh=False)] == ["f2", "f3"]
+    assert [r.relpath for r in q.dispatcher.pick(counting, free=5, running=set(), refresh=False)] == ["f4"]
+    assert counting.asked == ["w"]  # the whole answer fitted its limit: nothing more to ask for
+    assert [r.relpath for r in q.dispatcher.pick(counting, free=10, running=set())] == [
+        "f0", "f1", "f2", "f3", "f4", "late"]  # nothing was started in the journal here
+    assert counting.asked == ["w", "w"]
+
+
+def test_a_watch_whose_answer_was_cut_is_asked_again_when_its_backlog_runs_out(make_queue, monkeypatch) -> None:
+    monkeypatch.setattr(Dispatcher, "BATCH", 3)
+    q = make_queue([WatchQueue("w")])
+    for i in range(7):
+        q.ready("w", f"f{i}", 1)
+    counting = CountingJournal(q.journal)
+    started = q.dispatcher.pick(counting, free=1, running=set())
+    assert [r.relpath for r in started] == ["f0"]
+    running = {started[0].id}
+    for r in q.dispatcher.pick(counting, free=2, running=running, refresh=False):
+        running.add(r.id)
+    assert counting.asked == ["w"]  # f1, f2 from the backlog
+    more = q.dispatcher.pick(counting, free=1, running=running, refresh=False)
+    assert [r.relpath for r in more] == ["f3"]  # the backlog ran out: asked again, running rows skipped
+    assert counting.asked == ["w", "w"]
+
+
+def test_a_row_admit_refuses_keeps_its_place_in_the_backlog(make_queue) -> None:
+    q = make_queue([WatchQueue("w")])
+    big = q.ready("w", "big", 10**9)
+    q.ready("w", "s1", 1)
+    q.ready("w", "s2", 1)
+    small_only = lambda row: row.size < 10**6  # noqa: E731
+    picked = q.dispatcher.pick(q.journal, free=1, running=set(), admit=small_only)
+    assert [r.relpath for r in picked] == ["s1"]
+    picked = q.dispatcher.pick(q.journal, free=2, running={picked[0].id}, refresh=False)
+    assert [r.relpath for r in picked] == ["big", "s2"]  # admitted now: oldest first again
+    assert picked[0].id == big
+
+
 def test_due_refuses_an_unknown_order(tmp_path) -> None:
     journal = Journal(tmp_path / "j.db")
     try:
@@ -140,6 +200,29 @@ def test_due_refuses_an_unknown_order(tmp_path) -> None:
 
 
 _WATCHES = [WatchQueue("p1a", 1, "oldest"), WatchQueue("p0", 0, "smallest"), WatchQueue("p1b", 1, "smallest")]
+
+
+@settings(max_examples=40, deadline=None)
+@given(files=st.lists(st.tuples(st.sampled_from([w.name for w in _WATCHES]), st.integers(0, 50)),
+                      min_size=1, max_size=25),
+       workers=st.integers(1, 4), batch=st.integers(1, 8))
+def test_serving_the_backlog_starts_files_in_the_order_asking_again_would(tmp_path_factory, files, workers,
+                                                                          batch) -> None:
+    """Nothing new arrives while the queue drains, so picks that only serve the backlog (with
+    answers cut at ``batch`` rows) start the same files in the same order as picks that
+    ask the journal every time."""
+    orders = []
+    for refresh in (True, False):
+        q = Queue(tmp_path_factory.mktemp("q") / "journal.db", _WATCHES)
+        q.dispatcher.BATCH = batch
+        try:
+            for i, (watch, size) in enumerate(files):
+                q.ready(watch, f"f{i}", size)
+            orders.append(q.drain(workers=workers, refresh=refresh))
+        finally:
+            q.journal.close()
+    assert orders[0] == orders[1]
+    assert sorted(orders[1]) == sorted(f"{w}:f{i}" for i, (w, _) in enumerate(files))
 
 
 @settings(max_examples=40, deadline=None)

@@ -8,6 +8,7 @@ from syncd.config import SMALL_FILE_MAX, load_config
 from syncd.daemon import Daemon
 from syncd.dispatch import Dispatcher, WatchQueue
 from syncd.journal import Fingerprint, Journal
+from syncd.pipeline import Outcome
 from tests.support.daemon import make_config
 
 
@@ -40,9 +41,8 @@ def ready(daemon: Daemon, name: str, size: int) -> int:
 def finish(daemon: Daemon, file_id: int) -> None:
     daemon.journal.set_state(file_id, "uploading")
     daemon.journal.mark_done(file_id, md5="m", remote_name="x")
-    daemon.finished.put((file_id, None))
-    daemon._drain_finished(stopping=True)
-    daemon._due_stale = True
+    daemon.finished.put((file_id, Outcome(file_id, "drop", "", "done")))
+    daemon._drain_finished(stopping=True)  # a slot is free; the next dispatch serves the backlog
 
 
 def test_small_files_use_the_extra_workers_large_ones_never(daemon):
@@ -85,6 +85,27 @@ def test_the_journal_is_asked_again_only_after_something_happened(daemon, monkey
     daemon._dispatch()
     assert len(asked) == 1
     assert len(daemon.workers.submitted) == 2
+
+
+def test_a_finished_file_frees_a_place_filled_from_the_backlog_without_a_query(daemon, monkeypatch):
+    ids = [ready(daemon, f"small{i}", 10) for i in range(8)]
+    daemon._dispatch()
+    assert daemon.workers.submitted == ids[:5]
+    daemon._due_refresh_at = float("inf")
+    asked = []
+    real_due = daemon.journal.due
+    monkeypatch.setattr(daemon.journal, "due", lambda **kw: asked.append(kw) or real_due(**kw))
+    finish(daemon, ids[0])
+    daemon._dispatch()
+    assert daemon.workers.submitted[5:] == [ids[5]]
+    assert asked == []  # done: nothing new became due, the backlog had the next file
+    daemon.journal.set_state(ids[1], "uploading")
+    daemon.journal.set_state(ids[1], "waiting", next_attempt_at=0.0)
+    daemon.finished.put((ids[1], Outcome(ids[1], "drop", "small1", "waiting")))
+    daemon._drain_finished(stopping=True)  # (no intake in this fixture)
+    daemon._dispatch()
+    assert len(asked) == 1  # a file that went back to waiting may be due again: asked
+    assert daemon.workers.submitted[6:] == [ids[1]]  # due at once, and the oldest
 
 
 def test_two_watches_take_turns(tmp_path):
