@@ -47,7 +47,8 @@ class PrefixMD5:
     two cores a big file is hashed and sent at the same time); at most ``QUEUE_BLOCKS``
     blocks wait to be hashed. ``hexdigest`` waits for them; ``close`` ends the thread."""
 
-    QUEUE_BLOCKS = 8
+    QUEUE_BLOCKS = 3
+    """1 MiB blocks: 8 cost 5 MiB more peak RSS than 3 and sent no faster (1 GiB, 5 rounds each)"""
 
     def __init__(self, *, background: bool = False) -> None:
         self._md5 = hashlib.md5()
