@@ -8,9 +8,9 @@ import posixpath
 import signal
 import sys
 import threading
+from contextlib import nullcontext
 from pathlib import Path
-
-from tqdm import tqdm
+from typing import Any
 
 from syncd.bandwidth import BandwidthLimiter, timetables_of
 from syncd.config import Config
@@ -19,8 +19,6 @@ from syncd.outcomes import verdict_for
 from syncd.states import ACTIVE, FileState
 from syncd.upload.engine import UploadEngine, UploadJob
 from syncd.upload.registry import build_backend
-
-tqdm.monitor_interval = 0  # no monitor thread: the bar is updated from the upload itself
 
 ONESHOT_WATCH = "@upload"  # journal rows of one-shot uploads; no watch can have this name
 
@@ -93,9 +91,8 @@ def _upload_one(journal: Journal, engine: UploadEngine, target: str, path: Path,
     job = UploadJob(file_id=row.id, target=target, source=source, fingerprint=fp,
                     remote_name=remote_name, label=str(path))
     try:
-        with tqdm(total=fp.size, unit="B", unit_scale=True, unit_divisor=1024, desc=source.name,
-                  disable=None, file=sys.stderr) as bar:
-            remote, md5 = engine.upload(job, on_read=bar.update)
+        with _progress_bar(fp.size, source.name) as bar:
+            remote, md5 = engine.upload(job, on_read=bar.update if bar is not None else None)
     except Exception as exc:
         verdict = verdict_for(exc, label=str(path))  # the same map as the daemon's
         # a one-shot row is never settled by a watcher: a changed or vanished file waits for
@@ -110,3 +107,13 @@ def _upload_one(journal: Journal, engine: UploadEngine, target: str, path: Path,
                       verified=remote.verified)
     print(f"{path}: uploaded as {remote.name} (md5 {md5}) to target {target}, verified by {remote.verified}")
     return True
+
+
+def _progress_bar(total: int, name: str) -> Any:
+    """A tqdm bar on a terminal; elsewhere none, and tqdm is not even imported (4 MiB of RSS)."""
+    if not sys.stderr.isatty():
+        return nullcontext(None)
+    from tqdm import tqdm
+
+    tqdm.monitor_interval = 0  # no monitor thread: the bar is updated from the upload itself
+    return tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=name, file=sys.stderr)

@@ -47,8 +47,6 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any, BinaryIO
 
-import ffmpeg
-
 from syncd.units import parse_duration
 
 __all__ = [
@@ -616,6 +614,8 @@ def build_command(
     Maps exactly the probed video stream and the first audio stream, so subtitle, data
     and cover-art streams never make a run fail.
     """
+    import ffmpeg  # only a daemon that transcodes needs it (4 MiB of RSS)
+
     input_kwargs: dict[str, Any] = {}
     if config.start_time:
         input_kwargs["ss"] = _seconds(config.start_time)
