@@ -403,9 +403,25 @@ def syncd_config(base: Path, *, url: str, token: str, part_size: int | str, uplo
 
 
 def child_env() -> dict[str, str]:
+    """The environment of a contender's process. syncd's bytecode is compiled first, once,
+    as an installed package's is: children write none (PYTHONDONTWRITEBYTECODE), and a
+    tree whose .pyc files are stale or missing would otherwise compile every module it
+    imports from source in every run (30-40 ms of each ``syncd upload`` here)."""
+    _compile_syncd()
     env = {k: v for k, v in os.environ.items() if k != "NOTIFY_SOCKET"}
     env["PYTHONDONTWRITEBYTECODE"] = "1"
     return env
+
+
+_compiled: set[Path] = set()
+
+
+def _compile_syncd() -> None:
+    if REPO not in _compiled:
+        import compileall
+
+        compileall.compile_dir(REPO / "syncd", quiet=1)
+        _compiled.add(REPO)
 
 
 # --------------------------------------------------------------------------- statistics
