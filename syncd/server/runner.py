@@ -6,12 +6,12 @@ import asyncio
 import logging
 import signal
 
+from syncd.allocator import tune_for_receiver
 from syncd.notify import Notifier, WatchdogPinger
 from syncd.server.drain import stop_gracefully
 from syncd.server.embedded import ReceiverStartError
 from syncd.server.hooks import ServerHooks
 from syncd.server.listen import display_url, start_site
-from syncd.server.memory import tune_malloc
 from syncd.server.safefs import UnsafePath
 from syncd.server.settings import ReceiverSettings
 from syncd.units import format_size
@@ -29,7 +29,7 @@ def run_forever(
     notifier: Notifier | None = None,
 ) -> None:
     """Blocks until SIGINT/SIGTERM. Raises ReceiverStartError if it cannot start."""
-    tune_malloc()  # this process is the receiver's alone (the embedded one shares the daemon's)
+    tune_for_receiver()  # this process is the receiver's alone (the embedded one shares the daemon's)
     asyncio.run(_serve(settings, hooks=hooks, access_log=access_log, notifier=notifier))
 
 
