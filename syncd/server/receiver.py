@@ -510,7 +510,7 @@ class Receiver:
         done = replace(
             record, state=COMPLETE, md5=md5, path=placed.path, completed_at=now, updated_at=now
         )
-        store.save(done, durable=False)
+        store.append_completed(done)
         return done, placed.reused
 
     def _place(self, upload: Upload) -> Any:

@@ -3,12 +3,22 @@
 Records are replaced atomically (write a temp file, fsync, rename, fsync the folder), so
 a crash leaves either the old or the new record, never a torn one. All methods block:
 the receiver calls them from its I/O threads.
+
+The records of whole files stored by one request (small files, thousands at a time) are
+not files of their own but lines appended to ``completed-<n>.log``: a new file per small
+file cost the receiver more than the file itself (bench/receiver.py --small). Nothing
+depends on those records after a crash (see ``Receiver.store_whole``), so the log is
+not fsynced; a torn last line is skipped with a warning. A log holds at most
+``LOG_RECORDS`` records; once every session in a full log is forgotten, the log is
+removed, so the logs of an always-on receiver do not grow.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import re
+import threading
 from dataclasses import replace
 
 from syncd.server.names import INCOMING_DIR
@@ -20,6 +30,8 @@ log = logging.getLogger(__name__)
 _RECORD_SUFFIX = ".json"
 _PART_SUFFIX = ".part"
 _TMP_SUFFIX = ".tmp"
+_LOG_NAME = re.compile(r"^completed-(\d{1,9})\.log$")
+LOG_RECORDS = 10_000
 
 
 def part_name(session_id: str) -> str:
@@ -29,9 +41,65 @@ def part_name(session_id: str) -> str:
 class IncomingStore:
     def __init__(self, root_fd: int) -> None:
         self.fd = open_subdir(root_fd, INCOMING_DIR, create=True, mode=0o700)
+        self._log_lock = threading.Lock()
+        self._log_fd = -1
+        self._log_number = 0
+        """the log appended to now (once it is open), numbered past every log found by ``load``"""
+        self._log_of: dict[str, int] = {}
+        """session id -> the log holding its record, for records kept in logs"""
+        self._log_live: dict[int, int] = {}
+        """log number -> how many of its records are not forgotten"""
+        self._log_lines = 0
+        """records written to the log appended to now"""
 
     def close(self) -> None:
+        with self._log_lock:
+            if self._log_fd >= 0:
+                os.close(self._log_fd)
+                self._log_fd = -1
         os.close(self.fd)
+
+    def append_completed(self, record: SessionRecord) -> None:
+        """Keeps a completed session's record as one line of the current log (not fsynced)."""
+        line = record.to_json() + b"\n"
+        with self._log_lock:
+            if self._log_fd < 0 or self._log_lines >= LOG_RECORDS:
+                self._next_log()
+            os.write(self._log_fd, line)
+            self._log_lines += 1
+            self._log_of[record.id] = self._log_number
+            self._log_live[self._log_number] += 1
+
+    def _next_log(self) -> None:
+        if self._log_fd >= 0:
+            os.close(self._log_fd)
+            self._log_fd = -1
+            if self._log_live.get(self._log_number) == 0:
+                del self._log_live[self._log_number]
+                self._unlink(_log_name(self._log_number))
+        self._log_number += 1
+        self._log_fd = os.open(
+            _log_name(self._log_number),
+            os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
+            0o600,
+            dir_fd=self.fd,
+        )
+        self._log_live[self._log_number] = 0
+        self._log_lines = 0
+
+    def _forget_logged(self, session_id: str) -> bool:
+        """True if the session's record was in a log (now counted out; a full log whose
+        records are all forgotten is removed)."""
+        with self._log_lock:
+            number = self._log_of.pop(session_id, None)
+            if number is None:
+                return False
+            self._log_live[number] -= 1
+            appending = number == self._log_number and self._log_fd >= 0
+            if self._log_live[number] == 0 and not appending:
+                del self._log_live[number]
+                self._unlink(_log_name(number))
+            return True
 
     def save(self, record: SessionRecord, *, durable: bool = True) -> None:
         """Replaces the record atomically; fsynced (file and folder) when ``durable``.
@@ -87,6 +155,8 @@ class IncomingStore:
 
     def remove(self, session_id: str) -> None:
         """Forgets the session: data first, so a crash in between leaves no orphan data."""
+        if self._forget_logged(session_id):
+            return  # a stored whole file: no data left, and its record goes with its log
         self._unlink(part_name(session_id))
         self._unlink(session_id + _RECORD_SUFFIX)
         os.fsync(self.fd)
@@ -112,12 +182,51 @@ class IncomingStore:
                 record = self._read_record(name)
                 if record is not None:
                     records.append(self._reconcile(record))
+        records += self._load_logs(names)
         known = {r.id for r in records}
         for name in names:
             stem = name[: -len(_PART_SUFFIX)]
             if name.endswith(_PART_SUFFIX) and canonical_id(stem) and stem not in known:
                 log.info("removing %s/%s: partial data without a session", INCOMING_DIR, name)
                 self._unlink(name)
+        return records
+
+    def _load_logs(self, names: list[str]) -> list[SessionRecord]:
+        """The records in the completed-records logs; appending goes on in a new log."""
+        records: list[SessionRecord] = []
+        numbers = sorted(int(m.group(1)) for name in names if (m := _LOG_NAME.match(name)))
+        for number in numbers:
+            name = _log_name(number)
+            try:
+                fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=self.fd)
+                try:
+                    data = _read_all(fd)
+                finally:
+                    os.close(fd)
+            except OSError as exc:
+                log.warning("ignoring %s/%s: %s", INCOMING_DIR, name, exc)
+                continue
+            live = 0
+            for lineno, line in enumerate(data.split(b"\n"), 1):
+                if not line:
+                    continue
+                try:
+                    record = SessionRecord.from_json(line)
+                    if record.state != COMPLETE:
+                        raise ValueError(f"not a completed session ({record.state})")
+                except ValueError as exc:
+                    log.warning("ignoring line %d of %s/%s: %s", lineno, INCOMING_DIR, name, exc)
+                    continue
+                if record.id in self._log_of:
+                    continue  # (one record per session; a copy cannot be told apart)
+                records.append(self._reconcile(record))
+                self._log_of[record.id] = number
+                live += 1
+            if live:
+                self._log_live[number] = live
+            else:
+                self._unlink(name)
+        self._log_number = numbers[-1] if numbers else 0
         return records
 
     def _read_record(self, name: str) -> SessionRecord | None:
@@ -159,3 +268,14 @@ class IncomingStore:
             record = replace(record, offset=size)
             self.save(record)
         return record
+
+
+def _log_name(number: int) -> str:
+    return f"completed-{number}.log"
+
+
+def _read_all(fd: int) -> bytes:
+    chunks = []
+    while chunk := os.read(fd, 1 << 20):
+        chunks.append(chunk)
+    return b"".join(chunks)

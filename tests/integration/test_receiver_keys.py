@@ -49,8 +49,12 @@ def first_part(url: str, data: bytes = DATA[:1000], *, total: int = len(DATA), *
 
 
 def sessions(root: Path) -> list[dict]:
-    """The session records the receiver keeps under .incoming."""
-    return [json.loads(p.read_bytes()) for p in sorted((root / ".incoming").glob("*.json"))]
+    """The session records the receiver keeps under .incoming: record files, and the lines of
+    the completed-records logs (whole files stored by one request), by id."""
+    incoming = root / ".incoming"
+    records = [json.loads(p.read_bytes()) for p in incoming.glob("*.json")]
+    records += [json.loads(line) for p in incoming.glob("completed-*.log") for line in p.read_bytes().splitlines()]
+    return sorted(records, key=lambda r: r["id"])
 
 
 def test_a_keyed_first_part_opens_a_session_that_keeps_the_key(server: EmbeddedReceiver, root: Path) -> None:

@@ -140,6 +140,85 @@ def test_remove_forgets_data_and_record(tmp_path: Path, store: IncomingStore) ->
     assert list((tmp_path / ".incoming").iterdir()) == []
 
 
+def done(n: int, **changes: object) -> SessionRecord:
+    """A completed whole-file session, the n-th."""
+    return record(f"{n:08x}-0000-4000-8000-000000000000", state=COMPLETE, total=3, offset=3,
+                  md5="0" * 32, path=f"f{n}", **changes)
+
+
+def logs(tmp_path: Path) -> list[str]:
+    return sorted(p.name for p in (tmp_path / ".incoming").iterdir())
+
+
+def test_completed_records_kept_in_a_log_load_again(tmp_path: Path, root_fd: int) -> None:
+    first = IncomingStore(root_fd)
+    first.append_completed(done(1))
+    first.append_completed(done(2))
+    first.close()
+    assert logs(tmp_path) == ["completed-1.log"]  # no file per record
+    again = IncomingStore(root_fd)
+    try:
+        assert again.load() == [done(1), done(2)]
+        again.append_completed(done(3))  # appends go on in a new log
+        assert logs(tmp_path) == ["completed-1.log", "completed-2.log"]
+    finally:
+        again.close()
+    third = IncomingStore(root_fd)
+    try:
+        assert third.load() == [done(1), done(2), done(3)]
+    finally:
+        third.close()
+
+
+def test_a_torn_or_foreign_line_in_a_log_is_skipped(tmp_path: Path, store: IncomingStore, caplog) -> None:
+    store.append_completed(done(1))
+    store.close()
+    with open(tmp_path / ".incoming" / "completed-1.log", "ab") as f:
+        f.write(record(ID2).to_json() + b"\n")  # not a completed session
+        f.write(done(2).to_json()[:20])  # a power cut in the middle of a line
+    reopened = IncomingStore(os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY))
+    try:
+        assert reopened.load() == [done(1)]
+    finally:
+        reopened.close()
+    assert "line 2 of .incoming/completed-1.log: not a completed session (uploading)" in caplog.text
+    assert "line 3 of .incoming/completed-1.log: not JSON" in caplog.text
+
+
+def test_a_full_log_goes_once_all_its_sessions_are_forgotten(tmp_path: Path, store: IncomingStore,
+                                                            monkeypatch) -> None:
+    monkeypatch.setattr("syncd.server.store.LOG_RECORDS", 2)
+    for n in range(1, 6):
+        store.append_completed(done(n))
+    assert logs(tmp_path) == ["completed-1.log", "completed-2.log", "completed-3.log"]
+    store.remove(done(1).id)
+    assert logs(tmp_path) == ["completed-1.log", "completed-2.log", "completed-3.log"]
+    store.remove(done(2).id)
+    assert logs(tmp_path) == ["completed-2.log", "completed-3.log"]
+    store.remove(done(5).id)  # the log being appended to stays, even with none left
+    assert logs(tmp_path) == ["completed-2.log", "completed-3.log"]
+    store.append_completed(done(6))  # its second line: full now, however many are forgotten
+    store.append_completed(done(7))
+    assert logs(tmp_path) == ["completed-2.log", "completed-3.log", "completed-4.log"]
+    store.remove(done(6).id)
+    assert logs(tmp_path) == ["completed-2.log", "completed-4.log"]
+
+
+def test_a_log_whose_sessions_were_all_forgotten_before_a_restart_goes_after_it(
+        tmp_path: Path, root_fd: int) -> None:
+    first = IncomingStore(root_fd)
+    first.append_completed(done(1))
+    first.remove(done(1).id)  # forgotten, but its line is still in the log being appended to
+    first.close()
+    again = IncomingStore(root_fd)
+    try:
+        assert again.load() == [done(1)]  # back until the receiver's sweep forgets it again
+        again.remove(done(1).id)
+        assert logs(tmp_path) == []
+    finally:
+        again.close()
+
+
 def test_parts_are_never_opened_through_a_symlink(tmp_path: Path, store: IncomingStore) -> None:
     victim = tmp_path / "victim"
     victim.write_bytes(b"keep")
