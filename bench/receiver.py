@@ -36,7 +36,6 @@ import http.client
 import json
 import os
 import re
-import shutil
 import signal
 import statistics
 import subprocess
@@ -332,7 +331,7 @@ def small_files_run(
     workdir: Path, *, count: int, size: int, concurrency: int, code: Path, name: str
 ) -> dict[str, Any]:
     """``count`` whole-file POSTs of ``size`` bytes over ``concurrency`` keep-alive connections."""
-    root = workdir / f"root-small-{name}"
+    root = workdir / f"root-small-{name}-{len(list(workdir.glob(f'root-small-{name}-*')))}"
     receiver = Receiver(root, code=code)
     boundary = "small-boundary-3c5a"
     data = os.urandom(size)
@@ -380,7 +379,8 @@ def small_files_run(
     stored = sum(1 for p in root.rglob("*.bin"))
     if stored != count:
         raise SystemExit(f"small files: {stored} of {count} stored")
-    shutil.rmtree(root)
+    # kept until the end: files created within a minute or two of a mass deletion were up to
+    # 30x slower to create here (see bench/smallfiles.py), which would time the clean-up
     user, system = cpu_after[0] - cpu_before[0], cpu_after[1] - cpu_before[1]
     return {"seconds": seconds, "cpu": user + system, "user": user, "system": system, "peak": peak}
 
