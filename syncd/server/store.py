@@ -15,6 +15,7 @@ removed, so the logs of an always-on receiver do not grow.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import re
@@ -57,7 +58,9 @@ class IncomingStore:
             if self._log_fd >= 0:
                 os.close(self._log_fd)
                 self._log_fd = -1
-        os.close(self.fd)
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
 
     def append_completed(self, record: SessionRecord) -> None:
         """Keeps a completed session's record as one line of the current log (not fsynced)."""
@@ -65,7 +68,16 @@ class IncomingStore:
         with self._log_lock:
             if self._log_fd < 0 or self._log_lines >= LOG_RECORDS:
                 self._next_log()
-            os.write(self._log_fd, line)
+            try:
+                written = os.write(self._log_fd, line)
+                if written != len(line):
+                    raise OSError(errno.ENOSPC, f"only {written} of {len(line)} bytes written")
+            except OSError:
+                # A torn line would glue itself to the next one: go on in a new log (load
+                # skips the torn tail of this one with a warning).
+                os.close(self._log_fd)
+                self._log_fd = -1
+                raise
             self._log_lines += 1
             self._log_of[record.id] = self._log_number
             self._log_live[self._log_number] += 1

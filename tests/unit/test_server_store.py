@@ -170,13 +170,14 @@ def test_completed_records_kept_in_a_log_load_again(tmp_path: Path, root_fd: int
         third.close()
 
 
-def test_a_torn_or_foreign_line_in_a_log_is_skipped(tmp_path: Path, store: IncomingStore, caplog) -> None:
+def test_a_torn_or_foreign_line_in_a_log_is_skipped(tmp_path: Path, root_fd: int, store: IncomingStore,
+                                                     caplog) -> None:
     store.append_completed(done(1))
     store.close()
     with open(tmp_path / ".incoming" / "completed-1.log", "ab") as f:
         f.write(record(ID2).to_json() + b"\n")  # not a completed session
         f.write(done(2).to_json()[:20])  # a power cut in the middle of a line
-    reopened = IncomingStore(os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY))
+    reopened = IncomingStore(root_fd)
     try:
         assert reopened.load() == [done(1)]
     finally:
@@ -202,6 +203,28 @@ def test_a_full_log_goes_once_all_its_sessions_are_forgotten(tmp_path: Path, sto
     assert logs(tmp_path) == ["completed-2.log", "completed-3.log", "completed-4.log"]
     store.remove(done(6).id)
     assert logs(tmp_path) == ["completed-2.log", "completed-4.log"]
+
+
+def test_after_a_failed_append_the_next_record_goes_to_a_new_log(tmp_path: Path, root_fd: int,
+                                                                  store: IncomingStore, monkeypatch) -> None:
+    store.append_completed(done(1))
+    real_write = os.write
+
+    def short_write(fd: int, data: bytes) -> int:
+        return real_write(fd, data[:10])  # the disk filled up mid-line
+
+    monkeypatch.setattr(os, "write", short_write)
+    with pytest.raises(OSError, match="only 10 of"):
+        store.append_completed(done(2))
+    monkeypatch.setattr(os, "write", real_write)
+    store.append_completed(done(3))
+    assert logs(tmp_path) == ["completed-1.log", "completed-2.log"]
+    store.close()
+    again = IncomingStore(root_fd)
+    try:
+        assert again.load() == [done(1), done(3)]  # the torn line costs only its own record
+    finally:
+        again.close()
 
 
 def test_a_log_whose_sessions_were_all_forgotten_before_a_restart_goes_after_it(
