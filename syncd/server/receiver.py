@@ -442,9 +442,10 @@ class Receiver:
         the folder) and recording the session happen in one call to the I/O threads:
         for small files the handoffs were the cost. ``filename`` is normalized and its
         folders checked by the caller. The data and its name are durable before this
-        returns; the completed session's record is not fsynced, since nothing depends on
-        it after a crash: the answer already told the client everything, and the file
-        is there whatever became of the record (``load`` drops the leftover data). A
+        returns; the completed session's record (a line of the completed-records log,
+        ``IncomingStore.append_completed``) is not fsynced, since nothing depends on it
+        after a crash: the answer already told the client everything, and the file is
+        there whatever became of the record (``load`` drops the leftover data). A
         repeated ``upload_key`` after a power cut that lost the record stores nothing
         new either: ``place`` finds the identical file already under its name.
         """

@@ -113,13 +113,8 @@ class IncomingStore:
                 self._unlink(_log_name(number))
             return True
 
-    def save(self, record: SessionRecord, *, durable: bool = True) -> None:
-        """Replaces the record atomically; fsynced (file and folder) when ``durable``.
-
-        Not durable is only for a record that nothing depends on after a crash (see
-        ``Receiver.store_whole``): it survives a crash, or is missing, or (without the
-        file's fsync) is torn and ignored by ``load`` with a warning.
-        """
+    def save(self, record: SessionRecord) -> None:
+        """Replaces the record atomically, fsynced (file and folder)."""
         final = record.id + _RECORD_SUFFIX
         tmp = final + _TMP_SUFFIX
         fd = os.open(
@@ -130,13 +125,11 @@ class IncomingStore:
         )
         try:
             os.write(fd, record.to_json())
-            if durable:
-                os.fsync(fd)
+            os.fsync(fd)
         finally:
             os.close(fd)
         os.rename(tmp, final, src_dir_fd=self.fd, dst_dir_fd=self.fd)
-        if durable:
-            os.fsync(self.fd)
+        os.fsync(self.fd)
 
     def create_part(self, session_id: str) -> None:
         os.close(self.new_part(session_id))
