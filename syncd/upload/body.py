@@ -18,11 +18,13 @@ import os
 import queue
 import threading
 from collections.abc import Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 from syncd.upload.base import FileChanged, Interrupted
 
 READ_SIZE = 1024 * 1024
+STREAM_BLOCK = 1024 * 1024
+"""what a request body hands http.client at a time (its own reads are 8 KiB)"""
 
 
 class StopFlag(Protocol):
@@ -143,6 +145,24 @@ class FileSlice:
         if self._on_read is not None:
             self._on_read(len(data))
         return data
+
+
+class SizedStream:
+    """An iterable request body of known length: requests sends ``len`` as Content-Length
+    and the source's bytes in STREAM_BLOCK blocks; at most ``len`` bytes are read."""
+
+    def __init__(self, source: Any, length: int):
+        self._source = source
+        self.len = length
+
+    def __iter__(self):
+        left = self.len
+        while left > 0:
+            block = self._source.read(min(STREAM_BLOCK, left))
+            if not block:
+                return
+            left -= len(block)
+            yield block
 
 
 def read_part(fd: int, offset: int, size: int) -> bytes:

@@ -55,10 +55,10 @@ from syncd.upload.base import (
     TransientError,
     UploadItem,
 )
+from syncd.upload.body import STREAM_BLOCK, SizedStream
 from syncd.upload.registry import ProtocolEntry
 from syncd.upload.retry import parse_retry_after
 
-STREAM_BLOCK = 1024 * 1024
 # A whole-file POST carries its MD5, so the file is read twice (hash, then send): worth
 # saving a request only for small files, whose second read comes from the page cache.
 SINGLE_REQUEST_MAX = 4 * 1024 * 1024
@@ -66,22 +66,6 @@ SMALL_FORM_MAX = 256 * 1024
 UPLOAD_KEY_HEADER = "Upload-Key"
 RAW_PART_TYPE = "application/offset+octet-stream"
 _RETRY_STATUSES = {408, 429} | set(range(500, 600)) - {507}
-
-
-class _Stream:
-    """An iterable request body of known length: requests sends Content-Length and the
-    source's bytes in 1 MiB blocks instead of http.client's 8 KiB reads."""
-
-    def __init__(self, source: Any, length: int):
-        self._source = source
-        self.len = length
-
-    def __iter__(self):
-        while True:
-            block = self._source.read(STREAM_BLOCK)
-            if not block:
-                return
-            yield block
 
 
 class _Answer:
@@ -286,7 +270,7 @@ class ChunkedBackend:
             data: Any = form
         else:
             encoder = MultipartEncoder(fields=[*fields, ("file", (file_name, body, "application/octet-stream"))])
-            content_type, data = encoder.content_type, _Stream(encoder, encoder.len)
+            content_type, data = encoder.content_type, SizedStream(encoder, encoder.len)
         headers = {"Content-Type": content_type}
         if item.key:
             headers[UPLOAD_KEY_HEADER] = item.key
@@ -380,14 +364,14 @@ class ChunkedSession:
         headers = {"Content-Range": f"bytes {start}-{end - 1}/{self._item.size}"}
         if self.handle is not None and self._backend.raw_parts:
             headers["Content-Type"] = RAW_PART_TYPE
-            data: Any = _Stream(part.body, end - start)
+            data: Any = SizedStream(part.body, end - start)
         else:
             encoder = MultipartEncoder(fields=[
                 ("filename", self._item.remote_name),
                 ("file", (posixpath.basename(self._item.remote_name), part.body, "application/octet-stream")),
             ])
             headers["Content-Type"] = encoder.content_type
-            data = _Stream(encoder, encoder.len)
+            data = SizedStream(encoder, encoder.len)
         if self.handle is None and self._item.key:
             headers[UPLOAD_KEY_HEADER] = self._item.key
         try:

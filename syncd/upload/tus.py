@@ -61,6 +61,7 @@ from syncd.upload.base import (
     TransientError,
     UploadItem,
 )
+from syncd.upload.body import STREAM_BLOCK, SizedStream
 from syncd.upload.registry import ProtocolEntry
 from syncd.upload.retry import parse_retry_after
 
@@ -68,9 +69,6 @@ log = logging.getLogger("syncd.upload")
 
 TUS_VERSION = "1.0.0"
 OCTET_STREAM = "application/offset+octet-stream"
-STREAM_BLOCK = 1024 * 1024
-# A small file goes whole with its creation: it is read twice (hash, then send), which is
-# worth a saved request only while the second read comes from the page cache.
 CHECKSUM_ALGORITHMS = ("md5", "sha1", "sha256")
 """the checksum extension's algorithms syncd computes, in order of preference"""
 _RETRY_STATUSES = {408, 429} | set(range(500, 600)) - {507}
@@ -266,24 +264,6 @@ def encode_metadata(pairs: dict[str, str]) -> str:
 def checksum_header(algorithm: str, data: bytes | memoryview, *, md5_hex: str | None = None) -> str:
     digest = bytes.fromhex(md5_hex) if algorithm == "md5" and md5_hex else hashlib.new(algorithm, data).digest()
     return f"{algorithm} {base64.b64encode(digest).decode('ascii')}"
-
-
-class _Stream:
-    """An iterable request body of known length: requests sends Content-Length and the
-    source's bytes in 1 MiB blocks (as chunked's)."""
-
-    def __init__(self, source: Any, length: int):
-        self._source = source
-        self.len = length
-
-    def __iter__(self):
-        left = self.len
-        while left > 0:
-            block = self._source.read(min(STREAM_BLOCK, left))
-            if not block:
-                return
-            left -= len(block)
-            yield block
 
 
 _END = object()
@@ -547,7 +527,7 @@ class TusSession:
             sent = memoryview(whole)[start - part.offset:]
             md5_hex = part.md5 if start == part.offset else None
             headers["Upload-Checksum"] = checksum_header(algorithm, sent, md5_hex=md5_hex)
-        body = _Stream(part.body, end - start) if whole is not None else _ReadAhead(part.body, end - start)
+        body = SizedStream(part.body, end - start) if whole is not None else _ReadAhead(part.body, end - start)
         try:
             resp = self._backend.request("PATCH", self.handle, data=body, headers=headers)
         finally:
