@@ -206,7 +206,7 @@ def run(*, n: int = 10_000, size: int = 4096, rounds: int = 1, quiet: str = "1s"
     if rclone:
         result["rclone"] = subprocess.run([rclone, "version"], capture_output=True, text=True,
                                           timeout=30, check=False).stdout.splitlines()[0]
-    # Nothing a run wrote is deleted before the end: on ext4, creating files right after
+    # Nothing a run wrote is deleted before the end: on ext4, creating files a minute or two after
     # tens of thousands were deleted nearby was 30x slower here (the next round's drop took
     # 8-10 s to write instead of 0.3 s), which measured the harness's clean-up, not syncd.
     with temp_dir("smallfiles") as work:
