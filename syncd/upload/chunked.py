@@ -42,7 +42,6 @@ from syncd import __version__
 from syncd.config import TargetSettings, http_url
 from syncd.units import format_size
 from syncd.upload.base import (
-    AuthRejected,
     Capabilities,
     ChecksumMismatch,
     OffsetMismatch,
@@ -50,14 +49,12 @@ from syncd.upload.base import (
     PartReceipt,
     PermanentError,
     RemoteFile,
-    SessionGone,
-    StorageFull,
     TransientError,
     UploadItem,
 )
 from syncd.upload.body import STREAM_BLOCK, SizedStream
+from syncd.upload.httperrors import raise_for_http_status
 from syncd.upload.registry import ProtocolEntry
-from syncd.upload.retry import parse_retry_after
 
 # A whole-file POST carries its MD5, so the file is read twice (hash, then send): worth
 # saving a request only for small files, whose second read comes from the page cache.
@@ -65,7 +62,6 @@ SINGLE_REQUEST_MAX = 4 * 1024 * 1024
 SMALL_FORM_MAX = 256 * 1024
 UPLOAD_KEY_HEADER = "Upload-Key"
 RAW_PART_TYPE = "application/offset+octet-stream"
-_RETRY_STATUSES = {408, 429} | set(range(500, 600)) - {507}
 
 
 class _Answer:
@@ -106,10 +102,6 @@ def _detail(resp: requests.Response | _Answer) -> str:
     return " ".join(str(data).split())[:300]
 
 
-def _retry_after(resp: requests.Response | _Answer) -> float | None:
-    return parse_retry_after(resp.headers.get("Retry-After"))
-
-
 def raise_for_answer(resp: requests.Response | _Answer, *, on_session: bool) -> dict[str, Any]:
     """The answer's JSON, or the error it means for the engine."""
     status = resp.status_code
@@ -132,18 +124,8 @@ def raise_for_answer(resp: requests.Response | _Answer, *, on_session: bool) -> 
                                  session_url=body.get("url"))
         if "checksum does not match" in detail:
             raise ChecksumMismatch(detail)
-    if status in (401, 403):
-        raise AuthRejected(f"authentication rejected (HTTP {status})")
-    if status in (404, 410) and on_session:
-        raise SessionGone(f"upload session is gone (HTTP {status}: {detail})")
-    if status == 413:
-        raise PermanentError(f"too large for the server (HTTP 413): {detail}")
-    if status == 507:
-        raise StorageFull(f"server storage is full (HTTP 507): {detail}")
-    if status in _RETRY_STATUSES:
-        reason = "throttled" if status == 429 else "timeout" if status == 408 else "server"
-        raise TransientError(f"HTTP {status}: {detail}", reason=reason, retry_after=_retry_after(resp))
-    raise PermanentError(f"HTTP {status}: {detail}")
+    raise_for_http_status(status, detail, retry_after=resp.headers.get("Retry-After"),
+                          gone=f"upload session is gone (HTTP {status}: {detail})" if on_session else None)
 
 
 class Settings(TargetSettings):

@@ -57,13 +57,12 @@ from syncd.upload.base import (
     PermanentError,
     RemoteFile,
     SessionGone,
-    StorageFull,
     TransientError,
     UploadItem,
 )
 from syncd.upload.body import STREAM_BLOCK, SizedStream
+from syncd.upload.httperrors import RETRY_STATUSES, raise_for_http_status
 from syncd.upload.registry import ProtocolEntry
-from syncd.upload.retry import parse_retry_after
 
 log = logging.getLogger("syncd.upload")
 
@@ -71,7 +70,6 @@ TUS_VERSION = "1.0.0"
 OCTET_STREAM = "application/offset+octet-stream"
 CHECKSUM_ALGORITHMS = ("md5", "sha1", "sha256")
 """the checksum extension's algorithms syncd computes, in order of preference"""
-_RETRY_STATUSES = {408, 429} | set(range(500, 600)) - {507}
 _METADATA_KEY = re.compile(r"^[\x21-\x2b\x2d-\x7e]+$")  # printable ASCII, no space, no comma
 _HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 
@@ -207,10 +205,6 @@ class ServerInfo:
         return "part-checksum" if self.checksum else "size"
 
 
-def _retry_after(resp: requests.Response) -> float | None:
-    return parse_retry_after(resp.headers.get("Retry-After"))
-
-
 def _detail(resp: requests.Response) -> str:
     text = " ".join(resp.text.split())[:200] if resp.content else ""
     return text or resp.reason or ""
@@ -222,20 +216,10 @@ def raise_for_status(resp: requests.Response, *, what: str, on_upload: bool) -> 
     if 200 <= status < 300:
         return
     detail = _detail(resp)
-    if status in (401, 403):
-        raise AuthRejected(f"authentication rejected (HTTP {status})")
-    if status in (404, 410) and on_upload:
-        raise SessionGone(f"upload is gone (HTTP {status} on {what}: {detail})")
-    if status == 413:
-        raise PermanentError(f"too large for the server (HTTP 413): {detail}")
-    if status == 507:
-        raise StorageFull(f"server storage is full (HTTP 507): {detail}")
     if status == 460:
         raise TransientError(f"{what}: the server's checksum of the body differs (HTTP 460)", reason="checksum")
-    if status in _RETRY_STATUSES:
-        reason = "throttled" if status == 429 else "timeout" if status == 408 else "server"
-        raise TransientError(f"{what}: HTTP {status}: {detail}", reason=reason, retry_after=_retry_after(resp))
-    raise PermanentError(f"{what}: HTTP {status}: {detail}")
+    raise_for_http_status(status, detail, retry_after=resp.headers.get("Retry-After"), what=what,
+                          gone=f"upload is gone (HTTP {status} on {what}: {detail})" if on_upload else None)
 
 
 def _offset(resp: requests.Response, what: str) -> int:
@@ -381,7 +365,7 @@ class TusBackend:
         resp = self.request("OPTIONS", self.url)
         if resp.status_code in (401, 403):
             raise AuthRejected(f"authentication rejected (HTTP {resp.status_code})")
-        if resp.status_code in _RETRY_STATUSES:
+        if resp.status_code in RETRY_STATUSES:
             raise_for_status(resp, what="OPTIONS", on_upload=False)
         if 200 <= resp.status_code < 300:
             info = ServerInfo.from_headers(resp.headers)
