@@ -42,11 +42,12 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Self
 from urllib.parse import urlsplit
 
 import aiohttp
 from aiohttp import web
+
+from tests.support.proxy_thread import ProxyThread
 
 MiB = 1024 * 1024
 PEEK = 2048
@@ -276,11 +277,14 @@ class _Body:
 
 # --- the proxy ------------------------------------------------------------------------------
 
-class FaultProxy:
+class FaultProxy(ProxyThread):
+    name = "fault proxy"
+
     def __init__(self, upstream: str, *, seed: int = 0, rules: Sequence[Rule] = (),
                  upstream_down: str = "502"):
         """``upstream``: the server's base URL (any path is ignored); ``upstream_down``: what
         the client gets when the server cannot be reached, ``"502"`` or ``"reset"``."""
+        super().__init__()
         parts = urlsplit(upstream)
         self.upstream = f"{parts.scheme}://{parts.netloc}"
         self.upstream_netloc = parts.netloc
@@ -291,12 +295,6 @@ class FaultProxy:
         self.seen: list[Seen] = []
         self._sessions: dict[str, str] = {}  # session path -> filename
         self._buckets: dict[int, _Bucket] = {}
-        self._thread: threading.Thread | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stop: asyncio.Event | None = None
-        self._ready = threading.Event()
-        self._error: BaseException | None = None
-        self.port: int | None = None
 
     # --- control, from the test's thread ------------------------------------------------
 
@@ -324,67 +322,16 @@ class FaultProxy:
         with self._lock:
             return sum(s.received for s in self.seen)
 
-    def start(self) -> FaultProxy:
-        if self._thread is not None:
-            raise RuntimeError("already started")
-        self._thread = threading.Thread(target=self._run, name="fault-proxy", daemon=True)
-        self._thread.start()
-        self._ready.wait(10)
-        if self._error is not None or self.port is None:
-            self._thread.join(5)
-            self._thread = None
-            raise RuntimeError(f"fault proxy did not start: {self._error!r}")
-        return self
-
-    def stop(self) -> None:
-        thread, loop, stop = self._thread, self._loop, self._stop
-        if thread is None:
-            return
-        if loop is not None and stop is not None:
-            try:
-                loop.call_soon_threadsafe(stop.set)
-            except RuntimeError:
-                pass  # the loop already ended
-        thread.join(15)
-        if thread.is_alive():
-            raise RuntimeError("fault proxy did not stop within 15s")
-        self._thread = None
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
     # --- the event loop thread ------------------------------------------------------------
 
-    def _run(self) -> None:
-        try:
-            asyncio.run(self._main())
-        except BaseException as exc:
-            self._error = exc
-            self._ready.set()
-
-    async def _main(self) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._stop = asyncio.Event()
-        self._client = aiohttp.ClientSession(
+    def _client_session(self) -> aiohttp.ClientSession:
+        return aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=0),
             timeout=aiohttp.ClientTimeout(total=None, connect=5, sock_read=120),
             auto_decompress=False, skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding"))
-        server = web.Server(self._handle, access_log=None, handler_cancellation=False)
-        runner = web.ServerRunner(server, shutdown_timeout=0.5)
-        try:
-            await runner.setup()
-            site = web.TCPSite(runner, "127.0.0.1", 0)
-            await site.start()
-            self.port = site._server.sockets[0].getsockname()[1]  # port 0: what the OS chose
-            self._ready.set()
-            await self._stop.wait()
-        finally:
-            await runner.cleanup()
-            await self._client.close()
+
+    def _server(self) -> web.Server:
+        return web.Server(self._handle, access_log=None, handler_cancellation=False)
 
     def _choose(self, info: RequestInfo) -> Rule | None:
         draw = self.rng.random()

@@ -17,15 +17,15 @@ Bodies are read whole (test parts are small).
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import hashlib
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-import aiohttp
 from aiohttp import web
+
+from tests.support.proxy_thread import ProxyThread
 
 HOP_BY_HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
               "transfer-encoding", "upgrade", "content-length"}
@@ -40,20 +40,17 @@ class ChecksumLog:
     corrupted: int = 0
 
 
-class TusChecksumProxy:
+class TusChecksumProxy(ProxyThread):
+    name = "checksum proxy"
+
     def __init__(self, upstream: str, *, algorithms: Sequence[str] = ("md5", "sha1"), offer_checksum: bool = True):
+        super().__init__()
         self.upstream = upstream.split("/files")[0].rstrip("/")
         self.algorithms = tuple(algorithms)
         self.offer_checksum = offer_checksum
         self.log = ChecksumLog()
         self._corrupt_left = 0
         self._lock = threading.Lock()
-        self._thread: threading.Thread | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stop: asyncio.Event | None = None
-        self._ready = threading.Event()
-        self._error: BaseException | None = None
-        self.port: int | None = None
 
     @property
     def url(self) -> str:
@@ -63,52 +60,6 @@ class TusChecksumProxy:
         """Damage the next ``times`` bodies (None: every body from now on; 0: none)."""
         with self._lock:
             self._corrupt_left = -1 if times is None else times
-
-    def start(self) -> TusChecksumProxy:
-        self._thread = threading.Thread(target=self._run, name="tus-checksum-proxy", daemon=True)
-        self._thread.start()
-        self._ready.wait(10)
-        if self._error is not None or self.port is None:
-            self._thread.join(5)
-            raise RuntimeError(f"checksum proxy did not start: {self._error!r}")
-        return self
-
-    def stop(self) -> None:
-        if self._thread is None:
-            return
-        if self._loop is not None and self._stop is not None:
-            try:
-                self._loop.call_soon_threadsafe(self._stop.set)
-            except RuntimeError:
-                pass
-        self._thread.join(15)
-        if self._thread.is_alive():
-            raise RuntimeError("checksum proxy did not stop within 15s")
-        self._thread = None
-
-    def _run(self) -> None:
-        try:
-            asyncio.run(self._main())
-        except BaseException as exc:
-            self._error = exc
-            self._ready.set()
-
-    async def _main(self) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._stop = asyncio.Event()
-        self._client = aiohttp.ClientSession(auto_decompress=False,
-                                             skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding"))
-        runner = web.ServerRunner(web.Server(self._handle, access_log=None), shutdown_timeout=0.5)
-        try:
-            await runner.setup()
-            site = web.TCPSite(runner, "127.0.0.1", 0)
-            await site.start()
-            self.port = site._server.sockets[0].getsockname()[1]
-            self._ready.set()
-            await self._stop.wait()
-        finally:
-            await runner.cleanup()
-            await self._client.close()
 
     def _take_corruption(self) -> bool:
         with self._lock:
