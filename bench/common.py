@@ -250,8 +250,9 @@ class Receiver(ServerProcess):
 
     name = "syncd serve"
 
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, *, code: Path = REPO):
         self.root = root
+        self.code = code
         self.store = root / "store"
         self.token = secrets.token_hex(16)
         self.port = free_port()
@@ -263,12 +264,12 @@ class Receiver(ServerProcess):
         token_file = self.root / "receiver.token"
         token_file.write_text(self.token)
         self._log = (self.root / "receiver.log").open("ab")
-        env = {k: v for k, v in os.environ.items() if k != "NOTIFY_SOCKET"}
         self.proc = subprocess.Popen(
             [PYTHON, "-m", "syncd", "serve", "--root", str(self.store),
              "--listen", f"127.0.0.1:{self.port}", "--token-file", str(token_file),
              "--max-size", "none", "--min-free", "0", "--log-level", "WARNING"],
-            stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=REPO, env=env)
+            stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=self.code,
+            env=child_env(self.code))
         self.pid = self.proc.pid
         try:
             _wait_http(self.url, proc=self.proc, timeout=30)
@@ -378,7 +379,7 @@ class Sink(ServerProcess):
 
 
 def syncd_config(base: Path, *, url: str, token: str, part_size: int | str, uploads: int = 1,
-                 quiet: str = "1s", max_wait: str = "10m", watch: Path | None = None,
+                 small_uploads: int | None = None, quiet: str = "1s", max_wait: str = "10m", watch: Path | None = None,
                  recursive: bool = True, extra_watch: dict | None = None) -> Path:
     """A config with target ``main`` and one watch ``drop`` (on ``watch`` or ``base/drop``)."""
     drop = watch or (base / "drop")
@@ -386,7 +387,7 @@ def syncd_config(base: Path, *, url: str, token: str, part_size: int | str, uplo
     data: dict[str, Any] = {
         "journal": str(base / "state" / "journal.db"),
         "staging_dir": str(base / "state" / "staging"),
-        "concurrency": {"uploads": uploads},
+        "concurrency": {"uploads": uploads, **({"small_uploads": small_uploads} if small_uploads else {})},
         "log": {"level": "WARNING"},
         "targets": {"main": {
             "url": url, "token": token, "part_size": part_size,
@@ -402,26 +403,41 @@ def syncd_config(base: Path, *, url: str, token: str, part_size: int | str, uplo
     return path
 
 
-def child_env() -> dict[str, str]:
-    """The environment of a contender's process. syncd's bytecode is compiled first, once,
-    as an installed package's is: children write none (PYTHONDONTWRITEBYTECODE), and a
-    tree whose .pyc files are stale or missing would otherwise compile every module it
-    imports from source in every run (30-40 ms of each ``syncd upload`` here)."""
-    _compile_syncd()
+def child_env(code: Path = REPO) -> dict[str, str]:
+    """The environment of a contender's process running syncd from the checkout ``code``.
+    syncd's bytecode is compiled first, once, as an installed package's is: children write
+    none (PYTHONDONTWRITEBYTECODE), and a tree whose .pyc files are stale or missing would
+    otherwise compile every module it imports from source in every run (30-40 ms of each
+    ``syncd upload`` here)."""
+    _compile_syncd(code)
     env = {k: v for k, v in os.environ.items() if k != "NOTIFY_SOCKET"}
     env["PYTHONDONTWRITEBYTECODE"] = "1"
+    if code != REPO:
+        env["PYTHONPATH"] = str(code)
     return env
 
 
 _compiled: set[Path] = set()
 
 
-def _compile_syncd() -> None:
-    if REPO not in _compiled:
+def _compile_syncd(code: Path = REPO) -> None:
+    if code not in _compiled:
         import compileall
 
-        compileall.compile_dir(REPO / "syncd", quiet=1)
-        _compiled.add(REPO)
+        compileall.compile_dir(code / "syncd", quiet=1)
+        _compiled.add(code)
+
+
+def parse_code(spec: str) -> dict[str, Path]:
+    """``--code NAME=DIR,...``: the checkouts to compare, by name, in the order given."""
+    trees: dict[str, Path] = {}
+    for item in filter(None, (x.strip() for x in spec.split(","))):
+        name, sep, folder = item.partition("=")
+        path = Path(folder).resolve()
+        if not sep or not name or not (path / "syncd" / "__init__.py").is_file():
+            raise SystemExit(f"--code: {item!r} is not NAME=DIR with DIR a syncd checkout")
+        trees[name] = path
+    return trees
 
 
 # --------------------------------------------------------------------------- statistics
@@ -596,8 +612,9 @@ class DaemonRun:
     60 s ``WATCHDOG_USEC``, as in systemd/syncd.service); polls its peak RSS whenever the
     harness waits."""
 
-    def __init__(self, config: Path, *, log_level: str = "WARNING", notify: bool = True):
+    def __init__(self, config: Path, *, log_level: str = "WARNING", notify: bool = True, code: Path = REPO):
         self.config = config
+        self.code = code
         self.journal = Path(yaml.safe_load(config.read_text())["journal"])
         self.log_path = config.parent / "daemon.log"
         self.log_level = log_level
@@ -608,7 +625,7 @@ class DaemonRun:
         self.started_at = 0.0
 
     def start(self) -> DaemonRun:
-        env = child_env()
+        env = child_env(self.code)
         if self.notify:
             self.listener = NotifyListener(self.config.parent / f"notify-{secrets.token_hex(4)}.sock")
             env.update(NOTIFY_SOCKET=str(self.listener.path), WATCHDOG_USEC="60000000")
@@ -617,7 +634,7 @@ class DaemonRun:
         try:
             self.proc = subprocess.Popen(
                 [PYTHON, "-m", "syncd", "run", "-c", str(self.config), "--log-level", self.log_level],
-                stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, cwd=REPO)
+                stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, cwd=self.code)
         except BaseException:
             self._close_listener()
             raise

