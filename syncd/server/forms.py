@@ -1,5 +1,6 @@
 """Reading multipart/form-data one part at a time; of a file part, at most a bounded head
-(``read_head``) is ever held in memory.
+(``read_head``) is ever held in memory. A body of at most ``MEMORY_FORM_MAX`` bytes is read
+whole and split by ``memoryform`` instead, much cheaper than aiohttp's part reader.
 
 Fields may come in any order (requests puts ``data`` before ``files``; a
 MultipartEncoder keeps the caller's order), so callers get the parts as they come.
@@ -17,6 +18,7 @@ from aiohttp import BodyPartReader, MultipartReader, web
 
 from syncd.server.errors import ApiError
 from syncd.server.formheaders import HeaderError, parse_content_disposition, parse_content_type
+from syncd.server.memoryform import MEMORY_FORM_MAX, FormError, MemoryPart, split_form
 from syncd.server.writer import ReadChunk
 
 READ_CHUNK = 256 * 1024  # measured: larger reads stop paying off around here
@@ -29,7 +31,7 @@ NO_FILE = "No chunk file was submitted"
 @dataclass(frozen=True)
 class FormPart:
     name: str  # from its Content-Disposition: form-data; name="..."
-    reader: BodyPartReader
+    reader: BodyPartReader | MemoryPart
 
 
 def media_type(request: web.Request) -> str | None:
@@ -45,6 +47,11 @@ def media_type(request: web.Request) -> str | None:
 async def iter_parts(request: web.Request, *, timeout: float) -> AsyncIterator[FormPart]:
     if media_type(request) != "multipart/form-data":
         raise ApiError(400, NO_FILE)  # what drf-chunked-upload answers to any other body
+    length = request.content_length
+    if length is not None and length <= MEMORY_FORM_MAX:
+        for part in await _memory_parts(request, length, timeout=timeout):
+            yield part
+        return
     try:
         reader = await request.multipart()
     except (ValueError, AssertionError) as exc:
@@ -66,7 +73,35 @@ async def iter_parts(request: web.Request, *, timeout: float) -> AsyncIterator[F
         yield form_part
 
 
-def _field_name(part: BodyPartReader) -> str:
+async def _memory_parts(request: web.Request, length: int, *, timeout: float) -> list[FormPart]:
+    """The parts of a small body, read whole and split in memory (``memoryform``)."""
+    chunks: list[bytes] = []
+    left = length
+    while left:
+        try:
+            async with asyncio.timeout(timeout):
+                chunk = await request.content.read(left)
+        except TimeoutError:
+            raise ApiError(408, _stalled(timeout)) from None
+        if not chunk:
+            break  # shorter than announced: the split below finds no closing boundary
+        chunks.append(chunk)
+        left -= len(chunk)
+    try:
+        parts = split_form(b"".join(chunks), request.headers["Content-Type"])
+    except FormError as exc:
+        raise ApiError(400, f"{MALFORMED}: {exc}") from None
+    form_parts = []
+    for part in parts:
+        if part.headers.get("Content-Type", "").partition("/")[0].strip().lower() == "multipart":
+            raise ApiError(400, f"{MALFORMED}: nested multipart parts are not accepted")
+        form_part = FormPart(_field_name(part), part)
+        _check_plain(form_part)
+        form_parts.append(form_part)
+    return form_parts
+
+
+def _field_name(part: BodyPartReader | MemoryPart) -> str:
     raw = part.headers.get("Content-Disposition")
     if raw is None:
         raise ApiError(400, f"{MALFORMED}: a part has no Content-Disposition")

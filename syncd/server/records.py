@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import re
 import uuid
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from typing import Any
 
 from syncd.server.keys import is_upload_key
@@ -52,7 +52,9 @@ class SessionRecord:
     upload_key: str | None = None  # the client's name for the session (``keys``), if it gave one
 
     def to_json(self) -> bytes:
-        return json.dumps(asdict(self), sort_keys=True).encode("utf-8")
+        # vars(), not asdict(): every field is a str, int, float or None (nothing to deep-copy),
+        # and this runs for every stored file
+        return json.dumps(vars(self), sort_keys=True).encode("utf-8")
 
     @classmethod
     def from_json(cls, data: bytes) -> SessionRecord:

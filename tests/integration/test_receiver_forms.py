@@ -15,6 +15,7 @@ from requests_toolbelt import MultipartEncoder
 
 from syncd.server import ServerHooks
 from syncd.server.handlers import SMALL_FILE
+from syncd.server.memoryform import MEMORY_FORM_MAX
 from tests.support.receiver import (
     AUTH,
     TIMEOUT,
@@ -35,8 +36,13 @@ def raw_post(url: str, parts: Sequence[tuple[bytes, bytes]], *, boundary: bytes 
     return requests.post(url, data=body, headers=headers, timeout=TIMEOUT)
 
 
-def whole_parts(data: bytes, file_head: bytes, *, filename: str = "f.bin") -> list[tuple[bytes, bytes]]:
+def whole_parts(data: bytes, file_head: bytes, *, filename: str = "f.bin", big: bool = False
+                ) -> list[tuple[bytes, bytes]]:
+    """The parts of a whole-file POST; ``big`` adds a field that makes the body too large to be
+    split in memory (``memoryform``), so aiohttp's part reader reads it."""
+    pad = [(b'Content-Disposition: form-data; name="pad"', b"p" * (MEMORY_FORM_MAX + 1))] if big else []
     return [
+        *pad,
         (b'Content-Disposition: form-data; name="filename"', filename.encode()),
         (b'Content-Disposition: form-data; name="md5"', md5_hex(data).encode()),
         (file_head, data),
@@ -136,10 +142,11 @@ def test_disk_full_during_a_whole_post_leaves_nothing(tmp_path: Path, size: int)
         b'content-disposition: FORM-DATA; NAME="file"',
     ],
 )
-def test_file_part_header_shapes_clients_send(tmp_path: Path, file_head: bytes) -> None:
+@pytest.mark.parametrize("big", [False, True], ids=["in-memory", "streamed"])
+def test_file_part_header_shapes_clients_send(tmp_path: Path, file_head: bytes, big: bool) -> None:
     root = tmp_path / "root"
     with running(root) as server:
-        answer = raw_post(server.url, whole_parts(b"data", file_head))
+        answer = raw_post(server.url, whole_parts(b"data", file_head, big=big))
         assert answer.status_code == 200, answer.text
     assert stored_files(root) == {"f.bin": b"data"}
 
@@ -156,12 +163,36 @@ def test_file_part_header_shapes_clients_send(tmp_path: Path, file_head: bytes) 
         b"Content-Type: application/octet-stream",  # no Content-Disposition at all
     ],
 )
-def test_malformed_part_headers_are_400_and_store_nothing(tmp_path: Path, file_head: bytes) -> None:
+@pytest.mark.parametrize("big", [False, True], ids=["in-memory", "streamed"])
+def test_malformed_part_headers_are_400_and_store_nothing(tmp_path: Path, file_head: bytes, big: bool) -> None:
     root = tmp_path / "root"
     with running(root) as server:
-        answer = raw_post(server.url, whole_parts(b"data", file_head))
+        answer = raw_post(server.url, whole_parts(b"data", file_head, big=big))
         assert answer.status_code == 400, answer.text
         assert answer.json()["detail"].startswith("Malformed multipart/form-data body")
+    assert stored_files(root) == {} and incoming(root) == []
+
+
+@pytest.mark.parametrize("big", [False, True], ids=["in-memory", "streamed"])
+def test_a_nested_multipart_part_is_400(tmp_path: Path, big: bool) -> None:
+    root = tmp_path / "root"
+    parts = whole_parts(b"data", b'Content-Disposition: form-data; name="file"\r\n'
+                                 b"Content-Type: multipart/mixed; boundary=inner", big=big)
+    with running(root) as server:
+        answer = raw_post(server.url, parts)
+        assert answer.status_code == 400 and "nested multipart" in answer.json()["detail"]
+    assert stored_files(root) == {}
+
+
+@pytest.mark.parametrize("big", [False, True], ids=["in-memory", "streamed"])
+def test_a_body_without_its_closing_boundary_is_400(tmp_path: Path, big: bool) -> None:
+    root = tmp_path / "root"
+    body = b"".join(b"--b0undary\r\n" + head + b"\r\n\r\n" + data + b"\r\n"
+                    for head, data in whole_parts(b"data", b'Content-Disposition: form-data; name="file"', big=big))
+    headers = {**AUTH, "Content-Type": "multipart/form-data; boundary=b0undary"}
+    with running(root) as server:
+        answer = requests.post(server.url, data=body, headers=headers, timeout=TIMEOUT)
+        assert answer.status_code == 400, answer.text
     assert stored_files(root) == {} and incoming(root) == []
 
 

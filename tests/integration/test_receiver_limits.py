@@ -181,6 +181,24 @@ def test_a_body_stalled_between_parts_is_answered_408(tmp_path: Path) -> None:
         assert put_part(doc["url"], b"b" * 1000, start=1000, total=3000).status_code == 200
 
 
+def test_a_stalled_small_whole_post_is_answered_408_and_stores_nothing(tmp_path: Path) -> None:
+    """A body small enough to be read whole before it is split (``memoryform``) stalls too."""
+    root = tmp_path / "root"
+    with running(root, hooks=ServerHooks(body_timeout=0.3)) as server:
+        started = time.monotonic()
+        reply = raw_request(
+            server.port,
+            f"POST /chunked_upload/ HTTP/1.1\r\nHost: x\r\nAuthorization: {AUTH['Authorization']}\r\n".encode()
+            + b"Content-Type: multipart/form-data; boundary=b\r\nContent-Length: 1200\r\n\r\n",
+            b'--b\r\nContent-Disposition: form-data; name="filename"\r\n\r\nf.bin\r\n--b\r\n'
+            b'Content-Disposition: form-data; name="file"; filename="f.bin"\r\n\r\n' + b"b" * 300,
+        )
+        assert reply.startswith(b"HTTP/1.1 408 ")
+        assert b"Request body stalled" in reply
+        assert time.monotonic() - started < 3
+    assert stored_files(root) == {} and incoming(root) == []
+
+
 @pytest.mark.parametrize("cut_at", [0, 150, 700])
 def test_a_client_hanging_up_mid_part_loses_only_that_part(tmp_path: Path, cut_at: int) -> None:
     root = tmp_path / "root"
