@@ -15,7 +15,10 @@ events) commits its writes together at its end, or every ``GROUP_MAX`` writes. U
 ``synchronous = NORMAL`` a commit survives a crash of syncd; a ``durable`` write (the ``done``
 before a delete or move) commits at once with ``synchronous = FULL``, so it also survives a
 power loss, together with whatever shared its transaction. A ``prompt`` write (what became of
-a local file after its delete or move) commits at once, also inside a batch.
+a local file after its delete or move) commits at once, also inside a batch. A ``deferred``
+write returns at once, its transaction left open: for a step that the same thread's next
+write follows at once (a file's ``uploading`` before its upload's row; an upload's end before
+the file's ``done``), which commits it too, or waits for the commit that does.
 """
 
 from __future__ import annotations
@@ -273,6 +276,8 @@ class Journal:
         """the write in progress must be committed at once, with synchronous = FULL"""
         self._prompt = False
         """the write in progress must be committed at once"""
+        self._deferred = threading.local()
+        """per thread: the epoch of its deferred write not yet known to be committed (``epoch``)"""
         if readonly and not self.path.exists():
             raise JournalError(f"{self.path}: no journal here (has the daemon run yet?)")
         self.created = not readonly and not self.path.exists()
@@ -369,9 +374,9 @@ class Journal:
                 self._committed.notify_all()
 
     @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
+    def _tx(self, *, deferred: bool = False) -> Iterator[sqlite3.Connection]:
         """One write, as a savepoint of the open transaction; returns once that transaction
-        is committed (see the module's notes)."""
+        is committed, unless ``deferred`` (see the module's notes)."""
         with self._gate:
             self._queued += 1
         try:
@@ -382,6 +387,7 @@ class Journal:
         wait_for: int | None = None
         durable = self._durable
         try:
+            self._check_deferred()
             if durable:
                 # its own transaction: the safety level cannot change inside one
                 if self._db.in_transaction:
@@ -400,7 +406,9 @@ class Journal:
                 raise
             self._db.execute("RELEASE write")
             self._open_writes += 1
-            if durable or self._prompt or not self._leave_open():
+            if deferred and not durable and not self._prompt and self._open_writes < GROUP_MAX:
+                self._deferred.epoch = self._epoch  # committed with a later write
+            elif durable or self._prompt or not self._leave_open():
                 self._commit()
             elif self._batch_owner != threading.get_ident():
                 wait_for = self._epoch
@@ -416,6 +424,17 @@ class Journal:
             finally:
                 with self._gate:
                     self._followers -= 1
+
+    def _check_deferred(self) -> None:
+        """Before a thread's next write: if the transaction that carried its deferred write
+        failed to commit, that write is lost, and so is this one's premise."""
+        epoch = getattr(self._deferred, "epoch", None)
+        if epoch is None:
+            return
+        if self._epoch > epoch:
+            self._deferred.epoch = None
+            if self._failed is not None and self._failed[0] == epoch:
+                raise self._failed[1]
 
     def _leave_open(self) -> bool:
         """Whether the open transaction may stay open for more writes: inside a batch, or
@@ -438,7 +457,8 @@ class Journal:
             raise self._failed[1]
 
     @contextmanager
-    def _write(self, *, durable: bool = False, prompt: bool = False) -> Iterator[sqlite3.Connection]:
+    def _write(self, *, durable: bool = False, prompt: bool = False,
+               deferred: bool = False) -> Iterator[sqlite3.Connection]:
         try:
             if durable or prompt:
                 with self._lock:
@@ -449,7 +469,7 @@ class Journal:
                     finally:
                         self._durable = self._prompt = False
             else:
-                with self._tx() as db:
+                with self._tx(deferred=deferred) as db:
                     yield db
         except sqlite3.OperationalError as exc:
             if "full" in str(exc) or "disk I/O" in str(exc):
@@ -571,9 +591,10 @@ class Journal:
 
     def set_state(self, file_id: int, state: str, *, only_from: Sequence[str] | None = None,
                   error: str | None = None, next_attempt_at: float | None = None,
-                  attempts_delta: int = 0) -> bool:
+                  attempts_delta: int = 0, deferred: bool = False) -> bool:
         """Move a file to ``state`` from any state the transition table allows (narrowed to
-        ``only_from``); True if it moved. Naming a forbidden transition is a ValueError."""
+        ``only_from``); True if it moved. Naming a forbidden transition is a ValueError.
+        ``deferred``: committed with this thread's next write (see the module's notes)."""
         if state not in STATES:
             raise ValueError(f"unknown state {state!r}")
         sources = allowed_from(FileState(state), None if only_from is None else frozenset(only_from))
@@ -582,7 +603,7 @@ class Journal:
                f" AND state IN ({','.join('?' * len(sources))})")
         args: list[object] = [str(state), error, next_attempt_at, attempts_delta, self.clock(), file_id,
                               *sorted(sources)]
-        with self._write() as db:
+        with self._write(deferred=deferred) as db:
             return db.execute(sql, args).rowcount == 1
 
     def note_retry(self, file_id: int, message: str) -> None:
@@ -758,11 +779,12 @@ class Journal:
         # the first part's bytes were sent before its own acknowledgement: not in the span
         return sum(size for _, size in rows[1:]) / (rows[-1][0] - rows[0][0])
 
-    def finish_upload(self, upload_id: int, *, state: str, md5: str | None = None) -> None:
+    def finish_upload(self, upload_id: int, *, state: str, md5: str | None = None, deferred: bool = False) -> None:
+        """``deferred``: committed with this thread's next write (see the module's notes)."""
         if state not in ("completed", "abandoned"):
             raise ValueError(state)
         now = self.clock()
-        with self._write() as db:
+        with self._write(deferred=deferred) as db:
             db.execute("UPDATE uploads SET state = ?, md5 = ?, completed_at = ?, updated_at = ? WHERE id = ?",
                        (state, md5, now, now, upload_id))
 

@@ -114,7 +114,9 @@ class FileProcessor:
         if Fingerprint.of(st) != row.fingerprint:
             return self._resettle(row, label, "changed since it settled")
         first_state = "transcoding" if needs_transcode(watch, path) else "uploading"
-        if not self.journal.set_state(row.id, first_state, only_from=("ready", "waiting")):
+        # ``uploading`` is committed with the upload's row, journaled before its first request
+        if not self.journal.set_state(row.id, first_state, only_from=("ready", "waiting"),
+                                      deferred=first_state == "uploading"):
             return Outcome(row.id, row.watch, row.relpath, self.journal.get_file(row.id).state)
 
         started = time.monotonic()

@@ -136,7 +136,8 @@ class UploadEngine:
         """Upload ``job.source``; returns what the server holds and the file's MD5.
 
         Raises FileChanged, FileVanished, Interrupted, PermanentError, ChecksumMismatch, or
-        a TransientError once the request's retry budget is spent.
+        a TransientError once the request's retry budget is spent. The upload's end is
+        journaled as a deferred write: the caller's next write (the file's outcome) commits it.
         """
         backend = self.backends[job.target]
         item = UploadItem(remote_name=job.remote_name, size=job.fingerprint.size,
@@ -260,7 +261,7 @@ class UploadEngine:
         except BaseException:
             self.journal.finish_upload(row.id, state="abandoned")
             raise
-        self.journal.finish_upload(row.id, state="completed", md5=digest)
+        self.journal.finish_upload(row.id, state="completed", md5=digest, deferred=True)
         if self._on_part is not None:
             self._on_part(item.size)
         return remote, digest
@@ -372,7 +373,7 @@ class UploadEngine:
         digest = up.md5.hexdigest()
         parts = receipts_in_order(receipts)
         remote = self._retry(lambda: up.session.complete(parts, digest), up, "complete")
-        self.journal.finish_upload(up.row.id, state="completed", md5=digest)
+        self.journal.finish_upload(up.row.id, state="completed", md5=digest, deferred=True)
         return remote, digest
 
     def _reconcile(self, up: _Open, held: Mapping[int, PartReceipt]) -> None:

@@ -55,9 +55,10 @@ class stop_after_budget(stop_base):
     """Stop once ``budget`` seconds of ``clock`` have passed since the first try (tenacity's
     own ``stop_after_delay`` reads the real clock, which a test cannot move)."""
 
-    def __init__(self, budget: float, *, clock: Callable[[], float] = time.monotonic):
+    def __init__(self, budget: float, *, clock: Callable[[], float] = time.monotonic,
+                 started: float | None = None):
         self.clock = clock
-        self.deadline = clock() + budget
+        self.deadline = (clock() if started is None else started) + budget
 
     def __call__(self, retry_state: RetryCallState) -> bool:
         return self.clock() >= self.deadline
@@ -99,6 +100,23 @@ def call_with_retry(
     The last exception is re-raised. Sleeping waits on ``stop``, so a shutdown never
     waits out a backoff.
     """
+    # The first try goes without tenacity (most succeed: a small file makes one request,
+    # and building the retry machinery cost more than the rest of this call); a failure
+    # worth retrying is then handed to tenacity as its first attempt, budget from now.
+    started = clock()
+    try:
+        return fn()
+    except BaseException as exc:
+        if not is_retryable(exc):
+            raise
+        first: BaseException | None = exc
+
+    def again() -> T:
+        nonlocal first
+        if first is not None:
+            exc, first = first, None
+            raise exc
+        return fn()
 
     def before_sleep(state: RetryCallState) -> None:
         exc = state.outcome.exception() if state.outcome else None
@@ -110,12 +128,12 @@ def call_with_retry(
     retrying = Retrying(
         retry=retry_if_exception(is_retryable),
         wait=wait_retry_after(backoff(policy)),
-        stop=stop_after_budget(policy.budget, clock=clock) | stop_when_event_set(stop),
+        stop=stop_after_budget(policy.budget, clock=clock, started=started) | stop_when_event_set(stop),
         sleep=sleep if sleep is not None else stop.wait,
         before_sleep=before_sleep,
         reraise=True,
     )
-    return retrying(fn)
+    return retrying(again)
 
 
 def waiting_delay(attempts: int, policy: RetryPolicy, *, rng: random.Random | None = None) -> float:

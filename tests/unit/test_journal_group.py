@@ -160,3 +160,66 @@ def test_what_became_of_a_local_file_is_committed_at_once_even_in_a_batch(journa
         journal.set_after_action(row.id, "deleted")
         assert other_connection_sees(journal, "SELECT after_action FROM files WHERE id = ?", (row.id,)) == [
             ("deleted",)]
+
+
+def test_a_deferred_write_is_committed_with_the_threads_next_write(journal):
+    row = journal.mark_settled("w", "a", fp(1))
+    assert journal.set_state(row.id, "uploading", only_from=("ready",), deferred=True)
+    assert journal._db.in_transaction
+    assert other_connection_sees(journal, "SELECT state FROM files") == [("ready",)]
+    assert journal.get_file(row.id).state == "uploading"  # this connection sees it at once
+    up = journal.start_upload(row.id, target="t", source="s", remote_name="a", fp=fp(1), size=4096,
+                              part_size=0, upload_key="k")
+    assert not journal._db.in_transaction
+    assert other_connection_sees(journal, "SELECT state FROM files") == [("uploading",)]
+    journal.finish_upload(up.id, state="completed", md5="m", deferred=True)
+    assert other_connection_sees(journal, "SELECT state FROM uploads") == [("open",)]
+    journal.mark_done(row.id, md5="m", remote_name="a", durable=True, after_action="pending")
+    assert other_connection_sees(journal, "SELECT state FROM uploads") == [("completed",)]
+    assert other_connection_sees(journal, "SELECT state FROM files") == [("done",)]
+
+
+def test_a_deferred_write_commits_at_group_max(journal, monkeypatch):
+    monkeypatch.setattr(journal_module, "GROUP_MAX", 3)
+    rows = [journal.mark_settled("w", f"f{i}", fp(i)) for i in range(3)]
+    for row in rows:
+        journal.set_state(row.id, "uploading", deferred=True)
+    assert not journal._db.in_transaction
+    assert other_connection_sees(journal, "SELECT DISTINCT state FROM files") == [("uploading",)]
+
+
+def test_a_deferred_write_lost_with_a_failed_commit_fails_its_threads_next_write(journal, monkeypatch):
+    """Another thread's write commits the transaction that carries a deferred write, and the
+    commit fails: the deferring thread must not go on as if its write were kept."""
+    row = journal.mark_settled("w", "a", fp(1))
+    journal.set_state(row.id, "uploading", deferred=True)
+    real_commit = Journal._commit
+
+    def failing_commit(self):
+        monkeypatch.setattr(Journal, "_commit", real_commit)  # only this once
+        self._db.execute("ROLLBACK")
+        self._failed = (self._epoch, sqlite3.OperationalError("database or disk is full"))
+        with self._gate:
+            self._epoch += 1
+            self._committed.notify_all()
+        raise self._failed[1]
+
+    monkeypatch.setattr(Journal, "_commit", failing_commit)
+    failed: list[BaseException] = []
+
+    def other() -> None:
+        try:
+            journal.note_new("w", "b", fp(2))
+        except JournalError as exc:
+            failed.append(exc)
+
+    thread = threading.Thread(target=other, name="other-writer")
+    thread.start()
+    thread.join(10)
+    assert len(failed) == 1
+    with pytest.raises(JournalError, match="disk is full"):
+        journal.start_upload(row.id, target="t", source="s", remote_name="a", fp=fp(1), size=4096,
+                             part_size=0, upload_key="k")
+    assert other_connection_sees(journal, "SELECT state FROM files") == [("ready",)]
+    journal.note_new("w", "c", fp(3))  # and only that one write fails
+    assert other_connection_sees(journal, "SELECT count(*) FROM files") == [(2,)]

@@ -72,6 +72,29 @@ def test_budget_spent_reraises_last_error():
     assert max(sleeps) <= 4 + 1
 
 
+@pytest.mark.parametrize("first_try_seconds, tries", [(10.5, 1), (8.0, 2)])
+def test_the_budget_counts_from_the_first_try(first_try_seconds, tries):
+    """The first try runs outside tenacity; a slow first failure still spends the budget."""
+    clock = [0.0]
+    calls, sleeps, reported = [], [], []
+
+    def fail():
+        calls.append(clock[0])
+        clock[0] += first_try_seconds if len(calls) == 1 else 0.1
+        raise TransientError("timeout", reason="timeout")
+
+    def sleep(seconds):
+        sleeps.append(seconds)
+        clock[0] += seconds
+
+    with pytest.raises(TransientError, match="timeout"):
+        call_with_retry(fail, is_retryable=_is_retryable, policy=RetryPolicy(initial=1, max=4, budget=10),
+                        stop=threading.Event(), what="t", sleep=sleep, clock=lambda: clock[0],
+                        on_retry=lambda exc, delay: reported.append(str(exc)))
+    assert len(calls) >= tries and (len(calls) == 1) == (tries == 1)
+    assert reported[:1] == (["timeout"] if tries > 1 else [])  # the first failure reported like any other
+
+
 def test_stop_event_ends_retrying():
     stop = threading.Event()
     fn = Flaky([TransientError("503", reason="server")] * 100)
