@@ -49,10 +49,10 @@ flag = os.environ["SYNCD_TEST_JOURNAL_FULL"]
 _tx = journal.Journal._tx
 
 @contextmanager
-def full_tx(self):
+def full_tx(self, **kw):
     if os.path.exists(flag):
         raise sqlite3.OperationalError("database or disk is full")
-    with _tx(self) as db:
+    with _tx(self, **kw) as db:
         yield db
 
 journal.Journal._tx = full_tx
