@@ -15,7 +15,8 @@ port, so uploads in flight fail, wait, and resume. What the receiver stored is d
 as the run goes, so the disk stays small.
 
 Each sample: the daemon's RSS (``VmRSS``), its peak so far (``VmHWM``), open file
-descriptors (``/proc/PID/fd``), threads, CPU seconds and the journal's counts. At the
+descriptors (``/proc/PID/fd``, and how many of them are sockets: pooled HTTP connections),
+threads, CPU seconds and the journal's counts. At the
 end the writer stops, the backlog drains (bounded), and the verdict compares the samples
 after the first ``--warmup`` (default 10 min) with the one at its end: RSS and fds must
 not grow beyond ``--rss-slack`` (default 4 MiB) and 0, and the peak must stay under
@@ -74,11 +75,22 @@ def _status(pid: int) -> dict[str, int]:
     return out
 
 
+def _sockets(pid: int) -> int:
+    """How many of the process's open descriptors are sockets (its HTTP connections, mostly)."""
+    n = 0
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            n += os.readlink(f"/proc/{pid}/fd/{fd}").startswith("socket:")
+        except OSError:
+            pass  # closed meanwhile
+    return n
+
+
 def sample(daemon: DaemonRun, t0: float) -> dict[str, Any]:
     st = _status(daemon.pid)
     return {"minute": (time.time() - t0) / 60, "rss": st["VmRSS"], "hwm": st["VmHWM"],
             "threads": st["Threads"], "fds": len(os.listdir(f"/proc/{daemon.pid}/fd")),
-            "cpu": proc_cpu(daemon.pid), "counts": daemon.counts()}
+            "sockets": _sockets(daemon.pid), "cpu": proc_cpu(daemon.pid), "counts": daemon.counts()}
 
 
 class Trickle:
@@ -207,12 +219,13 @@ def render(result: dict[str, Any]) -> str:
     lines = [f"#### Soak: {result['minutes']:g} min, {result['rate']:g} files/s of mixed sizes, receiver restarted "
              f"every {result['restart_every'] / 60:g} min, {result.get('files', 0):,} files "
              f"({result.get('bytes', 0) / MiB:,.0f} MiB)", "",
-             "| minute | RSS MiB | peak MiB | open fds | threads | CPU s | done | waiting |",
-             "|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "| minute | RSS MiB | peak MiB | open fds | of them sockets | threads | CPU s | done | waiting |",
+             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for s in result["samples"]:
         c = s["counts"]
-        lines.append(f"| {s['minute']:.1f} | {s['rss'] / MiB:.1f} | {s['hwm'] / MiB:.1f} | {s['fds']} | {s['threads']} "
-                     f"| {s['cpu']:.0f} | {c.get('done', 0)} | {c.get('waiting', 0)} |")
+        lines.append(f"| {s['minute']:.1f} | {s['rss'] / MiB:.1f} | {s['hwm'] / MiB:.1f} | {s['fds']} "
+                     f"| {s.get('sockets', '-')} | {s['threads']} | {s['cpu']:.0f} | {c.get('done', 0)} "
+                     f"| {c.get('waiting', 0)} |")
     v = result["verdict"]
     lines.append("")
     if not v["judged"]:

@@ -16,8 +16,9 @@ parts as a raw ``application/offset+octet-stream`` body instead of multipart.
 
 Parts stream from disk through requests-toolbelt's encoder: a part is never in memory. A
 small file's form (at most ``SMALL_FORM_MAX``) is built in memory in one go instead, and sent
-through urllib3 directly (the pool requests itself uses, with the same TLS settings), unless
-the environment names a proxy or ~/.netrc credentials for the target: for a 4 KiB file, the
+through urllib3 directly (the pool requests itself uses, with the same TLS settings), or
+to an ``http://`` target through ``http.client`` alone (``plainhttp``), unless the
+environment names a proxy or ~/.netrc credentials for the target: for a 4 KiB file, the
 streaming encoder and requests' own layers cost more CPU than the rest of the request.
 """
 
@@ -54,6 +55,7 @@ from syncd.upload.base import (
 )
 from syncd.upload.body import STREAM_BLOCK, SizedStream
 from syncd.upload.httperrors import raise_for_http_status
+from syncd.upload.plainhttp import PlainAnswer, PlainConnections
 from syncd.upload.registry import ProtocolEntry
 
 # A whole-file POST carries its MD5, so the file is read twice (hash, then send): worth
@@ -65,9 +67,10 @@ RAW_PART_TYPE = "application/offset+octet-stream"
 
 
 class _Answer:
-    """A urllib3 response, with what ``raise_for_answer`` reads of a requests.Response."""
+    """A response read whole (urllib3's, or ``plainhttp``'s), with what ``raise_for_answer``
+    reads of a requests.Response."""
 
-    def __init__(self, resp: urllib3.BaseHTTPResponse):
+    def __init__(self, resp: urllib3.BaseHTTPResponse | PlainAnswer):
         self.status_code = resp.status
         self.headers = resp.headers
         self.reason = resp.reason or ""
@@ -162,6 +165,9 @@ class ChunkedBackend:
         self._sessions: list[requests.Session] = []
         self._sessions_lock = threading.Lock()
         self._pool = self._small_request_pool()
+        self._plain = (PlainConnections(url, connect_timeout=connect_timeout, read_timeout=read_timeout)
+                       if self._pool is not None and url.startswith("http://") else None)
+        """small POSTs to an http:// target: http.client alone (``plainhttp``), cheaper than urllib3"""
 
     @classmethod
     def from_settings(cls, name: str, settings: Settings) -> ChunkedBackend:
@@ -206,6 +212,11 @@ class ChunkedBackend:
     def _post_small(self, body: bytes, headers: dict[str, str]) -> _Answer:
         """One POST through the pool; a dropped connection or a timeout becomes a
         TransientError with the reason requests' errors get in ``request``."""
+        if self._plain is not None:
+            answer = _Answer(self._plain.post(body, {**self._headers, **headers}))
+            if answer.headers.get("Syncd-Raw-Parts") == "1":
+                self.raw_parts = True
+            return answer
         try:
             resp = self._pool.request("POST", self.url, body=body, headers={**self._headers, **headers},
                                       redirect=False, retries=False)
@@ -270,6 +281,8 @@ class ChunkedBackend:
             self._sessions.clear()
         if self._pool is not None:
             self._pool.clear()
+        if self._plain is not None:
+            self._plain.close()
 
 
 PROTOCOL = ProtocolEntry("chunked", Settings, ChunkedBackend.from_settings)
