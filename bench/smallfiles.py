@@ -2,7 +2,7 @@
 ``rclone copy`` of the same folder to ``rclone serve s3`` on 127.0.0.1.
 
     .venv/bin/python -m bench.smallfiles [--files 10000] [--size 4KiB] [--rounds 1]
-                                         [--quiet 1s] [--uploads 2] [--small-uploads N]
+                                         [--quiet 1s] [--uploads 2] [--small-uploads N[,M...]]
                                          [--no-rclone] [--json FILE]
 
 syncd: ``syncd run`` (as under systemd: notify socket, 60 s watchdog) watches an empty
@@ -201,19 +201,22 @@ def run_rclone(rclone: str, root: Path, src: Path, *, n: int, timeout: float,
 
 
 def run(*, n: int = 10_000, size: int = 4096, rounds: int = 1, quiet: str = "1s", uploads: int = 2,
-        small_uploads: int | None = None, with_rclone: bool = True, code: dict[str, Path] | None = None,
+        small_uploads: list[int] | None = None, with_rclone: bool = True, code: dict[str, Path] | None = None,
         timeout: float = 900.0) -> dict[str, Any]:
     rclone = find_rclone() if with_rclone else None
     code = code or {"": REPO}
+    # every checkout with every small_uploads value: (checkout, small_uploads) by name
+    variants = {" ".join(filter(None, [name, f"small_uploads={su}" if su and len(small_uploads) > 1 else ""])):
+                (path, su) for name, path in code.items() for su in (small_uploads or [None])}
     result: dict[str, Any] = {"benchmark": "smallfiles", "files": n, "size": size, "rounds": rounds,
                               "quiet": quiet, "uploads": uploads, "small_uploads": small_uploads,
                               "machine": machine(), "rclone": None, "with_rclone": with_rclone,
                               "code": {name: str(path) for name, path in code.items()},
-                              "syncd_runs": {name: [] for name in code}, "rclone_runs": []}
+                              "syncd_runs": {name: [] for name in variants}, "rclone_runs": []}
     if rclone:
         result["rclone"] = subprocess.run([rclone, "version"], capture_output=True, text=True,
                                           timeout=30, check=False).stdout.splitlines()[0]
-    contenders = [*code, *([None] if rclone else [])]  # a code name, or None for rclone
+    contenders = [*variants, *([None] if rclone else [])]  # a variant's name, or None for rclone
     # Nothing a run wrote is deleted before the end: on ext4, creating files a minute or two after
     # tens of thousands were deleted nearby was 30x slower here (the next round's drop took
     # 8-10 s to write instead of 0.3 s), which measured the harness's clean-up, not syncd.
@@ -227,11 +230,12 @@ def run(*, n: int = 10_000, size: int = 4096, rounds: int = 1, quiet: str = "1s"
                 if who is not None:
                     tag = f"syncd-{rnd}-{i}"
                     (work / f"receiver-{tag}").mkdir()
-                    receiver = Receiver(work / f"receiver-{tag}", code=code[who]).start()
+                    path, su = variants[who]
+                    receiver = Receiver(work / f"receiver-{tag}", code=path).start()
                     try:
                         result["syncd_runs"][who].append(run_syncd(
                             work, receiver, n=n, size=size, quiet=quiet, uploads=uploads,
-                            small_uploads=small_uploads, code=code[who], tag=tag, timeout=timeout))
+                            small_uploads=su, code=path, tag=tag, timeout=timeout))
                     finally:
                         receiver.stop()
                 else:
@@ -246,7 +250,8 @@ def run(*, n: int = 10_000, size: int = 4096, rounds: int = 1, quiet: str = "1s"
 def render(result: dict[str, Any]) -> str:
     n, size = result["files"], result["size"]
     r = result["rclone_runs"]
-    small = f", small_uploads {result['small_uploads']}" if result.get("small_uploads") else ""
+    su = result.get("small_uploads") or []
+    small = f", small_uploads {su[0]}" if len(su) == 1 else ""
     rows = []
     for name, s in result["syncd_runs"].items():
         at = f" [{name}]" if name else ""
@@ -286,8 +291,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=1)
     p.add_argument("--quiet", default="1s", help="the watch's settle quiet gap (default 1s)")
     p.add_argument("--uploads", type=int, default=2, help="concurrency.uploads (default 2, syncd's default)")
-    p.add_argument("--small-uploads", type=int, default=None,
-                   help="concurrency.small_uploads (default: syncd's default)")
+    p.add_argument("--small-uploads", default="",
+                   help="concurrency.small_uploads (default: syncd's default); N,M,... runs each in turn")
     p.add_argument("--no-rclone", action="store_true", help="measure syncd alone")
     p.add_argument("--code", default="", help="NAME=DIR,...: run daemon and receiver from each checkout "
                    "in turn, alternating within every round (an A/B comparison in one sitting)")
@@ -296,7 +301,9 @@ def main(argv: list[str] | None = None) -> int:
     parse_duration(args.quiet)
     t0 = time.monotonic()
     result = run(n=args.files, size=parse_size(args.size), rounds=args.rounds, quiet=args.quiet,
-                 uploads=args.uploads, small_uploads=args.small_uploads, with_rclone=not args.no_rclone,
+                 uploads=args.uploads,
+                 small_uploads=[int(x) for x in args.small_uploads.split(",") if x.strip()] or None,
+                 with_rclone=not args.no_rclone,
                  code=parse_code(args.code) or None)
     result["seconds"] = time.monotonic() - t0
     print(render(result))
