@@ -387,7 +387,7 @@ class Journal:
         wait_for: int | None = None
         durable = self._durable
         try:
-            self._check_deferred()
+            self._check_deferred(deferred)
             if durable:
                 # its own transaction: the safety level cannot change inside one
                 if self._db.in_transaction:
@@ -425,9 +425,11 @@ class Journal:
                 with self._gate:
                     self._followers -= 1
 
-    def _check_deferred(self) -> None:
+    def _check_deferred(self, deferred: bool) -> None:
         """Before a thread's next write: if the transaction that carried its deferred write
-        failed to commit, that write is lost, and so is this one's premise."""
+        failed to commit, that write is lost, and so is this one's premise. A write that
+        joins the deferred write's transaction and is not deferred itself reports the
+        commit for both."""
         epoch = getattr(self._deferred, "epoch", None)
         if epoch is None:
             return
@@ -435,6 +437,8 @@ class Journal:
             self._deferred.epoch = None
             if self._failed is not None and self._failed[0] == epoch:
                 raise self._failed[1]
+        elif not deferred:
+            self._deferred.epoch = None
 
     def _leave_open(self) -> bool:
         """Whether the open transaction may stay open for more writes: inside a batch, or

@@ -223,3 +223,27 @@ def test_a_deferred_write_lost_with_a_failed_commit_fails_its_threads_next_write
     assert other_connection_sees(journal, "SELECT state FROM files") == [("ready",)]
     journal.note_new("w", "c", fp(3))  # and only that one write fails
     assert other_connection_sees(journal, "SELECT count(*) FROM files") == [(2,)]
+
+
+def test_a_failed_commit_is_reported_once_to_the_thread_that_deferred_a_write(journal, monkeypatch):
+    """The deferred write's own thread commits it with its next write; when that commit
+    fails, that write raises, and the thread's write after it is not failed again."""
+    row = journal.mark_settled("w", "a", fp(1))
+    journal.set_state(row.id, "uploading", deferred=True)
+    real_commit = Journal._commit
+
+    def failing_commit(self):
+        monkeypatch.setattr(Journal, "_commit", real_commit)  # only this once
+        self._db.execute("ROLLBACK")
+        self._failed = (self._epoch, sqlite3.OperationalError("database or disk is full"))
+        with self._gate:
+            self._epoch += 1
+            self._committed.notify_all()
+        raise self._failed[1]
+
+    monkeypatch.setattr(Journal, "_commit", failing_commit)
+    with pytest.raises(JournalError, match="disk is full"):
+        journal.start_upload(row.id, target="t", source="s", remote_name="a", fp=fp(1), size=4096,
+                             part_size=0, upload_key="k")
+    journal.set_state(row.id, "waiting", error="journal was full")
+    assert other_connection_sees(journal, "SELECT state FROM files") == [("waiting",)]
