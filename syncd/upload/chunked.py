@@ -164,10 +164,12 @@ class ChunkedBackend:
         self._local = threading.local()
         self._sessions: list[requests.Session] = []
         self._sessions_lock = threading.Lock()
-        self._pool = self._small_request_pool()
+        direct = self._direct()
         self._plain = (PlainConnections(url, connect_timeout=connect_timeout, read_timeout=read_timeout)
-                       if self._pool is not None and url.startswith("http://") else None)
+                       if direct and url.startswith("http://") else None)
         """small POSTs to an http:// target: http.client alone (``plainhttp``), cheaper than urllib3"""
+        self._pool = self._small_request_pool() if direct and self._plain is None else None
+        """small POSTs to an https:// target: urllib3, with requests' TLS settings"""
 
     @classmethod
     def from_settings(cls, name: str, settings: Settings) -> ChunkedBackend:
@@ -196,11 +198,14 @@ class ChunkedBackend:
                 self._sessions.append(http)
         return http
 
-    def _small_request_pool(self) -> urllib3.PoolManager | None:
-        """The pool for small whole-file POSTs, verifying TLS as requests would; None when
-        requests must send them (a proxy or ~/.netrc credentials for the target)."""
-        if get_environ_proxies(self.url) or ("Authorization" not in self._headers and get_netrc_auth(self.url)):
-            return None
+    def _direct(self) -> bool:
+        """Whether small POSTs may bypass requests: not when the environment names a proxy or
+        ~/.netrc credentials for the target (requests applies those)."""
+        return not (get_environ_proxies(self.url)
+                    or ("Authorization" not in self._headers and get_netrc_auth(self.url)))
+
+    def _small_request_pool(self) -> urllib3.PoolManager:
+        """The pool for small whole-file POSTs, verifying TLS as requests would."""
         tls: dict[str, Any] = {"cert_reqs": "CERT_NONE"} if self._verify is False else {"cert_reqs": "CERT_REQUIRED"}
         if self._verify is not False:
             bundle = self._verify if isinstance(self._verify, str) else (
@@ -210,8 +215,8 @@ class ChunkedBackend:
                                    timeout=urllib3.Timeout(connect=self._timeout[0], read=self._timeout[1]), **tls)
 
     def _post_small(self, body: bytes, headers: dict[str, str]) -> _Answer:
-        """One POST through the pool; a dropped connection or a timeout becomes a
-        TransientError with the reason requests' errors get in ``request``."""
+        """One POST through ``plainhttp`` or the pool; a dropped connection or a timeout
+        becomes a TransientError with the reason requests' errors get in ``request``."""
         if self._plain is not None:
             answer = _Answer(self._plain.post(body, {**self._headers, **headers}))
             if answer.headers.get("Syncd-Raw-Parts") == "1":
@@ -267,7 +272,7 @@ class ChunkedBackend:
         headers = {"Content-Type": content_type}
         if item.key:
             headers[UPLOAD_KEY_HEADER] = item.key
-        if small and self._pool is not None:
+        if small and (self._plain is not None or self._pool is not None):
             resp: requests.Response | _Answer = self._post_small(data, headers)
         else:
             resp = self.request("POST", self.url, data=data, headers=headers)
