@@ -241,10 +241,13 @@ def run(*, n: int = 10_000, size: int = 4096, rounds: int = 1, quiet: str = "1s"
                 else:
                     result["rclone_runs"].append(run_rclone(rclone, work / f"s3-{rnd}" / "root", src, n=n,
                                                             timeout=timeout))
-    summarize = lambda rs: {k: summary([r[k] for r in rs]) for k in rs[0]} if rs else None  # noqa: E731
-    result["syncd_summary"] = {name: summarize(rs) for name, rs in result["syncd_runs"].items()}
-    result["rclone_summary"] = summarize(result["rclone_runs"])
+    result["syncd_summary"] = {name: _summarize(rs) for name, rs in result["syncd_runs"].items()}
+    result["rclone_summary"] = _summarize(result["rclone_runs"])
     return result
+
+
+def _summarize(runs: list[dict[str, Any]]) -> dict[str, Any] | None:
+    return {k: summary([r[k] for r in runs]) for k in runs[0]} if runs else None
 
 
 def render(result: dict[str, Any]) -> str:
