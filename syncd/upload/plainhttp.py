@@ -14,7 +14,6 @@ urllib3 / requests path, with its TLS settings.
 from __future__ import annotations
 
 import http.client
-import socket
 import threading
 from dataclasses import dataclass
 from email.message import Message
@@ -60,8 +59,7 @@ class PlainConnections:
             with self._lock:
                 self._all.append(conn)
         if conn.sock is None:
-            conn.connect()
-            conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            conn.connect()  # (http.client sets TCP_NODELAY)
             conn.sock.settimeout(self._read_timeout)
         return conn
 
