@@ -188,11 +188,8 @@ def test_a_deferred_write_commits_at_group_max(journal, monkeypatch):
     assert other_connection_sees(journal, "SELECT DISTINCT state FROM files") == [("uploading",)]
 
 
-def test_a_deferred_write_lost_with_a_failed_commit_fails_its_threads_next_write(journal, monkeypatch):
-    """Another thread's write commits the transaction that carries a deferred write, and the
-    commit fails: the deferring thread must not go on as if its write were kept."""
-    row = journal.mark_settled("w", "a", fp(1))
-    journal.set_state(row.id, "uploading", deferred=True)
+def fail_the_next_commit(monkeypatch) -> None:
+    """The next COMMIT fails as on a full disk (what SQLite leaves: the transaction rolled back)."""
     real_commit = Journal._commit
 
     def failing_commit(self):
@@ -205,6 +202,14 @@ def test_a_deferred_write_lost_with_a_failed_commit_fails_its_threads_next_write
         raise self._failed[1]
 
     monkeypatch.setattr(Journal, "_commit", failing_commit)
+
+
+def test_a_deferred_write_lost_with_a_failed_commit_fails_its_threads_next_write(journal, monkeypatch):
+    """Another thread's write commits the transaction that carries a deferred write, and the
+    commit fails: the deferring thread must not go on as if its write were kept."""
+    row = journal.mark_settled("w", "a", fp(1))
+    journal.set_state(row.id, "uploading", deferred=True)
+    fail_the_next_commit(monkeypatch)
     failed: list[BaseException] = []
 
     def other() -> None:
@@ -230,18 +235,7 @@ def test_a_failed_commit_is_reported_once_to_the_thread_that_deferred_a_write(jo
     fails, that write raises, and the thread's write after it is not failed again."""
     row = journal.mark_settled("w", "a", fp(1))
     journal.set_state(row.id, "uploading", deferred=True)
-    real_commit = Journal._commit
-
-    def failing_commit(self):
-        monkeypatch.setattr(Journal, "_commit", real_commit)  # only this once
-        self._db.execute("ROLLBACK")
-        self._failed = (self._epoch, sqlite3.OperationalError("database or disk is full"))
-        with self._gate:
-            self._epoch += 1
-            self._committed.notify_all()
-        raise self._failed[1]
-
-    monkeypatch.setattr(Journal, "_commit", failing_commit)
+    fail_the_next_commit(monkeypatch)
     with pytest.raises(JournalError, match="disk is full"):
         journal.start_upload(row.id, target="t", source="s", remote_name="a", fp=fp(1), size=4096,
                              part_size=0, upload_key="k")
