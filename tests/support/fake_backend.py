@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -78,6 +79,8 @@ class FakeServer:
         self.faults: list[Fault] = []
         self.part_requests: list[int] = []
         self.max_in_flight = 0
+        self.part_latency = 0.0
+        """seconds each part request takes (so parts sent in parallel are seen in flight together)"""
         self._in_flight = 0
         self._ids = itertools.count(1)
         self.lock = threading.Lock()
@@ -130,6 +133,8 @@ class FakeServer:
             self._in_flight += 1
             self.max_in_flight = max(self.max_in_flight, self._in_flight)
         try:
+            if self.part_latency:
+                time.sleep(self.part_latency)
             if md5 is not None and hashlib.md5(data).hexdigest() != md5:
                 raise TransientError("BadDigest", reason="checksum")
             with self.lock:
