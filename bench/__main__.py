@@ -190,7 +190,7 @@ def write_report(data: dict[str, Any], sections: list[tuple[Bench, str, Path | N
         "|---|---|",
         f"| CPU | {m.get('cpu', '?')}, {m.get('cores')} cores |",
         f"| RAM | {m.get('ram_gib', '?')} GiB |",
-        (f"| disk (/tmp) | {m.get('tmp_device', '?')}, {m.get('tmp_disk_gib', '?')} GiB"
+        (f"| disk ({m.get('work_root', '/tmp')}) | {m.get('tmp_device', '?')}, {m.get('tmp_disk_gib', '?')} GiB"
          + (f", queue/rotational={int(m['rotational'])} as the kernel reports it" if "rotational" in m else "")
          + " |"),
         f"| OS | Linux {m.get('kernel')}, Python {m.get('python')} |",

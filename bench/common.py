@@ -51,9 +51,14 @@ def log(msg: str) -> None:
 # --------------------------------------------------------------------------- temp files
 
 
+WORK_ROOT = os.environ.get("SYNCD_BENCH_TMP", "/tmp")
+"""where benchmarks make their temp folders: another file system can be named here, e.g. a
+freshly made one, quiet, for small-file figures (see README)"""
+
+
 @contextlib.contextmanager
 def temp_dir(prefix: str) -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix=f"syncd-bench-{prefix}-", dir="/tmp"))
+    path = Path(tempfile.mkdtemp(prefix=f"syncd-bench-{prefix}-", dir=WORK_ROOT))
     try:
         yield path
     finally:
@@ -498,9 +503,10 @@ def machine() -> dict[str, Any]:
             if line.startswith("MemTotal:"):
                 info["ram_gib"] = round(int(line.split()[1]) / 1024 / 1024, 1)
     with contextlib.suppress(Exception):
-        st = os.statvfs("/tmp")
+        info["work_root"] = WORK_ROOT
+        st = os.statvfs(WORK_ROOT)
         info["tmp_disk_gib"] = round(st.f_blocks * st.f_frsize / GiB)
-        src = subprocess.run(["findmnt", "-no", "SOURCE,FSTYPE", "--target", "/tmp"],
+        src = subprocess.run(["findmnt", "-no", "SOURCE,FSTYPE", "--target", WORK_ROOT],
                              capture_output=True, text=True, timeout=5, check=False).stdout.split()
         if src:
             info["tmp_device"] = " ".join(src)
