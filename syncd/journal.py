@@ -374,9 +374,11 @@ class Journal:
                 self._committed.notify_all()
 
     @contextmanager
-    def _tx(self, *, deferred: bool = False) -> Iterator[sqlite3.Connection]:
+    def _tx(self, *, deferred: bool = False, one_statement: bool = False) -> Iterator[sqlite3.Connection]:
         """One write, as a savepoint of the open transaction; returns once that transaction
-        is committed, unless ``deferred`` (see the module's notes)."""
+        is committed, unless ``deferred`` (see the module's notes). A write of
+        ``one_statement`` (that raises nothing once its statement ran) needs no savepoint:
+        a statement that fails undoes its own changes."""
         with self._gate:
             self._queued += 1
         try:
@@ -395,16 +397,20 @@ class Journal:
                 self._db.execute("PRAGMA synchronous = FULL")
             if not self._db.in_transaction:
                 self._db.execute("BEGIN IMMEDIATE")
-            self._db.execute("SAVEPOINT write")
+            if not one_statement:
+                self._db.execute("SAVEPOINT write")
             try:
                 yield self._db
             except BaseException:
-                self._db.execute("ROLLBACK TO write")
-                self._db.execute("RELEASE write")
-                if durable or self._prompt or not self._leave_open():
+                if not one_statement:
+                    self._db.execute("ROLLBACK TO write")
+                    self._db.execute("RELEASE write")
+                # (an I/O error or a full disk may have rolled back the whole transaction)
+                if self._db.in_transaction and (durable or self._prompt or not self._leave_open()):
                     self._commit()
                 raise
-            self._db.execute("RELEASE write")
+            if not one_statement:
+                self._db.execute("RELEASE write")
             self._open_writes += 1
             if deferred and not durable and not self._prompt and self._open_writes < GROUP_MAX:
                 self._deferred.epoch = self._epoch  # committed with a later write
@@ -461,19 +467,20 @@ class Journal:
             raise self._failed[1]
 
     @contextmanager
-    def _write(self, *, durable: bool = False, prompt: bool = False,
-               deferred: bool = False) -> Iterator[sqlite3.Connection]:
+    def _write(self, *, durable: bool = False, prompt: bool = False, deferred: bool = False,
+               one_statement: bool = False) -> Iterator[sqlite3.Connection]:
+        """One write (see ``_tx``)."""
         try:
             if durable or prompt:
                 with self._lock:
                     self._durable, self._prompt = durable, True
                     try:
-                        with self._tx() as db:
+                        with self._tx(one_statement=one_statement) as db:
                             yield db
                     finally:
                         self._durable = self._prompt = False
             else:
-                with self._tx(deferred=deferred) as db:
+                with self._tx(deferred=deferred, one_statement=one_statement) as db:
                     yield db
         except sqlite3.OperationalError as exc:
             if "full" in str(exc) or "disk I/O" in str(exc):
@@ -607,13 +614,13 @@ class Journal:
                f" AND state IN ({','.join('?' * len(sources))})")
         args: list[object] = [str(state), error, next_attempt_at, attempts_delta, self.clock(), file_id,
                               *sorted(sources)]
-        with self._write(deferred=deferred) as db:
+        with self._write(deferred=deferred, one_statement=True) as db:
             return db.execute(sql, args).rowcount == 1
 
     def note_retry(self, file_id: int, message: str) -> None:
         """A request of an active upload failed and is being tried again: say so in
         ``last_error``, so that ``syncd status`` shows why an upload is slow."""
-        with self._write() as db:
+        with self._write(one_statement=True) as db:
             db.execute("UPDATE files SET last_error = ?, updated_at = ? WHERE id = ? AND state IN (?, ?)",
                        (" ".join(message.split())[:300], self.clock(), file_id, *sorted(ACTIVE)))
 
@@ -624,7 +631,7 @@ class Journal:
         returning: required before a destructive after-action (delete / move), which is then
         recorded as ``AFTER_PENDING`` until done, so that one a crash cut off is redone."""
         now = self.clock()
-        with self._write(durable=durable) as db:
+        with self._write(durable=durable, one_statement=True) as db:
             db.execute(
                 "UPDATE files SET state = 'done', md5 = ?, remote_name = ?, done_at = ?,"
                 " last_error = NULL, next_attempt_at = NULL, after_action = ?, updated_at = ?,"
@@ -633,7 +640,7 @@ class Journal:
 
     def set_after_action(self, file_id: int, action: str) -> None:
         """What became of the local file (deleted, moved): written down at once."""
-        with self._write(prompt=True) as db:
+        with self._write(prompt=True, one_statement=True) as db:
             db.execute("UPDATE files SET after_action = ?, updated_at = ? WHERE id = ?",
                        (action, self.clock(), file_id))
 
@@ -728,7 +735,7 @@ class Journal:
                      fp: Fingerprint, size: int, part_size: int, upload_key: str | None = None) -> UploadRow:
         """An upload about to begin, journaled (with its key) before any request is sent."""
         now = self.clock()
-        with self._write() as db:
+        with self._write(one_statement=True) as db:
             cur = db.execute(
                 "INSERT INTO uploads (file_id, target, source, remote_name, size, dev, ino, mtime_ns,"
                 " part_size, started_at, updated_at, upload_key) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -741,7 +748,7 @@ class Journal:
 
     def set_session(self, upload_id: int, session: str) -> None:
         """The server made the session: keep its handle, so a crash cannot orphan it."""
-        with self._write() as db:
+        with self._write(one_statement=True) as db:
             db.execute("UPDATE uploads SET session = ?, updated_at = ? WHERE id = ?",
                        (session, self.clock(), upload_id))
 
@@ -788,7 +795,7 @@ class Journal:
         if state not in ("completed", "abandoned"):
             raise ValueError(state)
         now = self.clock()
-        with self._write(deferred=deferred) as db:
+        with self._write(deferred=deferred, one_statement=True) as db:
             db.execute("UPDATE uploads SET state = ?, md5 = ?, completed_at = ?, updated_at = ? WHERE id = ?",
                        (state, md5, now, now, upload_id))
 

@@ -126,6 +126,19 @@ def test_a_failed_write_rolls_back_only_itself(journal):
     assert other_connection_sees(journal, "SELECT relpath FROM files") == [("kept",)]
 
 
+def test_a_failed_one_statement_write_rolls_back_only_itself(journal):
+    """Writes of one statement go without a savepoint: the statement that fails undoes
+    its own changes and nothing else of the open transaction."""
+    with journal.batch():
+        row = journal.note_new("w", "kept", fp(1))
+        journal.set_state(row.id, "ready")
+        with pytest.raises(JournalError, match="FOREIGN KEY"):
+            journal.start_upload(999, target="t", source="s", remote_name="r", fp=fp(2), size=1, part_size=0)
+        journal.set_state(row.id, "uploading")
+    assert other_connection_sees(journal, "SELECT relpath, state FROM files") == [("kept", "uploading")]
+    assert other_connection_sees(journal, "SELECT count(*) FROM uploads") == [(0,)]
+
+
 def test_a_commit_that_fails_fails_every_write_it_carried(journal, monkeypatch):
     """A full disk at COMMIT: the writer that commits and the ones that waited for it all get
     the JournalError (none of them may go on as if its write were kept)."""
