@@ -122,6 +122,18 @@ _MIGRATIONS = [
         PRIMARY KEY (scope, name)
     );
     """,
+    # due() reads only ready and waiting rows: indexes of those rows alone, which a file
+    # leaves when it starts and a done file never enters (each state change used to move
+    # its entries in both due indexes: a quarter of the journal's writes in a drop)
+    """
+    DROP INDEX files_due_oldest;
+    DROP INDEX files_due_smallest;
+    CREATE INDEX files_ready_oldest ON files (watch, coalesce(next_attempt_at, updated_at), id) WHERE state = 'ready';
+    CREATE INDEX files_waiting_oldest ON files (watch, coalesce(next_attempt_at, updated_at), id)
+        WHERE state = 'waiting';
+    CREATE INDEX files_ready_smallest ON files (watch, size, id) WHERE state = 'ready';
+    CREATE INDEX files_waiting_smallest ON files (watch, size, id) WHERE state = 'waiting';
+    """,
 ]
 SCHEMA_VERSION = len(_MIGRATIONS)
 
@@ -697,7 +709,7 @@ class Journal:
             raise ValueError(f"unknown order {order!r}")
         ready_sql, waiting_sql = _DUE_SQL[order]
         rows: list[DueFile] = []
-        # Index range scans per watch (files_due_*) instead of sorting every pending row
+        # Index range scans per watch (files_ready_* / files_waiting_*) instead of sorting every pending row
         # per call: the daemon asks on every loop step.
         with self._lock:
             cursor = self._db.cursor()

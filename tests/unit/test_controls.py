@@ -66,7 +66,7 @@ def test_pauses_are_rows_that_outlive_the_connection(tmp_path):
 def test_a_journal_of_the_previous_schema_gains_the_controls_table(tmp_path):
     path = tmp_path / "old.db"
     db = sqlite3.connect(path)
-    for n, script in enumerate(_MIGRATIONS[:-1]):
+    for n, script in enumerate(_MIGRATIONS[:4]):  # schema 5 added it
         db.executescript(f"{script}; PRAGMA user_version = {n + 1};")
     assert db.execute("SELECT count(*) FROM sqlite_master WHERE name = 'controls'").fetchone() == (0,)
     db.close()

@@ -2,7 +2,7 @@ import sqlite3
 
 import pytest
 
-from syncd.journal import SCHEMA_VERSION, Fingerprint, Journal, JournalError
+from syncd.journal import DUE_ORDERS, SCHEMA_VERSION, Fingerprint, Journal, JournalError
 
 FP = Fingerprint(dev=1, ino=2, size=100, mtime_ns=10)
 FP2 = Fingerprint(dev=1, ino=2, size=120, mtime_ns=20)
@@ -200,11 +200,39 @@ def test_a_schema_2_journal_is_migrated_and_keeps_its_queue(tmp_path):
         journal.close()
     db = sqlite3.connect(path)
     try:
-        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 5
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 6
         indexes = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
-        assert {"files_due_oldest", "files_due_smallest"} <= indexes and "files_due" not in indexes
+        assert {"files_ready_oldest", "files_waiting_oldest", "files_ready_smallest",
+                "files_waiting_smallest"} <= indexes
+        assert not indexes & {"files_due", "files_due_oldest", "files_due_smallest"}
     finally:
         db.close()
+
+
+@pytest.mark.parametrize("order", DUE_ORDERS)
+def test_due_reads_the_indexes_of_ready_and_waiting_rows_alone(journal, order):
+    """Both due queries of each order are index range scans of partial indexes, which hold
+    no row of any other state: a journal of a million done files keeps them small."""
+    from syncd.journal import _DUE_SQL
+
+    ready_sql, waiting_sql = _DUE_SQL[order]
+    plans = [" ".join(str(r[-1]) for r in journal._db.execute(f"EXPLAIN QUERY PLAN {sql}", args))
+             for sql, args in ((ready_sql, ("w", 10)), (waiting_sql, ("w", 0.0, 10)))]
+    assert "USING INDEX files_ready_" in plans[0] and "USING INDEX files_waiting_" in plans[1], plans
+    ids = [journal.note_new("w", f"f{i}", Fingerprint(dev=1, ino=i, size=1, mtime_ns=1)).id for i in range(4)]
+    for file_id in ids:
+        journal.set_state(file_id, "ready")
+    for file_id in ids[1:]:
+        journal.set_state(file_id, "uploading")
+    journal.set_state(ids[1], "waiting", next_attempt_at=0.0)
+    journal.mark_done(ids[2], md5="m", remote_name="f2")  # ids[3] stays uploading
+    db = journal._db
+    for name, state in (("files_ready_oldest", "ready"), ("files_ready_smallest", "ready"),
+                        ("files_waiting_oldest", "waiting"), ("files_waiting_smallest", "waiting")):
+        held = db.execute(f"SELECT relpath FROM files INDEXED BY {name} WHERE watch = 'w' AND state = '{state}'"
+                          ).fetchall()
+        assert [r[0] for r in held] == (["f0"] if state == "ready" else ["f1"]), name
+    assert sorted(r.relpath for r in journal.due(watches=["w"], now=1.0, order=order)) == ["f0", "f1"]
 
 
 def test_files_under_a_folder_are_exactly_the_rows_below_it(journal):
