@@ -337,6 +337,8 @@ class Config(_Model):
 
 def render_remote_dir(template: str, *, watch: str, when: float) -> str:
     """Fill a ``remote_dir`` template; the result is a relative POSIX path or ''."""
+    if "{" not in template and "}" not in template:  # no placeholder (as the default, ""): nothing to fill
+        return "/".join(part for part in template.split("/") if part not in ("", "."))
     import socket
     import time
 

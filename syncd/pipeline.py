@@ -120,8 +120,9 @@ class FileProcessor:
             return Outcome(row.id, row.watch, row.relpath, self.journal.get_file(row.id).state)
 
         started = time.monotonic()
+        dest = remote_name_for(watch, row)
         try:
-            sources = self.planner.sources(watch, row, path, remote_name_for(watch, row), label)
+            sources = self.planner.sources(watch, row, path, dest, label)
             if first_state == "transcoding":
                 if Fingerprint.of(os.stat(path)) != row.fingerprint:
                     self._discard_staged(sources)
@@ -147,7 +148,7 @@ class FileProcessor:
         destructive = watch.after_upload != "keep"
         self.journal.mark_done(row.id, md5=md5, remote_name=remote.name, durable=destructive,
                                after_action=AFTER_PENDING if destructive else None, target=watch.target,
-                               dest=remote_name_for(watch, row), verified=remote.verified)
+                               dest=dest, verified=remote.verified)
         # the size and rate of what was sent (the web version, when transcoded), and of the
         # bytes this run sent (a resumed upload sends only the rest)
         log.info("%s: uploaded as %s (%d bytes, md5 %s, verified by %s, %.1fs, %.1f MiB/s sent)", label,

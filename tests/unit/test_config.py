@@ -93,6 +93,8 @@ def test_issue_example_message(base):
     ({"staging_dir": "drop/.staging"}, "config.yaml: staging_dir: "),
     ({"watches": [{"name": "a", "path": "drop", "target": "main", "remote_dir": "{nope}"}]},
      "config.yaml: watches[0].remote_dir: '{nope}' is not a valid template"),
+    ({"watches": [{"name": "a", "path": "drop", "target": "main", "remote_dir": "cams}"}]},
+     "config.yaml: watches[0].remote_dir: 'cams}' is not a valid template"),
     ({"watches": [{"name": "a", "path": "drop", "target": "main", "settle": {"quiet": "5s", "max_wait": "1s"}}]},
      "config.yaml: watches[0].settle: max_wait (1s) is shorter than quiet (5s)"),
     ({"watches": [{"name": "a", "path": "drop", "target": "main",
