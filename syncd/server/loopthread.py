@@ -8,6 +8,8 @@ import contextlib
 import threading
 from typing import Self
 
+from syncd.server import eventloop
+
 
 class LoopThread:
     """``start()`` returns once ``_serve`` called ``self._ready.set()`` (or raises what
@@ -69,7 +71,7 @@ class LoopThread:
 
     def _run(self) -> None:
         try:
-            asyncio.run(self._main())
+            eventloop.run(self._main())
         except BaseException as exc:  # reported by start() when it happens before ready
             if not self._ready.is_set():
                 self._error = exc

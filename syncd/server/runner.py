@@ -8,6 +8,7 @@ import signal
 
 from syncd.allocator import tune_for_receiver
 from syncd.notify import Notifier, WatchdogPinger
+from syncd.server import eventloop
 from syncd.server.drain import stop_gracefully
 from syncd.server.embedded import ReceiverStartError
 from syncd.server.hooks import ServerHooks
@@ -30,7 +31,7 @@ def run_forever(
 ) -> None:
     """Blocks until SIGINT/SIGTERM. Raises ReceiverStartError if it cannot start."""
     tune_for_receiver()  # this process is the receiver's alone (the embedded one shares the daemon's)
-    asyncio.run(_serve(settings, hooks=hooks, access_log=access_log, notifier=notifier))
+    eventloop.run(_serve(settings, hooks=hooks, access_log=access_log, notifier=notifier))
 
 
 async def _serve(
