@@ -337,20 +337,20 @@ class Config(_Model):
 
 def render_remote_dir(template: str, *, watch: str, when: float) -> str:
     """Fill a ``remote_dir`` template; the result is a relative POSIX path or ''."""
-    if "{" not in template and "}" not in template:  # no placeholder (as the default, ""): nothing to fill
-        return "/".join(part for part in template.split("/") if part not in ("", "."))
-    import socket
-    import time
+    text = template
+    if "{" in template or "}" in template:  # without a placeholder (as the default, ""), nothing to fill
+        import socket
+        import time
 
-    tm = time.localtime(when)
-    text = template.format(
-        watch=watch,
-        year=f"{tm.tm_year:04d}",
-        month=f"{tm.tm_mon:02d}",
-        day=f"{tm.tm_mday:02d}",
-        date=time.strftime("%Y-%m-%d", tm),
-        host=socket.gethostname(),
-    )
+        tm = time.localtime(when)
+        text = template.format(
+            watch=watch,
+            year=f"{tm.tm_year:04d}",
+            month=f"{tm.tm_mon:02d}",
+            day=f"{tm.tm_mday:02d}",
+            date=time.strftime("%Y-%m-%d", tm),
+            host=socket.gethostname(),
+        )
     return "/".join(part for part in text.split("/") if part not in ("", "."))
 
 
