@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
-from syncd.server import handlers, rawparts
+from syncd.server import batch, handlers, rawparts
 from syncd.server.auth import Handler, token_middleware
 from syncd.server.drain import DRAIN, Drain
 from syncd.server.errors import ApiError
@@ -67,6 +67,7 @@ def build_app(settings: ReceiverSettings, *, hooks: ServerHooks | None = None) -
     app[RECEIVER] = Receiver(settings, hooks or ServerHooks())
     app.cleanup_ctx.append(_receiver_lifecycle)
     app.on_response_prepare.append(rawparts.advertise)
+    app.on_response_prepare.append(batch.advertise)
 
     base = settings.base_path
     collection = f"{base}chunked_upload/"

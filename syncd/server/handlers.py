@@ -8,7 +8,7 @@ from typing import Any
 
 from aiohttp import web
 
-from syncd.server import rawparts
+from syncd.server import batch, rawparts
 from syncd.server.errors import ApiError
 from syncd.server.forms import (
     NO_FILE,
@@ -25,7 +25,7 @@ from syncd.server.keys import HEADER as KEY_HEADER
 from syncd.server.keys import BadUploadKey, parse_upload_key
 from syncd.server.names import BadFilename, normalize_filename
 from syncd.server.ranges import ContentRange, RangeError, parse_content_range
-from syncd.server.receiver import OFFSETS_MISMATCH, Receiver, Session
+from syncd.server.receiver import OFFSETS_MISMATCH, Receiver, Session, WholeFile
 from syncd.server.records import COMPLETE
 from syncd.server.replies import answer_then_hang_up
 from syncd.server.views import session_json, session_url
@@ -48,9 +48,13 @@ def _receiver(request: web.Request) -> Receiver:
 
 
 def _answer(request: web.Request, session: Session) -> web.Response:
+    return web.json_response(_session_doc(request, session))
+
+
+def _session_doc(request: web.Request, session: Session) -> dict[str, Any]:
     receiver = _receiver(request)
     url = session_url(request, receiver.settings, session.record.id)
-    return web.json_response(session_json(session.record, url=url, expire=receiver.settings.expire))
+    return session_json(session.record, url=url, expire=receiver.settings.expire)
 
 
 def _content_range(request: web.Request) -> ContentRange:
@@ -236,8 +240,11 @@ async def upload_whole(request: web.Request) -> web.Response:
     """``POST chunked_upload/``: a whole file with its md5 in one request.
 
     With an ``Upload-Key`` that names a stored file already (the client lost the
-    answer), the answer is that file's again and nothing new is stored.
+    answer), the answer is that file's again and nothing new is stored. With
+    ``Syncd-Batch: 1``, a batch of small files instead (``upload_batch``).
     """
+    if batch.is_batch(request):
+        return await upload_batch(request)
     key = _upload_key(request)
     if key is None:
         return await _store_whole(request, key=None)
@@ -251,12 +258,7 @@ async def _repeat_whole(request: web.Request, session: Session, key: str) -> web
     """A keyed whole file whose key names a session: the stored file's answer, checked
     against what was sent (read and dropped) so two files are never taken for one."""
     record = session.record
-    if record.state != COMPLETE:
-        raise ApiError(
-            400,
-            f"{KEY_HEADER} {key!r} names an upload still open for parts "
-            f"({record.offset} of {record.total} bytes), not a whole file",
-        )
+    _check_stored(key, session)
     timeout = _receiver(request).hooks.body_timeout
     fields: dict[str, str] = {}
     size: int | None = None
@@ -275,11 +277,26 @@ async def _repeat_whole(request: web.Request, session: Session, key: str) -> web
             await skip(part, timeout=timeout)
     if size is None:
         raise ApiError(400, NO_FILE)
-    _check_same_file(key, session, filename=fields.get("filename"), size=size)
-    md5 = fields.get("md5")
-    if md5 is not None and md5.strip().lower() != record.md5:
-        raise ApiError(400, f"{KEY_HEADER} {key!r} names an upload with another md5 ({record.md5})")
+    _check_same_whole(key, session, filename=fields.get("filename"), size=size, md5=fields.get("md5"))
     return _answer(request, session)
+
+
+def _check_stored(key: str, session: Session) -> None:
+    """400 unless the session a whole file's key names is a stored file."""
+    record = session.record
+    if record.state != COMPLETE:
+        raise ApiError(
+            400,
+            f"{KEY_HEADER} {key!r} names an upload still open for parts "
+            f"({record.offset} of {record.total} bytes), not a whole file",
+        )
+
+
+def _check_same_whole(key: str, session: Session, *, filename: str | None, size: int, md5: str | None) -> None:
+    """400 when a whole file is another than the stored one its key names."""
+    _check_same_file(key, session, filename=filename, size=size)
+    if md5 is not None and md5.strip().lower() != session.record.md5:
+        raise ApiError(400, f"{KEY_HEADER} {key!r} names an upload with another md5 ({session.record.md5})")
 
 
 async def _store_whole(request: web.Request, *, key: str | None) -> web.Response:
@@ -335,6 +352,47 @@ def _checked_name(receiver: Receiver, raw: str | None) -> str:
     name = _filename(raw)
     receiver.check_parents(name)
     return name
+
+
+async def upload_batch(request: web.Request) -> web.Response:
+    """``POST chunked_upload/`` with ``Syncd-Batch: 1``: up to ``batch.MAX_FILES`` small
+    files, each answered as a whole-file ``POST`` of it (with its key) would be.
+
+    A body that is no batch is refused whole; then each file on its own: a key naming a
+    stored file answers it again, any other file is checked and stored. Every key's lock
+    is held (taken in sorted order) from its check until the file is stored. The files
+    to store are stored together (``Receiver.store_batch``): all of them are durable,
+    data and name, before the answer.
+    """
+    receiver = _receiver(request)
+    files = await batch.read_files(request, file_limit=SMALL_FILE, timeout=receiver.hooks.body_timeout)
+    receiver.check_space(sum(file.size for file in files))
+    entries: list[dict[str, Any]] = [{} for _ in files]
+    to_store: list[tuple[int, WholeFile]] = []
+    async with contextlib.AsyncExitStack() as stack:
+        keys = sorted(file.key for file in files if file.key is not None)
+        for key in keys:
+            await stack.enter_async_context(receiver.key_locks.hold(key))
+        named = {key: await stack.enter_async_context(receiver.locked_by_key(key)) for key in keys}
+        for i, file in enumerate(files):
+            try:
+                if file.key is not None and (session := named[file.key]) is not None:
+                    _check_stored(file.key, session)
+                    _check_same_whole(file.key, session, filename=file.filename, size=file.size, md5=file.md5)
+                    entries[i] = batch.stored_entry(_session_doc(request, session))
+                    continue
+                name = _checked_name(receiver, file.filename)
+                receiver.check_size(file.size)
+                to_store.append((i, WholeFile(name, file.data, file.md5, file.key)))
+            except ApiError as err:
+                entries[i] = batch.error_entry(err, file.filename)
+        outcomes = await receiver.store_batch([whole for _, whole in to_store])
+    for (i, _), outcome in zip(to_store, outcomes):
+        if isinstance(outcome, ApiError):
+            entries[i] = batch.error_entry(outcome, files[i].filename)
+        else:
+            entries[i] = batch.stored_entry(_session_doc(request, outcome))
+    return web.json_response({"files": entries})
 
 
 async def append_part(request: web.Request) -> web.Response:

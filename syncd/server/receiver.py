@@ -3,8 +3,9 @@
 HTTP stays in ``handlers``; this module decides. Every change to a session happens
 under that session's ``asyncio.Lock`` (taken by the caller via ``locked``), blocking
 file work runs in the receiver's own I/O threads, and every record change is persisted
-before it is answered (except the record of a whole file stored by ``store_whole``,
-which no client needs after a crash: the file itself is durable before the answer).
+before it is answered (except the record of a whole file stored by ``store_whole`` or
+``store_batch``, which no client needs after a crash: the file itself is durable before
+the answer).
 """
 
 from __future__ import annotations
@@ -17,16 +18,16 @@ import hashlib
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 from syncd.server import safefs
 from syncd.server.errors import NOT_FOUND, ApiError
 from syncd.server.hooks import ServerHooks
 from syncd.server.keys import KeyLocks
-from syncd.server.placement import PlacementError, Upload, place
+from syncd.server.placement import FolderSyncs, Placed, PlacementError, Upload, place
 from syncd.server.records import (
     COMPLETE,
     EXPIRED,
@@ -45,11 +46,25 @@ log = logging.getLogger("syncd.server")
 
 T = TypeVar("T")
 
+Stored = tuple[SessionRecord, bool]
+"""a whole file stored: its completed record, and whether an identical file already held its name"""
+
 MD5_REQUIRED = "Checksum of type 'md5' is required"
 CHECKSUM_MISMATCH = "checksum does not match"
 ALREADY_COMPLETE = 'Upload has already been marked as "complete"'
 EXPIRED_DETAIL = "Upload has expired"
 OFFSETS_MISMATCH = "Offsets do not match"
+
+
+@dataclass(frozen=True)
+class WholeFile:
+    """A whole file in memory, to store as a new session: its name (normalized, folders
+    checked), its data, the MD5 the client gave, and its upload key."""
+
+    filename: str
+    data: Sequence[bytes]
+    md5: str | None
+    upload_key: str | None = None
 
 
 class Session:
@@ -405,16 +420,8 @@ class Receiver:
         await self._ensure_hasher(session)
         if session.hasher.hexdigest() != md5:
             raise ApiError(400, CHECKSUM_MISMATCH)
-        upload = Upload(
-            incoming_fd=self.store.fd,
-            part_name=part_name(record.id),
-            session_id=record.id,
-            relpath=record.filename,
-            md5=md5,
-            size=record.total,
-        )
         try:
-            placed = await self._run(self._place, upload)
+            placed = await self._run(self._place, self._upload_of(record, md5))
         except (PlacementError, UnsafePath) as exc:
             raise ApiError(409, f"cannot store {record.filename!r}: {exc}") from None
         except OSError as exc:
@@ -449,73 +456,204 @@ class Receiver:
         repeated ``upload_key`` after a power cut that lost the record stores nothing
         new either: ``place`` finds the identical file already under its name.
         """
-        if not md5:
+        record = self._whole_record(WholeFile(filename, data, md5, upload_key))
+        try:
+            done, reused = await self._run(self._store_whole, record, data)
+        except (PlacementError, UnsafePath, OSError) as exc:
+            err = _storing_error(filename, exc)
+            if err is None:
+                raise
+            raise err from None
+        return self._stored(done, reused)
+
+    async def store_batch(self, files: Sequence[WholeFile]) -> list[Session | ApiError]:
+        """Stores whole files already in memory (a batch), each as ``store_whole`` would,
+        in one call to the I/O threads; one outcome per file, in order. One file's
+        failure never stops the others.
+
+        The fsyncs are shared rather than one after each step of each file: every file's
+        data is written before any is fsynced (on a journaling file system the first
+        fsync then commits the others' creation too, instead of each creation waiting
+        for the previous file's commit), and each folder is fsynced once, after every
+        file was placed (``FolderSyncs``). Every file answered with a session is
+        durable, data and name, before this returns; a file whose folder could not be
+        fsynced is a 500 (it stays under its name: sent again, it is found there).
+        """
+        prepared: list[SessionRecord | ApiError] = []
+        for file in files:
+            try:
+                prepared.append(self._whole_record(file))
+            except ApiError as err:
+                prepared.append(err)
+        jobs = [(record, file.data) for record, file in zip(prepared, files) if isinstance(record, SessionRecord)]
+        results = iter(await self._run(self._store_batch, jobs) if jobs else [])
+        return [
+            record if isinstance(record, ApiError) else self._batch_outcome(record, next(results))
+            for record in prepared
+        ]
+
+    def _store_batch(self, jobs: Sequence[tuple[SessionRecord, Sequence[bytes]]]) -> list[Stored | Exception]:
+        written = self._write_batch(jobs)
+        placed = iter(self._place_batch([record for (record, _), error in zip(jobs, written) if error is None]))
+        return [next(placed) if error is None else error for error in written]
+
+    def _write_batch(self, jobs: Sequence[tuple[SessionRecord, Sequence[bytes]]]) -> list[Exception | None]:
+        """``_write_data`` of every file, then ``_sync_data`` of each; the errors, in order."""
+        errors: list[Exception | None] = []
+        fds: list[int] = []
+        try:
+            for record, data in jobs:
+                try:
+                    fds.append(self._write_data(record, data))
+                    errors.append(None)
+                except Exception as exc:  # that file's outcome (``_batch_outcome``)
+                    fds.append(-1)
+                    errors.append(exc)
+            for i, (record, _) in enumerate(jobs):
+                fd, fds[i] = fds[i], -1
+                if fd >= 0:
+                    try:
+                        self._sync_data(record.id, fd)
+                    except Exception as exc:  # that file's outcome
+                        errors[i] = exc
+        finally:
+            for fd in fds:
+                if fd >= 0:
+                    os.close(fd)
+        return errors
+
+    def _place_batch(self, records: Sequence[SessionRecord]) -> list[Stored | Exception]:
+        """``_place_whole`` and ``_finish_whole`` of each file whose data is durable, with
+        one fsync a folder after all are placed."""
+        placements: list[Placed | Exception] = []
+        with FolderSyncs() as folders:
+            for record in records:
+                try:
+                    placements.append(self._place_whole(record, folders=folders))
+                except Exception as exc:  # that file's outcome
+                    placements.append(exc)
+            failed = folders.sync()
+        results: list[Stored | Exception] = []
+        for record, placed in zip(records, placements):
+            if isinstance(placed, Exception):
+                results.append(placed)
+            elif placed.folder in failed:
+                with contextlib.suppress(OSError):
+                    self.store.remove_part(record.id)
+                exc = failed[placed.folder]
+                log.error("storing %s failed: fsync of its folder: %s", record.filename, exc)
+                results.append(
+                    ApiError(500, f"cannot store {record.filename!r}: its folder could not be synced to disk: {exc}")
+                )
+            else:
+                try:
+                    results.append((self._finish_whole(record, placed), placed.reused))
+                except Exception as exc:  # that file's outcome
+                    results.append(exc)
+        return results
+
+    def _batch_outcome(self, record: SessionRecord, result: Stored | Exception) -> Session | ApiError:
+        if isinstance(result, ApiError):
+            return result
+        if isinstance(result, Exception):
+            err = _storing_error(record.filename, result)
+            if err is None:
+                log.error("storing %s failed: %s", record.filename, result, exc_info=result)
+                err = ApiError(500, f"cannot store {record.filename!r}: {result}")
+            return err
+        return self._stored(*result)
+
+    def _whole_record(self, file: WholeFile) -> SessionRecord:
+        """The session of a whole file about to be stored (400 without an MD5)."""
+        if not file.md5:
             raise ApiError(400, MD5_REQUIRED)
         now = self.hooks.clock()
-        size = sum(len(b) for b in data)
-        record = SessionRecord(
+        size = sum(len(b) for b in file.data)
+        return SessionRecord(
             id=new_session_id(),
-            filename=filename,
+            filename=file.filename,
             total=size,
             offset=size,
             state=UPLOADING,
             created_at=now,
             updated_at=now,
-            upload_key=upload_key,
+            md5=file.md5.strip().lower(),
+            upload_key=file.upload_key,
         )
-        try:
-            done, reused = await self._run(self._store_whole, record, data, md5.strip().lower())
-        except (PlacementError, UnsafePath) as exc:
-            raise ApiError(409, f"cannot store {filename!r}: {exc}") from None
-        except OSError as exc:
-            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise ApiError(507, "Insufficient storage: the disk filled up while storing the file") from None
-            raise
+
+    def _stored(self, done: SessionRecord, reused: bool) -> Session:
         session = Session(done)
         self._add(session)
         self._log_stored(session, reused)
         return session
 
-    def _store_whole(
-        self, record: SessionRecord, data: Sequence[bytes], md5: str
-    ) -> tuple[SessionRecord, bool]:
+    def _store_whole(self, record: SessionRecord, data: Sequence[bytes]) -> Stored:
+        self._sync_data(record.id, self._write_data(record, data))
+        placed = self._place_whole(record, folders=None)
+        return self._finish_whole(record, placed), placed.reused
+
+    def _write_data(self, record: SessionRecord, data: Sequence[bytes]) -> int:
+        """Checks the data against the record's MD5 and writes it to ``.incoming``;
+        returns it open, for ``_sync_data`` (nothing is left in ``.incoming`` on failure)."""
         digest = hashlib.md5()
         for block in data:
             digest.update(block)
-        if digest.hexdigest() != md5:
+        if digest.hexdigest() != record.md5:
             raise ApiError(400, CHECKSUM_MISMATCH)
-        store = self.store
-        try:
-            fd = store.new_part(record.id)
+        with self._part_dropped_on_error(record.id):
+            fd = self.store.new_part(record.id)
             try:
                 write_all(self.hooks.pwritev, fd, data, 0)
+            except BaseException:
+                os.close(fd)
+                raise
+        return fd
+
+    def _sync_data(self, session_id: str, fd: int) -> None:
+        """Fsyncs and closes what ``_write_data`` wrote (dropped again if the fsync fails)."""
+        with self._part_dropped_on_error(session_id):
+            try:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-            placed = self._place(
-                Upload(
-                    incoming_fd=store.fd,
-                    part_name=part_name(record.id),
-                    session_id=record.id,
-                    relpath=record.filename,
-                    md5=md5,
-                    size=record.total,
-                )
-            )
+
+    def _place_whole(self, record: SessionRecord, *, folders: FolderSyncs | None) -> Placed:
+        """Places written data under its name (with ``folders``, the folder's fsync is
+        left to them); its data is dropped from ``.incoming`` on failure."""
+        assert record.md5 is not None, "a whole file's record has its MD5"
+        with self._part_dropped_on_error(record.id):
+            return self._place(self._upload_of(record, record.md5), folders=folders)
+
+    @contextlib.contextmanager
+    def _part_dropped_on_error(self, session_id: str) -> Iterator[None]:
+        try:
+            yield
         except BaseException:
             with contextlib.suppress(OSError):
-                store.remove_part(record.id)
+                self.store.remove_part(session_id)
             raise
-        store.remove_part(record.id)
-        now = self.hooks.clock()
-        done = replace(
-            record, state=COMPLETE, md5=md5, path=placed.path, completed_at=now, updated_at=now
-        )
-        store.append_completed(done)
-        return done, placed.reused
 
-    def _place(self, upload: Upload) -> Any:
-        return place(self._root_fd, upload, on_conflict=self.settings.on_conflict)
+    def _finish_whole(self, record: SessionRecord, placed: Placed) -> SessionRecord:
+        """Drops the placed file's data from ``.incoming`` and logs its completed record."""
+        self.store.remove_part(record.id)
+        now = self.hooks.clock()
+        done = replace(record, state=COMPLETE, path=placed.path, completed_at=now, updated_at=now)
+        self.store.append_completed(done)
+        return done
+
+    def _upload_of(self, record: SessionRecord, md5: str) -> Upload:
+        """The session's data in ``.incoming``, to place under its name."""
+        return Upload(
+            incoming_fd=self.store.fd,
+            part_name=part_name(record.id),
+            session_id=record.id,
+            relpath=record.filename,
+            md5=md5,
+            size=record.total,
+        )
+
+    def _place(self, upload: Upload, *, folders: FolderSyncs | None = None) -> Placed:
+        return place(self._root_fd, upload, on_conflict=self.settings.on_conflict, folders=folders)
 
     def _log_stored(self, session: Session, reused: bool) -> None:
         record = session.record
@@ -579,3 +717,13 @@ class Receiver:
                 await self.sweep()
             except OSError as exc:
                 log.error("sweeping expired sessions failed: %s", exc)
+
+
+def _storing_error(filename: str, exc: BaseException) -> ApiError | None:
+    """The answer to an error while storing a file; None for one that is not the client's
+    to know about (an internal error)."""
+    if isinstance(exc, (PlacementError, UnsafePath)):
+        return ApiError(409, f"cannot store {filename!r}: {exc}")
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return ApiError(507, "Insufficient storage: the disk filled up while storing the file")
+    return None
