@@ -32,7 +32,7 @@ from syncd.notify import WatchdogPinger
 from syncd.pipeline import FileProcessor, Outcome
 from syncd.sources import SourcePlanner
 from syncd.states import FileState
-from syncd.upload.base import Backend
+from syncd.upload.base import NO_BATCH, Backend, BatchLimit
 from syncd.upload.engine import UploadEngine
 from syncd.upload.registry import build_backends
 from syncd.watch import (
@@ -163,9 +163,11 @@ def watch_specs(config: Config) -> list[WatchSpec]:
 @dataclass
 class _Workers:
     """A fixed set of worker threads fed from a queue; daemon threads so that a request
-    stuck past the shutdown grace cannot keep the process alive."""
+    stuck past the shutdown grace cannot keep the process alive. A worker takes one file,
+    or a batch of small files of one watch."""
 
     process: Callable[[int], Outcome]
+    process_batch: Callable[[list[int]], list[tuple[int, Outcome | Exception]]]
     done: Callable[[int, Outcome | BaseException], None]
     size: int
     todo: queue.SimpleQueue = field(default_factory=queue.SimpleQueue)
@@ -180,16 +182,27 @@ class _Workers:
     def submit(self, file_id: int) -> None:
         self.todo.put(file_id)
 
+    def submit_batch(self, file_ids: tuple[int, ...]) -> None:
+        self.todo.put(file_ids)
+
     def _run(self) -> None:
         while True:
-            file_id = self.todo.get()
-            if file_id is None:
+            work = self.todo.get()
+            if work is None:
                 return
+            if isinstance(work, tuple):
+                try:
+                    results: list[tuple[int, Outcome | BaseException]] = list(self.process_batch(list(work)))
+                except BaseException as exc:  # reported to the loop, which logs it
+                    results = [(file_id, exc) for file_id in work]
+                for file_id, result in results:
+                    self.done(file_id, result)
+                continue
             try:
-                result: Outcome | BaseException = self.process(file_id)
+                result: Outcome | BaseException = self.process(work)
             except BaseException as exc:  # reported to the loop, which logs it
                 result = exc
-            self.done(file_id, result)
+            self.done(work, result)
 
     def stop(self, *, timeout: float) -> bool:
         for _ in self.threads:
@@ -211,6 +224,10 @@ class Daemon:
         self.events: queue.SimpleQueue[FileEvent] = queue.SimpleQueue()
         self.finished: queue.SimpleQueue[tuple[int, Outcome | BaseException]] = queue.SimpleQueue()
         self.running: set[int] = set()
+        self._group_of: dict[int, int] = {}
+        """file id -> the id of the first file of the worker's batch it went in"""
+        self._groups: dict[int, int] = {}
+        """batches (and single files) in the workers' hands -> their files not yet finished"""
         self._large_running: set[int] = set()
         """the files in ``running`` larger than SMALL_FILE_MAX (at most concurrency.uploads)"""
         self._due_stale = True
@@ -316,7 +333,7 @@ class Daemon:
         if self.workers is None or self.workers.size != config.concurrency.workers:
             if self.workers is not None:
                 self.workers.stop(timeout=0)  # idle threads exit; busy ones finish their file first
-            self.workers = _Workers(self._process, self._finished, config.concurrency.workers)
+            self.workers = _Workers(self._process, self._process_batch, self._finished, config.concurrency.workers)
             self.workers.start()
         self._due_stale = True
         self.config = config
@@ -436,6 +453,11 @@ class Daemon:
             drained = True
             self._slots_freed = True
             self.running.discard(file_id)
+            group = self._group_of.pop(file_id, file_id)
+            if self._groups.get(group, 0) > 1:
+                self._groups[group] -= 1
+            else:
+                self._groups.pop(group, None)  # its worker is free
             self._large_running.discard(file_id)
             self._running_watch.pop(file_id, None)
             if isinstance(result, JournalError) and not stopping:
@@ -451,11 +473,13 @@ class Daemon:
 
     def _dispatch(self) -> None:
         """Hand due files to free workers, in priority order: at most concurrency.uploads
-        large files, and up to concurrency.small_uploads in all while the others are small."""
+        large files, and up to concurrency.small_uploads in all while the others are small.
+        Small files of a watch whose target takes batches go to a worker together (as many as
+        one request carries, spread so that no worker idles while another has several)."""
         if self._read_controls():
             self._due_stale = True
         limits = self.config.concurrency
-        free = limits.workers - len(self.running)
+        free = limits.workers - len(self._groups)
         if free <= 0:
             return
         now = time.monotonic()
@@ -467,25 +491,46 @@ class Daemon:
             self._due_stale = False
             self._due_refresh_at = now + IDLE_TICK  # waiting files come due by the clock; `syncd retry`
         large_free = limits.uploads - len(self._large_running)
+        batching = {w.name: self.engine.batch_limit(w.target) if self.engine is not None else NO_BATCH
+                    for w in self.config.watches}
+        slots = free
+        room: dict[str, int] = {}
+        """per watch: small files its last batch can still take"""
 
         def admit(row: DueFile) -> bool:
-            nonlocal large_free
-            if row.size <= SMALL_FILE_MAX:
+            nonlocal large_free, slots
+            limit = batching.get(row.watch, NO_BATCH)
+            if limit.takes(row.size) and room.get(row.watch, 0) > 0:
+                room[row.watch] -= 1
                 return True
-            if large_free <= 0:
-                return False  # it waits while concurrency.uploads large files run
-            large_free -= 1
+            if slots <= 0:
+                return False
+            if row.size > SMALL_FILE_MAX:
+                if large_free <= 0:
+                    return False  # it waits while concurrency.uploads large files run
+                large_free -= 1
+            slots -= 1
+            if limit.takes(row.size):
+                room[row.watch] = limit.files - 1
             return True
 
         held = [w.name for w in self.config.watches if self._blocked(watch=w.name, target=w.target)]
-        for row in self.dispatcher.pick(self.journal, free=free, running=self.running, held=held, admit=admit,
-                                        lookahead=limits.workers * DUE_PER_WORKER, refresh=refresh):
-            self.running.add(row.id)
-            if row.size > SMALL_FILE_MAX:
-                self._large_running.add(row.id)
-            self._running_watch[row.id] = row.watch
-            self.workers.submit(row.id)
-            log.debug("%s:%s: handed to a worker (%s)", row.watch, row.relpath, row.state)
+        most = max((limit.files for limit in batching.values()), default=1)
+        picked = self.dispatcher.pick(self.journal, free=free * most, running=self.running, held=held, admit=admit,
+                                      lookahead=limits.workers * DUE_PER_WORKER, refresh=refresh)
+        for group in _worker_groups(picked, batching, workers=free):
+            for row in group:
+                self.running.add(row.id)
+                if row.size > SMALL_FILE_MAX:
+                    self._large_running.add(row.id)
+                self._running_watch[row.id] = row.watch
+                self._group_of[row.id] = group[0].id
+                log.debug("%s:%s: handed to a worker (%s)", row.watch, row.relpath, row.state)
+            self._groups[group[0].id] = len(group)
+            if len(group) == 1:
+                self.workers.submit(group[0].id)
+            else:
+                self.workers.submit_batch(tuple(row.id for row in group))
 
     def _read_controls(self) -> bool:
         """``syncd pause`` / ``resume`` (and ``syncd retry``) write the journal from another
@@ -516,6 +561,9 @@ class Daemon:
 
     def _process(self, file_id: int) -> Outcome:
         return self.processor.process(file_id)
+
+    def _process_batch(self, file_ids: list[int]) -> list[tuple[int, Outcome | Exception]]:
+        return self.processor.process_batch(file_ids)
 
     # --- reload, metrics, systemd ----------------------------------------------------------
 
@@ -618,6 +666,32 @@ class Daemon:
         if line != self._last_status:
             self.notifier.status(line)
             self._last_status = line
+
+
+def _worker_groups(picked: list[DueFile], batching: dict[str, BatchLimit], *, workers: int) -> list[list[DueFile]]:
+    """The picked rows as the workers take them, in order: a small file its watch's target
+    takes in a batch joins that watch's last batch until it is full; any other row goes
+    alone. While there are fewer groups than free ``workers``, the largest batch is halved."""
+    groups: list[list[DueFile]] = []
+    last: dict[str, list[DueFile]] = {}
+    for row in picked:
+        limit = batching.get(row.watch, NO_BATCH)
+        if not limit.takes(row.size):
+            groups.append([row])
+            continue
+        group = last.get(row.watch)
+        if group is None or len(group) >= limit.files:
+            group = last[row.watch] = []
+            groups.append(group)
+        group.append(row)
+    while len(groups) < workers:
+        biggest = max(groups, key=len, default=None)
+        if biggest is None or len(biggest) < 2:
+            break
+        half = len(biggest) // 2
+        groups.append(biggest[half:])
+        del biggest[half:]
+    return groups
 
 
 def describe_config(config: Config) -> str:

@@ -2,7 +2,8 @@
 
 Watches of a higher ``priority`` go first: a free worker takes a due file of the highest
 priority that has one. Among watches of equal priority, workers go round-robin, one file
-per watch in turn, so a flood in one folder never starves another of the same priority.
+(or one batch of small files, see the daemon's ``_dispatch``) per watch in turn, so a flood
+in one folder never starves another of the same priority.
 Within a watch, files go ``oldest`` first (the longest waiting) or ``smallest`` first.
 Uploads in progress are never preempted: priority decides only who takes the next free
 worker. A lower-priority watch gets workers only while no higher-priority file is due.

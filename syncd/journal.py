@@ -638,12 +638,14 @@ class Journal:
 
     def mark_done(self, file_id: int, *, md5: str, remote_name: str, durable: bool = False,
                   after_action: str | None = None, target: str | None = None, dest: str | None = None,
-                  verified: str | None = None) -> None:
+                  verified: str | None = None, deferred: bool = False) -> None:
         """The server confirmed the whole file. ``durable`` forces the commit to disk before
         returning: required before a destructive after-action (delete / move), which is then
-        recorded as ``AFTER_PENDING`` until done, so that one a crash cut off is redone."""
+        recorded as ``AFTER_PENDING`` until done, so that one a crash cut off is redone.
+        ``deferred``: committed with this thread's next write (a durable one makes the
+        deferred writes before it durable too: its commit syncs the whole write-ahead log)."""
         now = self.clock()
-        with self._write(durable=durable, one_statement=True) as db:
+        with self._write(durable=durable, deferred=deferred, one_statement=True) as db:
             db.execute(
                 "UPDATE files SET state = 'done', md5 = ?, remote_name = ?, done_at = ?,"
                 " last_error = NULL, next_attempt_at = NULL, after_action = ?, updated_at = ?,"
@@ -744,10 +746,12 @@ class Journal:
         return _upload_row(r) if r else None
 
     def start_upload(self, file_id: int, *, target: str, source: str, remote_name: str,
-                     fp: Fingerprint, size: int, part_size: int, upload_key: str | None = None) -> UploadRow:
-        """An upload about to begin, journaled (with its key) before any request is sent."""
+                     fp: Fingerprint, size: int, part_size: int, upload_key: str | None = None,
+                     deferred: bool = False) -> UploadRow:
+        """An upload about to begin, journaled (with its key) before any request is sent
+        (``deferred``: by this thread's next write, which the request must wait for)."""
         now = self.clock()
-        with self._write(one_statement=True) as db:
+        with self._write(deferred=deferred, one_statement=True) as db:
             cur = db.execute(
                 "INSERT INTO uploads (file_id, target, source, remote_name, size, dev, ino, mtime_ns,"
                 " part_size, started_at, updated_at, upload_key) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",

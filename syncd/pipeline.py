@@ -15,7 +15,7 @@ import posixpath
 import shutil
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -97,22 +97,10 @@ class FileProcessor:
         row = self.journal.get_file(file_id)
         if row is None:
             raise LookupError(f"file {file_id} is not in the journal")
-        try:
-            watch = self.config.watch(row.watch)
-        except KeyError:
-            self._to(row, "waiting", error=f"watch {row.watch!r} is no longer configured",
-                     next_attempt_at=self.clock() + 3600)
-            return Outcome(row.id, row.watch, row.relpath, "waiting")
-        label = f"{watch.name}:{row.relpath}"
-        path = watch.path / row.relpath
-        try:
-            st = os.stat(path)
-        except FileNotFoundError:
-            return self._gone(row, label)
-        except OSError as exc:
-            return self._failed(row, watch, label, f"cannot read: {exc.strerror}")
-        if Fingerprint.of(st) != row.fingerprint:
-            return self._resettle(row, label, "changed since it settled")
+        checked = self._check(row)
+        if isinstance(checked, Outcome):
+            return checked
+        watch, label, path = checked
         first_state = "transcoding" if needs_transcode(watch, path) else "uploading"
         # ``uploading`` is committed with the upload's row, journaled before its first request
         if not self.journal.set_state(row.id, first_state, only_from=("ready", "waiting"),
@@ -160,6 +148,89 @@ class FileProcessor:
         if self._on_done is not None:
             self._on_done(outcome)
         return outcome
+
+    def process_batch(self, file_ids: Sequence[int]) -> list[tuple[int, Outcome | Exception]]:
+        """``process`` of several small files of one watch: the target takes those it can in
+        one request (``UploadEngine.upload_batch``) and their ``done`` is one commit. A file
+        that needs more (a video to transcode) is processed alone. Each file's outcome, or
+        the error that stopped it."""
+        results: list[tuple[int, Outcome | Exception]] = []
+        alone: list[int] = []
+        batch: list[tuple[FileRow, Watch, str, Path, str]] = []
+        for file_id in file_ids:
+            row = self.journal.get_file(file_id)
+            if row is None:
+                alone.append(file_id)  # (process says so)
+                continue
+            checked = self._check(row)
+            if isinstance(checked, Outcome):
+                results.append((file_id, checked))
+                continue
+            watch, label, path = checked
+            if needs_transcode(watch, path) or (batch and batch[0][1].target != watch.target):
+                alone.append(file_id)
+                continue
+            # committed with the upload's row, journaled before the request
+            if not self.journal.set_state(row.id, "uploading", only_from=("ready", "waiting"), deferred=True):
+                results.append((file_id, Outcome(row.id, row.watch, row.relpath, self.journal.get_file(row.id).state)))
+                continue
+            batch.append((row, watch, label, path, remote_name_for(watch, row)))
+        started = time.monotonic()
+        try:
+            uploads = self.engine.upload_batch([
+                UploadJob(file_id=row.id, target=watch.target, source=path, fingerprint=row.fingerprint,
+                          remote_name=dest, label=label) for row, watch, label, path, dest in batch]) if batch else []
+        except Exception as exc:  # each file concludes it (a journal error stops the daemon there)
+            uploads = [exc] * len(batch)
+        seconds = time.monotonic() - started
+        done = [(entry, upload) for entry, upload in zip(batch, uploads, strict=True)
+                if not isinstance(upload, BaseException)]
+        for n, ((row, watch, _label, _path, dest), (remote, md5)) in enumerate(done):
+            destructive = watch.after_upload != "keep"
+            last = n == len(done) - 1
+            # one commit for all: the last write commits them (durably, before any delete or move)
+            self.journal.mark_done(row.id, md5=md5, remote_name=remote.name, durable=destructive and last,
+                                   deferred=not last, after_action=AFTER_PENDING if destructive else None,
+                                   target=watch.target, dest=dest, verified=remote.verified)
+        for (row, watch, label, path, _dest), (remote, md5) in done:
+            log.info("%s: uploaded as %s (%d bytes, md5 %s, verified by %s, %.1fs, one of %d in a batch)",
+                     label, remote.name, row.fingerprint.size, md5, remote.verified, seconds, len(done))
+            if watch.after_upload != "keep":
+                self._after_upload(row, watch, path, label)
+            outcome = Outcome(row.id, row.watch, row.relpath, "done", row.fingerprint.size, seconds)
+            if self._on_done is not None:
+                self._on_done(outcome)
+            results.append((row.id, outcome))
+        for (row, watch, label, _path, _dest), upload in zip(batch, uploads, strict=True):
+            if isinstance(upload, BaseException):
+                results.append((row.id, self._conclude(row, watch, label, upload)))
+        for file_id in alone:
+            try:
+                results.append((file_id, self.process(file_id)))
+            except Exception as exc:  # reported for this file; the others went on
+                results.append((file_id, exc))
+        return results
+
+    def _check(self, row: FileRow) -> Outcome | tuple[Watch, str, Path]:
+        """Before a file's upload: its watch, its label and its path, if it is still the file
+        that settled; else what became of it."""
+        try:
+            watch = self.config.watch(row.watch)
+        except KeyError:
+            self._to(row, "waiting", error=f"watch {row.watch!r} is no longer configured",
+                     next_attempt_at=self.clock() + 3600)
+            return Outcome(row.id, row.watch, row.relpath, "waiting")
+        label = f"{watch.name}:{row.relpath}"
+        path = watch.path / row.relpath
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            return self._gone(row, label)
+        except OSError as exc:
+            return self._failed(row, watch, label, f"cannot read: {exc.strerror}")
+        if Fingerprint.of(st) != row.fingerprint:
+            return self._resettle(row, label, "changed since it settled")
+        return watch, label, path
 
     def _conclude(self, row: FileRow, watch: Watch, label: str, exc: Exception) -> Outcome:
         """Write down what a failure means for the file (syncd.outcomes decides)."""

@@ -90,6 +90,47 @@ class UploadItem:
 
 
 @dataclass(frozen=True)
+class BatchLimit:
+    """How many whole files one request may carry together (``upload_batch``), and how big
+    each may be; as far as the backend knows without asking the server."""
+
+    files: int = 1
+    """1: one file per request"""
+    file_max: int = 0
+    request_max: int = 0
+    """the most bytes of files one request carries (so a batch in flight, and what a crash
+    may cost, is no more than a part)"""
+
+    def takes(self, size: int) -> bool:
+        return self.files > 1 and size <= self.file_max
+
+    def split(self, sizes: Sequence[int]) -> list[range]:
+        """Consecutive runs of files (by index) that each fit in one request."""
+        runs: list[range] = []
+        start, total = 0, 0
+        for i, size in enumerate(sizes):
+            if i > start and (i - start >= self.files or total + size > self.request_max):
+                runs.append(range(start, i))
+                start, total = i, 0
+            total += size
+        if start < len(sizes):
+            runs.append(range(start, len(sizes)))
+        return runs
+
+
+NO_BATCH = BatchLimit()
+
+
+@dataclass(frozen=True)
+class WholeFile:
+    """One file of a batch: its bytes, read and hashed once, go as they are."""
+
+    item: UploadItem
+    data: bytes
+    md5_hex: str
+
+
+@dataclass(frozen=True)
 class Part:
     """One try of one part: ``body`` is a fresh stream of exactly ``size`` bytes."""
 
@@ -234,6 +275,14 @@ class Backend(Protocol):
         is asked; other protocols return ``NotStarted`` and the engine starts afresh."""
 
     def upload_whole(self, item: UploadItem, body: BinaryIO, md5_hex: str) -> RemoteFile: ...
+
+    def batch_limit(self) -> BatchLimit:
+        """What ``upload_batch`` takes now (``NO_BATCH``: nothing); makes no request."""
+
+    def upload_batch(self, files: Sequence[WholeFile]) -> list[RemoteFile | UploadError]:
+        """Several whole files in one request (each within ``batch_limit``): each file's own
+        result, in order. Raises, as ``upload_whole`` does, only for what befell the request
+        as a whole."""
 
     def close(self) -> None: ...
 

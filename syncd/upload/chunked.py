@@ -8,11 +8,14 @@ drf-chunked-upload and by ``syncd serve``.
 - ``GET {session}`` tells the server's ``offset``; ``POST {session}`` with ``md5`` completes.
 - ``POST {url}`` with ``filename``, ``file`` and ``md5`` sends a small file whole.
 
-Two additions that ``syncd serve`` understands and other servers ignore: the ``Upload-Key``
+Three additions that ``syncd serve`` understands and other servers ignore: the ``Upload-Key``
 header on a first part or a whole-file POST names the upload before the server has made it
 (a repeated key finds the same session, so a crash between sending and journaling the
-answer leaves no orphan), and a server that answers ``Syncd-Raw-Parts: 1`` takes later
-parts as a raw ``application/offset+octet-stream`` body instead of multipart.
+answer leaves no orphan); a server that answers ``Syncd-Raw-Parts: 1`` takes later
+parts as a raw ``application/offset+octet-stream`` body instead of multipart; and one that
+answers ``Syncd-Batch: N`` takes up to N small whole files in one ``POST {url}`` with
+``Syncd-Batch: 1`` (fields ``filename``, ``md5``, ``key`` before each ``file`` part) and
+answers ``{"files": [...]}``, one entry per file with its own ``http_status``.
 
 Parts stream from disk through requests-toolbelt's encoder: a part is never in memory. A
 small file's form (at most ``SMALL_FORM_MAX``) is built in memory in one go instead, and sent
@@ -34,7 +37,7 @@ from urllib.parse import urljoin
 
 import requests
 import urllib3
-from pydantic import field_validator
+from pydantic import Field, field_validator
 from requests.utils import DEFAULT_CA_BUNDLE_PATH, get_environ_proxies, get_netrc_auth
 from requests_toolbelt import MultipartEncoder
 from urllib3.filepost import encode_multipart_formdata
@@ -43,6 +46,8 @@ from syncd import __version__
 from syncd.config import TargetSettings, http_url
 from syncd.units import format_size
 from syncd.upload.base import (
+    NO_BATCH,
+    BatchLimit,
     Capabilities,
     ChecksumMismatch,
     OffsetMismatch,
@@ -51,7 +56,9 @@ from syncd.upload.base import (
     PermanentError,
     RemoteFile,
     TransientError,
+    UploadError,
     UploadItem,
+    WholeFile,
 )
 from syncd.upload.body import STREAM_BLOCK, SizedStream
 from syncd.upload.httperrors import raise_for_http_status
@@ -64,6 +71,9 @@ SINGLE_REQUEST_MAX = 4 * 1024 * 1024
 SMALL_FORM_MAX = 256 * 1024
 UPLOAD_KEY_HEADER = "Upload-Key"
 RAW_PART_TYPE = "application/offset+octet-stream"
+BATCH_HEADER = "Syncd-Batch"
+BATCH_FILE_MAX = SMALL_FORM_MAX
+"""the largest file sent in a batch (its bytes are in memory until the answer)"""
 
 
 class _Answer:
@@ -137,6 +147,9 @@ class Settings(TargetSettings):
 
     protocol: Literal["chunked"] = "chunked"
     url: str
+    batch: int = Field(32, ge=1, le=1024)
+    """small files (<= 256 KiB) sent together in one request to a server that takes batches
+    (``syncd serve``; it says how many it takes at most); 1: one file per request"""
 
     @field_validator("url")
     @classmethod
@@ -150,12 +163,16 @@ class Settings(TargetSettings):
 class ChunkedBackend:
     def __init__(self, name: str, *, url: str, token: str | None, part_size: int,
                  connect_timeout: float = 10.0, read_timeout: float = 120.0,
-                 verify: bool | str = True):
+                 verify: bool | str = True, batch: int = 32):
         self.name = name
         self.url = url
         self.part_size = part_size
         self.raw_parts = False
         """the server said (``Syncd-Raw-Parts: 1``) it takes a part's bytes without multipart"""
+        self.batch = batch
+        """the most small files sent in one request (the target's ``batch``)"""
+        self.server_batch = 0
+        """the most files the server said (``Syncd-Batch: N``) one batch may carry (0: none)"""
         self._timeout = (connect_timeout, read_timeout)
         self._verify = verify
         self._headers = {"User-Agent": f"syncd/{__version__}"}
@@ -175,7 +192,7 @@ class ChunkedBackend:
     def from_settings(cls, name: str, settings: Settings) -> ChunkedBackend:
         return cls(name, url=settings.url, token=settings.resolve_token(), part_size=settings.part_size,
                    connect_timeout=settings.timeout.connect, read_timeout=settings.timeout.read,
-                   verify=settings.tls_verify())
+                   verify=settings.tls_verify(), batch=settings.batch)
 
     def _http(self) -> requests.Session:
         """One requests.Session per worker thread (they are not thread-safe).
@@ -219,8 +236,7 @@ class ChunkedBackend:
         becomes a TransientError with the reason requests' errors get in ``request``."""
         if self._plain is not None:
             answer = _Answer(self._plain.post(body, {**self._headers, **headers}))
-            if answer.headers.get("Syncd-Raw-Parts") == "1":
-                self.raw_parts = True
+            self._learn(answer.headers)
             return answer
         try:
             resp = self._pool.request("POST", self.url, body=body, headers={**self._headers, **headers},
@@ -231,8 +247,7 @@ class ChunkedBackend:
             raise TransientError(f"POST timed out: {exc}", reason="timeout") from exc
         except (urllib3.exceptions.HTTPError, OSError) as exc:
             raise TransientError(f"POST failed: {exc}", reason="connection") from exc
-        if resp.headers.get("Syncd-Raw-Parts") == "1":
-            self.raw_parts = True
+        self._learn(resp.headers)
         return _Answer(resp)
 
     def request(self, method: str, url: str, **kw: Any) -> requests.Response:
@@ -243,14 +258,26 @@ class ChunkedBackend:
             raise TransientError(f"{method} timed out: {exc}", reason="timeout") from exc
         except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError) as exc:
             raise TransientError(f"{method} failed: {exc}", reason="connection") from exc
-        if resp.headers.get("Syncd-Raw-Parts") == "1":
-            self.raw_parts = True
+        self._learn(resp.headers)
         return resp
+
+    def _learn(self, headers: Any) -> None:
+        """What the server's answer says it also takes: raw parts, batches of small files."""
+        if headers.get("Syncd-Raw-Parts") == "1":
+            self.raw_parts = True
+        try:  # every answer of a server that takes batches says so: one that stops, stops them
+            self.server_batch = max(0, int(headers.get(BATCH_HEADER) or 0))
+        except ValueError:
+            self.server_batch = 0
 
     def plan(self, item: UploadItem) -> Capabilities:
         return Capabilities(part_size=self.part_size, min_part=1, max_part=5 * 1024**3, max_parts=2**31,
                             concurrency=1, verifies="md5",
                             single_request_max=min(self.part_size, SINGLE_REQUEST_MAX))
+
+    def batch_limit(self) -> BatchLimit:
+        files = min(self.batch, self.server_batch)
+        return BatchLimit(files, min(BATCH_FILE_MAX, self.part_size), self.part_size) if files > 1 else NO_BATCH
 
     def create(self, item: UploadItem) -> ChunkedSession:
         return ChunkedSession(self, item, url=None)
@@ -279,6 +306,26 @@ class ChunkedBackend:
         data = raise_for_answer(resp, on_session=False)
         return _remote_file(data, item, md5_hex)
 
+    def upload_batch(self, files: Sequence[WholeFile]) -> list[RemoteFile | UploadError]:
+        fields: list[tuple[str, Any]] = []
+        for f in files:
+            fields += [("filename", f.item.remote_name), ("md5", f.md5_hex)]
+            if f.item.key:
+                fields.append(("key", f.item.key))
+            fields.append(("file", (posixpath.basename(f.item.remote_name), f.data, "application/octet-stream")))
+        form, content_type = encode_multipart_formdata(fields)
+        headers = {"Content-Type": content_type, BATCH_HEADER: "1"}
+        if self._plain is not None or self._pool is not None:
+            resp: requests.Response | _Answer = self._post_small(form, headers)
+        else:
+            resp = self.request("POST", self.url, data=form, headers=headers)
+        entries = raise_for_answer(resp, on_session=False).get("files")
+        if not isinstance(entries, list) or len(entries) != len(files) or \
+                not all(isinstance(e, dict) for e in entries):
+            raise TransientError(f"a batch of {len(files)} files was answered with "
+                                 f"{len(entries) if isinstance(entries, list) else 'no'} entries", reason="protocol")
+        return [_batch_result(entry, f) for entry, f in zip(entries, files, strict=True)]
+
     def close(self) -> None:
         with self._sessions_lock:
             for http in self._sessions:
@@ -303,6 +350,30 @@ def _remote_file(data: dict[str, Any], item: UploadItem, md5_hex: str) -> Remote
         md5=md5 if isinstance(md5, str) else None,
         location=data.get("url"),
     )
+
+
+def _batch_result(entry: dict[str, Any], f: WholeFile) -> RemoteFile | UploadError:
+    """One file's entry of a batch's answer: what the server holds, or the error a request
+    of that file alone would have raised."""
+    try:
+        status = int(entry.get("http_status", 0))
+    except (TypeError, ValueError, OverflowError):
+        status = 0
+    if status == 200:
+        try:
+            return _remote_file(entry, f.item, f.md5_hex)
+        except (ChecksumMismatch, TypeError, ValueError) as exc:
+            return exc if isinstance(exc, ChecksumMismatch) else \
+                TransientError(f"unexpected batch entry: {exc}", reason="protocol")
+    detail = " ".join(str(entry.get("detail", "")).split())[:300]
+    if status == 400 and "checksum does not match" in detail:
+        return ChecksumMismatch(detail)
+    if not 400 <= status < 600:
+        return TransientError(f"unexpected batch entry status {entry.get('http_status')!r}", reason="protocol")
+    try:
+        raise_for_http_status(status, detail, retry_after=None, gone=None)
+    except UploadError as exc:
+        return exc
 
 
 class ChunkedSession:

@@ -41,7 +41,10 @@ from syncd.bandwidth import BandwidthLimiter
 from syncd.config import RetryPolicy
 from syncd.journal import Fingerprint, Journal, UploadRow
 from syncd.upload.base import (
+    NO_BATCH,
+    AuthRejected,
     Backend,
+    BatchLimit,
     Capabilities,
     ChecksumMismatch,
     FileChanged,
@@ -55,8 +58,11 @@ from syncd.upload.base import (
     Resync,
     Session,
     SessionGone,
+    StorageFull,
     TransientError,
+    UploadError,
     UploadItem,
+    WholeFile,
     plan_parts,
     receipts_in_order,
 )
@@ -113,6 +119,16 @@ class _Open:
     """the session was journaled by an earlier attempt (so the server may hold parts)"""
 
 
+@dataclass(frozen=True)
+class _Read:
+    """A small file read whole for a batch: its bytes, their MD5, and its ctime then."""
+
+    job: UploadJob
+    data: bytes
+    md5: str
+    ctime_ns: int
+
+
 class UploadEngine:
     def __init__(self, journal: Journal, backends: Mapping[str, Backend],
                  policies: Mapping[str, RetryPolicy], *, stop: threading.Event,
@@ -147,12 +163,7 @@ class UploadEngine:
                                              fp=job.fingerprint, remote_name=job.remote_name)
         if done is not None:  # finished before a crash or restart cut the file's work short
             return RemoteFile(name=job.remote_name, size=done.size, md5=done.md5, verified=caps.verifies), done.md5
-        try:
-            fd = os.open(job.source, os.O_RDONLY | getattr(os, "O_NOATIME", 0))
-        except PermissionError:
-            fd = os.open(job.source, os.O_RDONLY)
-        except FileNotFoundError:
-            raise FileVanished(f"{job.label}: file vanished") from None
+        fd = self._open_source(job)
         md5 = PrefixMD5(background=item.size >= BACKGROUND_HASH_MIN)
         try:
             up = _Open(job, backend, fd, self._check_unchanged(fd, job), item, caps, md5, on_read)
@@ -162,6 +173,169 @@ class UploadEngine:
         finally:
             md5.close()
             os.close(fd)
+
+    # --- small files, several in one request ----------------------------------------------
+
+    def batch_limit(self, target: str) -> BatchLimit:
+        """How many small files ``upload_batch`` sends to ``target`` in one request, and how
+        big each may be (as far as its backend knows without asking the server)."""
+        backend = self.backends.get(target)
+        return backend.batch_limit() if backend is not None else NO_BATCH
+
+    def upload_batch(self, jobs: list[UploadJob]) -> list[tuple[RemoteFile, str] | BaseException]:
+        """``upload`` of each job (all to one target), the small ones the backend takes
+        together sent in one request; each job's result or error, in order.
+
+        Every file is read, hashed and checked unchanged once, its upload journaled under
+        its own key before the request, and the bytes read are the bytes sent; after the
+        answer each file is checked unchanged again, as a single upload is before it
+        completes. A batch request is tried again with backoff like any request, under the
+        same keys (a server that stored a file before the failure answers its key again
+        without a second copy); once its retries are spent, a full disk, a refused token
+        or a shutdown end each file as they would end it alone. A batch the server refuses
+        as a whole (a proxy's body limit), and a file it answers with a transient error,
+        go on as a single ``upload`` each, under the same key."""
+        results: list[tuple[RemoteFile, str] | BaseException | None] = [None] * len(jobs)
+        alone: list[int] = []
+        batch: list[tuple[int, _Read]] = []
+        limit = self.batch_limit(jobs[0].target) if jobs else NO_BATCH
+        for i, job in enumerate(jobs):
+            if job.target != jobs[0].target or not limit.takes(job.fingerprint.size):
+                alone.append(i)
+                continue
+            try:
+                read = self._read_small(job)
+            except (FileChanged, FileVanished) as exc:
+                results[i] = exc
+                continue
+            if isinstance(read, tuple):
+                results[i] = read  # completed before a crash or restart cut the file's work short
+            else:
+                batch.append((i, read))
+        for run in limit.split([len(read.data) for _, read in batch]):
+            alone += self._send_batch(batch[run.start:run.stop], results)
+        for i in sorted(alone):
+            try:
+                results[i] = self.upload(jobs[i])
+            except BaseException as exc:  # the caller concludes each file; shutdown stops the rest
+                results[i] = exc
+                if isinstance(exc, Interrupted) or not isinstance(exc, Exception):
+                    for rest in alone:
+                        if results[rest] is None:
+                            results[rest] = exc
+                    break
+        return results  # type: ignore[return-value]
+
+    def _read_small(self, job: UploadJob) -> _Read | tuple[RemoteFile, str]:
+        """A small file's bytes and MD5, checked unchanged while read (the file's ctime kept
+        to check it again after the answer); or the result of its completed upload."""
+        backend = self.backends[job.target]
+        done = self.journal.completed_upload(job.file_id, target=job.target, source=str(job.source),
+                                             fp=job.fingerprint, remote_name=job.remote_name)
+        if done is not None:
+            return RemoteFile(name=job.remote_name, size=done.size, md5=done.md5,
+                              verified=backend.plan(UploadItem(job.remote_name, done.size)).verifies), done.md5
+        fd = self._open_source(job)
+        try:
+            ctime_ns = self._check_unchanged(fd, job)
+            data = read_part(fd, 0, job.fingerprint.size)
+            self._check_unchanged(fd, job, ctime_ns)
+        finally:
+            os.close(fd)
+        return _Read(job, data, hashlib.md5(data).hexdigest(), ctime_ns)
+
+    def _send_batch(self, batch: list[tuple[int, _Read]], results: list) -> list[int]:
+        """One request for ``batch``, tried again with backoff like any request; fills in
+        ``results`` and returns the indexes left to a single upload each."""
+        if not batch:
+            return []
+        target = batch[0][1].job.target
+        backend = self.backends[target]
+        rows = self._batch_rows([read for _, read in batch])
+        files = [WholeFile(UploadItem(read.job.remote_name, len(read.data), key=row.upload_key or "",
+                                      mtime_ns=read.job.fingerprint.mtime_ns), read.data, read.md5)
+                 for (_, read), row in zip(batch, rows, strict=True)]
+
+        def attempt() -> list[RemoteFile | UploadError]:
+            if self.stop.is_set():
+                raise Interrupted()
+            for _, read in batch:
+                if self.hold is not None and (why := self.hold(read.job)):
+                    raise Interrupted(why)  # (each upload is journaled open: a later one goes on under its key)
+            return backend.upload_batch(files)
+
+        def on_retry(exc: BaseException, _delay: float) -> None:
+            for _, read in batch:
+                self.journal.note_retry(read.job.file_id, f"upload: {exc}")
+            if self._on_retry is not None and isinstance(exc, TransientError):
+                self._on_retry(target, exc.reason)
+
+        try:
+            if self.limiter is not None:
+                self.limiter.acquire(target, sum(len(f.data) for f in files), stop=self.stop)
+            answers = call_with_retry(attempt, is_retryable=is_retryable, policy=self.policies[target],
+                                      stop=self.stop, what=f"{target}: a batch of {len(files)} files",
+                                      on_retry=on_retry, sleep=self._sleep)
+        except (TransientError, AuthRejected, StorageFull, Interrupted) as exc:
+            # what a request of each file alone would have ended with
+            for (i, _), row in zip(batch, rows, strict=True):
+                self.journal.finish_upload(row.id, state="abandoned")
+                results[i] = exc
+            return []
+        except (UploadError, OSError) as exc:
+            # refused as a batch (a proxy's body limit, a server that no longer takes them):
+            # each file alone says what it means for that file
+            log.info("%s: a batch of %d files was refused (%s); sending them one by one", target, len(files), exc)
+            return [i for i, _ in batch]
+        verifies = backend.plan(files[0].item).verifies
+        alone = []
+        ended: list[tuple[int, str, str | None]] = []
+        for (i, read), row, answer in zip(batch, rows, answers, strict=True):
+            if isinstance(answer, (TransientError, SessionGone, Resync)):
+                alone.append(i)  # tried again alone, under its key
+                continue
+            if isinstance(answer, BaseException):
+                ended.append((row.id, "abandoned", None))
+                results[i] = answer
+                continue
+            try:
+                self._check_path(read)
+            except (FileChanged, FileVanished) as exc:
+                ended.append((row.id, "abandoned", None))
+                results[i] = exc
+                continue
+            ended.append((row.id, "completed", read.md5))
+            results[i] = (replace(answer, verified=verifies), read.md5)
+            if self._on_part is not None:
+                self._on_part(len(read.data))
+        for upload_id, state, md5 in ended:  # committed with the caller's next write
+            self.journal.finish_upload(upload_id, state=state, md5=md5, deferred=True)
+        return alone
+
+    def _batch_rows(self, reads: list[_Read]) -> list[UploadRow]:
+        """Each file's upload journaled with its key before the request (an open whole-file
+        upload of the same file goes on under its key; any other is closed first), in one
+        commit."""
+        rows = [self._interrupted_whole(read.job) for read in reads]
+        fresh = [n for n, row in enumerate(rows) if row is None]
+        for k, n in enumerate(fresh):
+            job = reads[n].job
+            rows[n] = self.journal.start_upload(
+                job.file_id, target=job.target, source=str(job.source), remote_name=job.remote_name,
+                fp=job.fingerprint, size=job.fingerprint.size, part_size=WHOLE, upload_key=new_upload_key(),
+                deferred=k < len(fresh) - 1)  # the last one commits them all
+        return rows  # type: ignore[return-value]
+
+    @staticmethod
+    def _check_path(read: _Read) -> None:
+        """After the answer: the path still holds the file as it was read."""
+        job = read.job
+        try:
+            st = os.stat(job.source)
+        except FileNotFoundError:
+            raise FileVanished(f"{job.label}: file vanished during upload") from None
+        if Fingerprint.of(st) != job.fingerprint or st.st_ctime_ns != read.ctime_ns:
+            raise FileChanged(f"{job.label}: file changed during upload")
 
     def _on_read(self, up: _Open, stop: StopFlag) -> Callable[[int], None] | None:
         """What a part body calls with each block before it is sent: the bandwidth limit of
@@ -201,6 +375,16 @@ class UploadEngine:
                                sleep=self._sleep)
 
     @staticmethod
+    def _open_source(job: UploadJob) -> int:
+        """The bytes to send, open for reading (without updating their atime where allowed)."""
+        try:
+            return os.open(job.source, os.O_RDONLY | getattr(os, "O_NOATIME", 0))
+        except PermissionError:
+            return os.open(job.source, os.O_RDONLY)
+        except FileNotFoundError:
+            raise FileVanished(f"{job.label}: file vanished") from None
+
+    @staticmethod
     def _check_unchanged(fd: int, job: UploadJob, ctime_ns: int | None = None) -> int:
         """Raises FileChanged unless the open file still has the job's size and mtime, and
         (once known) the ctime it had when opened; returns that ctime.
@@ -237,15 +421,8 @@ class UploadEngine:
         up.md5.catch_up(up.fd, up.item.size, stop=self.stop)
         self._check_unchanged(up.fd, job, up.ctime_ns)
         digest = up.md5.hexdigest()
-        # An upload a crash interrupted stays open in the journal. The same whole-file upload
-        # goes on under its key (a server that knows the key answers without a second copy);
-        # anything else is closed, and its session freed.
-        row = None
-        while (stale := self.journal.open_upload(job.file_id, target=job.target)) is not None:
-            if self._same_upload(stale, up) and stale.part_size == WHOLE and stale.upload_key:
-                row = stale
-                break
-            self._abandon(up, stale)
+        # a server that knows the key of an interrupted upload answers without a second copy
+        row = self._interrupted_whole(job)
         if row is None:
             row = self.journal.start_upload(job.file_id, target=job.target, source=str(job.source),
                                             remote_name=job.remote_name, fp=job.fingerprint, size=up.item.size,
@@ -268,19 +445,28 @@ class UploadEngine:
 
     # --- parts ------------------------------------------------------------------------------
 
+    def _interrupted_whole(self, job: UploadJob) -> UploadRow | None:
+        """The whole-file upload of this same file a crash interrupted, to go on under its
+        key; any other open upload of the file is closed (its session freed)."""
+        while (stale := self.journal.open_upload(job.file_id, target=job.target)) is not None:
+            if self._same_upload(stale, job) and stale.part_size == WHOLE and stale.upload_key:
+                return stale
+            self._abandon_row(self.backends[job.target], job, stale)
+        return None
+
     @staticmethod
-    def _same_upload(row: UploadRow, up: _Open) -> bool:
-        return (row.fingerprint == up.job.fingerprint and row.source == str(up.job.source)
-                and row.remote_name == up.job.remote_name)
+    def _same_upload(row: UploadRow, job: UploadJob) -> bool:
+        return (row.fingerprint == job.fingerprint and row.source == str(job.source)
+                and row.remote_name == job.remote_name)
 
     def _open_session(self, up: _Open) -> None:
         """The journaled session if it still fits, else a new one: its key journaled before
         the first request, its handle the moment the server made it."""
         job = up.job
         row = self.journal.open_upload(job.file_id, target=job.target)
-        if row is not None and (not self._same_upload(row, up) or not self._plan_fits(row, up)):
+        if row is not None and (not self._same_upload(row, job) or not self._plan_fits(row, up)):
             log.info("%s: the interrupted upload no longer fits the file; starting over", job.label)
-            self._abandon(up, row)
+            self._abandon_row(up.backend, job, row)
             row = None
         fresh = row is None
         if fresh:
@@ -310,10 +496,11 @@ class UploadEngine:
         return (plan.count <= up.caps.max_parts and row.part_size <= up.caps.max_part
                 and (plan.count == 1 or row.part_size >= up.caps.min_part))
 
-    def _abandon(self, up: _Open, row: UploadRow) -> None:
+    def _abandon_row(self, backend: Backend, job: UploadJob, row: UploadRow) -> None:
         if row.session is not None or row.upload_key:
-            item = replace(up.item, key=row.upload_key or "", part_size=row.part_size)
-            self._abort(up.backend.resume(item, row.session))
+            item = UploadItem(remote_name=job.remote_name, size=job.fingerprint.size,
+                              mtime_ns=job.fingerprint.mtime_ns, key=row.upload_key or "", part_size=row.part_size)
+            self._abort(backend.resume(item, row.session))
         self.journal.finish_upload(row.id, state="abandoned")
 
     @staticmethod

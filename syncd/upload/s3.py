@@ -48,7 +48,9 @@ from pydantic import Field, field_validator, model_validator
 from syncd.config import Size, TargetSettings, read_secret
 from syncd.units import format_size
 from syncd.upload.base import (
+    NO_BATCH,
     AuthRejected,
+    BatchLimit,
     Capabilities,
     ChecksumMismatch,
     GiB,
@@ -375,6 +377,9 @@ class S3Backend:
                             verifies="part-checksum",
                             single_request_max=min(self.settings.part_size, SINGLE_REQUEST_MAX),
                             part_checksum=True)
+
+    def batch_limit(self) -> BatchLimit:
+        return NO_BATCH
 
     def create(self, item: UploadItem) -> S3Session:
         key = self.key(item.remote_name)

@@ -47,7 +47,9 @@ from syncd import __version__
 from syncd.config import TargetSettings, http_url, read_secret
 from syncd.units import format_size
 from syncd.upload.base import (
+    NO_BATCH,
     AuthRejected,
+    BatchLimit,
     Capabilities,
     ChecksumMismatch,
     NotStarted,
@@ -392,6 +394,9 @@ class TusBackend:
         return Capabilities(part_size=self.part_size, min_part=1, max_part=5 * 1024**3, max_parts=2**31,
                             concurrency=1, verifies=info.verifies, single_request_max=whole,
                             part_checksum=info.checksum is not None)
+
+    def batch_limit(self) -> BatchLimit:
+        return NO_BATCH
 
     def _creation_headers(self, item: UploadItem) -> dict[str, str]:
         filetype = mimetypes.guess_type(posixpath.basename(item.remote_name))[0] or "application/octet-stream"

@@ -257,7 +257,7 @@ def test_missing_journal_is_rebuilt_from_a_scan(receiver, tmp_path):
             daemon.wait_states({k: "done" for k in present}, timeout=60)
             wait_until(lambda: not any(drop.local(k).exists() for k in drop.names("del")), timeout=10,
                        what="del files deleted")
-        resent = {s.filename for s in proxy.seen[uploaded_before:]}
+        resent = {name for s in proxy.seen[uploaded_before:] for name in s.names}
     assert "starting a new journal" in daemon.log()
     # every file still in the watches went up again; identical ones are kept once by the receiver
     assert resent == {drop.remote(k) for k in present}

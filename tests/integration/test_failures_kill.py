@@ -110,20 +110,20 @@ def test_sigkill_loop_nothing_lost_doubled_or_mixed(tmp_path):
         sent_whole: dict[tuple, float] = {}
         for s in sorted(seen, key=lambda s: s.started):
             if s.range is not None:
-                length = s.range[1] - s.range[0] + 1
+                lengths = {(s.filename, s.content_range): s.range[1] - s.range[0] + 1}
             elif s.method == "POST" and s.path.endswith("/chunked_upload/"):
-                length = by_remote[s.filename]
+                lengths = {(name, None): by_remote[name] for name in s.names}  # one file, or a batch's
             else:
                 continue
-            received = max(0, s.received - ((s.content_length or 0) - length))
-            key = (s.filename, s.content_range)
             if s.outcome == "client-gone":
-                waste[sum(t < s.started for t in kill_times)] += received
-            elif key in sent_whole:
-                after = sum(t < sent_whole[key] for t in kill_times)
-                assert after < KILLS and kill_times[after] < s.started, f"sent twice without a crash between: {s}"
-                waste[after] += received
-            if s.outcome != "client-gone":
+                overhead = (s.content_length or 0) - sum(lengths.values())
+                waste[sum(t < s.started for t in kill_times)] += max(0, s.received - overhead)
+                continue
+            for key, length in lengths.items():  # a file sent again in another batch counts too
+                if key in sent_whole:
+                    after = sum(t < sent_whole[key] for t in kill_times)
+                    assert after < KILLS and kill_times[after] < s.started, f"sent twice without a crash between: {s}"
+                    waste[after] += length
                 sent_whole[key] = s.started
         assert max(waste) <= max(UPLOADS, SMALL_UPLOADS) * PART, f"bytes sent again per kill: {waste}"
         assert sum(waste) > 0

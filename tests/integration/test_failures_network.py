@@ -139,7 +139,10 @@ def test_413_and_507_fail_fast_with_the_servers_reason(receiver, tmp_path):
     originals = {p: p.read_bytes() for p in (too_large, small_full, del_full)}
 
     with FaultProxy(receiver.url, seed=1, rules=rules) as proxy:
-        config = failure_config(tmp_path, url=proxy.url_for(receiver.url), token=receiver.token, part_size=PART)
+        # The proxy fakes a file's 413 / 507 by answering its whole request: one file per
+        # request, then (a file's 413 within a batch's answer: test_daemon_batch.py).
+        config = failure_config(tmp_path, url=proxy.url_for(receiver.url), token=receiver.token, part_size=PART,
+                                target_extra={"batch": 1})
         with DaemonProcess(config) as daemon:
             expected = {k: "failed" for k in failing} | {k: "done" for k in drop.names() if k not in failing}
             daemon.wait_states(expected, timeout=60)
@@ -192,6 +195,10 @@ def test_507_mid_upload_keeps_the_session_and_syncd_retry_resumes_it(receiver, t
 
 # --- the server is away, then back -------------------------------------------------------------
 
+OUTAGE_BATCH = 2
+"""small files per request in the outage test"""
+
+
 def test_server_down_files_wait_then_complete_unattended(receiver, tmp_path):
     drop = Drop(tmp_path)
     big = "keep:big/resumed.bin"
@@ -199,7 +206,7 @@ def test_server_down_files_wait_then_complete_unattended(receiver, tmp_path):
     link = Forward(bandwidth=1 * MiB)
     with FaultProxy(receiver.url, seed=3, rules=[Rule(link)]) as proxy:
         config = failure_config(tmp_path, url=proxy.url_for(receiver.url), token=receiver.token,
-                                part_size=256 * KiB, timeout={"read": "1s"},
+                                part_size=256 * KiB, timeout={"read": "1s"}, target_extra={"batch": OUTAGE_BATCH},
                                 retry={"budget": "0.5s", "waiting_initial": "500ms", "waiting_max": "2s"})
         with DaemonProcess(config, log_level="INFO") as daemon:
             wait_until(lambda: upload_offset(daemon.journal_path, big) >= 1 * MiB, timeout=30,
@@ -209,14 +216,15 @@ def test_server_down_files_wait_then_complete_unattended(receiver, tmp_path):
             for watch in ("keep", "del"):
                 for n in (0, 1, PART, 3 * PART + 1):
                     drop.write(watch, f"during/{n}.bin", n)
-            # two workers: at any moment two files are trying, the others wait their turn
+            # two workers: at any moment two files (or two batches) are trying, the others wait their turn
             wait_until(lambda: all(r["attempts"] >= 1 and r["state"] in ("waiting", "uploading")
                                    for r in daemon.rows().values()) and len(daemon.rows()) == len(drop.names()),
                        timeout=40, what="every file sent to `waiting` while the server is down")
             wait_until(lambda: max(r["attempts"] for r in daemon.rows().values()) >= 2, timeout=10,
                        what="a file tried again while the server is down")
             doc = syncd_status(config, as_json=True)
-            assert doc["counts"]["waiting"] >= len(drop.names()) - 2 and doc["counts"]["failed"] == 0, doc
+            counts = doc["counts"]
+            assert counts["waiting"] >= len(drop.names()) - 2 * OUTAGE_BATCH and counts["failed"] == 0, doc
             assert all(w["error"] and w["next_attempt_at"] for w in doc["waiting"]), doc["waiting"]
             assert "waiting (retried automatically)" in syncd_status(config)
             assert_no_unsafe_deletes(receiver, drop)

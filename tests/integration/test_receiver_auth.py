@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import os
 import socket
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -25,17 +24,6 @@ from tests.support.receiver import (
 from tests.support.synapse_client import sdk_headers
 
 DATA = os.urandom(2048)
-
-
-@pytest.fixture
-def root(tmp_path: Path) -> Path:
-    return tmp_path / "root"
-
-
-@pytest.fixture
-def server(root: Path) -> Iterator[EmbeddedReceiver]:
-    with running(root) as receiver:
-        yield receiver
 
 
 @pytest.mark.parametrize(

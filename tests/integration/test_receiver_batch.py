@@ -8,7 +8,7 @@ import json
 import logging
 import os
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,17 +35,6 @@ from tests.support.receiver import (
 
 MiB = 1 << 20
 KEYS = [f"batch-key-{n:04d}-abcdefgh" for n in range(80)]
-
-
-@pytest.fixture
-def root(tmp_path: Path) -> Path:
-    return tmp_path / "root"
-
-
-@pytest.fixture
-def server(root: Path) -> Iterator[EmbeddedReceiver]:
-    with running(root) as receiver:
-        yield receiver
 
 
 def item(filename: str, data: bytes, *, key: str | None = None, md5: str | None = None) -> dict[str, Any]:

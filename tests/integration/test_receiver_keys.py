@@ -7,7 +7,6 @@ import json
 import os
 import socket
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -31,17 +30,6 @@ from tests.support.receiver import (
 DATA = os.urandom(3000)
 KEY = "k3y-0f-a-cl13nt_upload-0001"
 KEYED = {**AUTH, "Upload-Key": KEY}
-
-
-@pytest.fixture
-def root(tmp_path: Path) -> Path:
-    return tmp_path / "root"
-
-
-@pytest.fixture
-def server(root: Path) -> Iterator[EmbeddedReceiver]:
-    with running(root) as receiver:
-        yield receiver
 
 
 def first_part(url: str, data: bytes = DATA[:1000], *, total: int = len(DATA), **kwargs) -> requests.Response:

@@ -6,7 +6,6 @@ import io
 import logging
 import os
 import re
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -33,17 +32,6 @@ from tests.support.receiver import (
 DATA = os.urandom(3000)
 UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
 ISO_RE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z$")
-
-
-@pytest.fixture
-def root(tmp_path: Path) -> Path:
-    return tmp_path / "root"
-
-
-@pytest.fixture
-def server(root: Path) -> Iterator[EmbeddedReceiver]:
-    with running(root) as receiver:
-        yield receiver
 
 
 def open_session(server: EmbeddedReceiver, first: bytes = DATA[:1000], *, total: int = len(DATA)) -> dict:

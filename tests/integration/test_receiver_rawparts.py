@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import socket
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -25,17 +24,6 @@ from tests.support.receiver import (
 
 RAW = "application/offset+octet-stream"
 DATA = os.urandom(300_000)
-
-
-@pytest.fixture
-def root(tmp_path: Path) -> Path:
-    return tmp_path / "root"
-
-
-@pytest.fixture
-def server(root: Path) -> Iterator[EmbeddedReceiver]:
-    with running(root) as receiver:
-        yield receiver
 
 
 def put_raw(url: str, body: object, *, start: int, length: int, total: int, **headers: str) -> requests.Response:

@@ -27,10 +27,11 @@ KiB, MiB = 1024, 1024 * 1024
 def failure_config(base: Path, *, url: str, token: str | None, part_size: int = 64 * KiB,
                    retry: dict[str, str] | None = None, timeout: dict[str, str] | None = None,
                    prefix: str = "", quiet: str = "0.3s", uploads: int = 2, small_uploads: int | None = None,
-                   **extra: Any) -> Path:
+                   target_extra: dict[str, Any] | None = None, **extra: Any) -> Path:
     """Two watches on ``base/keep`` and ``base/del`` (after_upload: delete), uploading to
     ``{prefix}keep/...`` and ``{prefix}del/...`` on the server; ``uploads`` files at once
-    (``small_uploads`` while the extra ones are small; default: no extra ones)."""
+    (``small_uploads`` while the extra ones are small; default: no extra ones);
+    ``target_extra``: more keys of the target."""
     watches = []
     for name, after in (("keep", "keep"), ("del", "delete")):
         (base / name).mkdir(exist_ok=True)
@@ -43,6 +44,7 @@ def failure_config(base: Path, *, url: str, token: str | None, part_size: int = 
     target = data["targets"]["main"]
     target["retry"].update(retry or {})
     target["timeout"].update(timeout or {})
+    target.update(target_extra or {})
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path
 

@@ -14,15 +14,17 @@ import hashlib
 import itertools
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import BinaryIO, Literal
 
 from syncd.config import TargetSettings
 from syncd.upload import registry
 from syncd.upload.base import (
+    NO_BATCH,
     AuthRejected,
+    BatchLimit,
     Capabilities,
     ChecksumMismatch,
     Part,
@@ -32,7 +34,9 @@ from syncd.upload.base import (
     SessionGone,
     StorageFull,
     TransientError,
+    UploadError,
     UploadItem,
+    WholeFile,
 )
 
 _servers: dict[str, FakeServer] = {}
@@ -81,6 +85,15 @@ class FakeServer:
         self.max_in_flight = 0
         self.part_latency = 0.0
         """seconds each part request takes (so parts sent in parallel are seen in flight together)"""
+        self.batch_files = 1
+        """whole files one request may carry (``upload_batch``); 1: no batches"""
+        self.batches: list[list[tuple[str, str]]] = []
+        """each batch request: its files' (name, upload key)"""
+        self.whole_keys: list[tuple[str, str]] = []
+        """each whole-file request: (name, upload key)"""
+        self.file_errors: dict[str, list[BaseException]] = {}
+        """per name: what the next batches answer for that file instead of storing it"""
+        self.before_batch: Callable[[], None] | None = None
         self._in_flight = 0
         self._ids = itertools.count(1)
         self.lock = threading.Lock()
@@ -178,12 +191,34 @@ class FakeServer:
             if handle in self.uploads:
                 self.uploads[handle].aborted = True
 
-    def put_whole(self, name: str, data: bytes) -> None:
+    def put_whole(self, name: str, data: bytes, *, key: str = "") -> None:
         self._fault("whole", after=False)
         with self.lock:
+            self.whole_keys.append((name, key))
             self.objects[name] = data
             self.completions[name] = self.completions.get(name, 0) + 1
         self._fault("whole", after=True)
+
+    def put_batch(self, files: Sequence[WholeFile]) -> list[RemoteFile | UploadError]:
+        if self.before_batch is not None:
+            self.before_batch()
+        with self.lock:
+            self.batches.append([(f.item.remote_name, f.item.key) for f in files])
+        self._fault("batch", after=False)
+        results: list[RemoteFile | UploadError] = []
+        with self.lock:
+            for f in files:
+                name = f.item.remote_name
+                if self.file_errors.get(name):
+                    results.append(self.file_errors[name].pop(0))
+                elif hashlib.md5(f.data).hexdigest() != f.md5_hex:
+                    results.append(ChecksumMismatch(f"{name}: checksum does not match"))
+                else:
+                    self.objects[name] = f.data
+                    self.completions[name] = self.completions.get(name, 0) + 1
+                    results.append(RemoteFile(name=name, size=len(f.data), md5=f.md5_hex))
+        self._fault("batch", after=True)
+        return results
 
 
 class FakeSession:
@@ -227,6 +262,14 @@ class FakeBackend:
                             verifies="part-checksum", single_request_max=self.server.single_request_max,
                             part_checksum=True)
 
+    def batch_limit(self) -> BatchLimit:
+        files, file_max = self.server.batch_files, self.server.single_request_max
+        return BatchLimit(files, file_max, self.settings.part_size) if files > 1 and file_max > 0 else NO_BATCH
+
+    def upload_batch(self, files: Sequence[WholeFile]) -> list[RemoteFile | UploadError]:
+        return [replace(r, verified="part-checksum") if isinstance(r, RemoteFile) else r
+                for r in self.server.put_batch(files)]
+
     def create(self, item: UploadItem) -> FakeSession:
         return FakeSession(self.server, item, self.server.create(item.remote_name))
 
@@ -237,7 +280,7 @@ class FakeBackend:
         data = body.read()
         if hashlib.md5(data).hexdigest() != md5_hex:
             raise TransientError("BadDigest", reason="checksum")
-        self.server.put_whole(item.remote_name, data)
+        self.server.put_whole(item.remote_name, data, key=item.key)
         return RemoteFile(name=item.remote_name, size=len(data), md5=md5_hex, verified="part-checksum")
 
     def close(self) -> None:

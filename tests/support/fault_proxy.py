@@ -22,7 +22,9 @@ A request no rule takes is forwarded untouched. With the same seed and the same 
 of requests the same requests fail.
 
 Bodies are streamed in both directions (a part can be 50 MiB); only the first
-``PEEK`` bytes of a request are looked at, to learn the upload's ``filename`` form field.
+``PEEK`` bytes of a request are looked at, to learn the upload's ``filename`` form field,
+except for a batch of small files (``Syncd-Batch: 1``, at most ``BATCH_PEEK`` bytes), whose
+whole body is read first to learn every file it carries (``filenames``).
 The answer that creates a session (``{"url": ..., "filename": ...}``) teaches the proxy
 the session's path, so later requests to that session carry the filename too.
 
@@ -51,6 +53,7 @@ from tests.support.proxy_thread import ProxyThread
 
 MiB = 1024 * 1024
 PEEK = 2048
+BATCH_PEEK = 64 * MiB
 CHUNK = 64 * 1024
 HOP_BY_HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
               "transfer-encoding", "upgrade"}
@@ -120,6 +123,8 @@ class RequestInfo:
     """the request's headers, names in lower case"""
     upload_offset: int | None = None
     """the tus ``Upload-Offset`` header, if any"""
+    filenames: tuple[str, ...] = ()
+    """every file a batch carries (the first is ``filename``)"""
 
     @property
     def range(self) -> tuple[int, int, int] | None:
@@ -136,7 +141,8 @@ class Match:
     path: str | None = None
     """a regular expression searched in the path"""
     filename: str | None = None
-    """a regular expression searched in the upload's filename (unknown: no match)"""
+    """a regular expression searched in the upload's filename, or in each file of a batch
+    (unknown: no match)"""
     when: Callable[[RequestInfo], bool] | None = None
 
     def __call__(self, info: RequestInfo) -> bool:
@@ -144,7 +150,8 @@ class Match:
             return False
         if self.path is not None and not re.search(self.path, info.path):
             return False
-        if self.filename is not None and (info.filename is None or not re.search(self.filename, info.filename)):
+        if self.filename is not None and not any(re.search(self.filename, name)
+                                                 for name in info.filenames or filter(None, [info.filename])):
             return False
         return self.when is None or bool(self.when(info))
 
@@ -178,6 +185,8 @@ class Seen:
     """the tus ``Upload-Offset`` header, if any"""
     query: str = ""
     headers: dict[str, str] = field(default_factory=dict)
+    filenames: tuple[str, ...] = ()
+    """every file a batch carries (the first is ``filename``)"""
     action: str = "forward"
     """the action that handled it ("forward", "respond", "reset", "stall"), or "upstream-down"
     when the server could not be reached"""
@@ -198,9 +207,14 @@ class Seen:
         return _parse_range(self.content_range)
 
     @property
+    def names(self) -> tuple[str, ...]:
+        """The files the request carries: a batch's, or its one ``filename`` (if known)."""
+        return self.filenames or ((self.filename,) if self.filename is not None else ())
+
+    @property
     def key(self) -> tuple:
         """What identifies "the same request" across its retries."""
-        return self.method, self.filename or self.path, self.content_range
+        return self.method, self.filenames or self.filename or self.path, self.content_range
 
     @property
     def failed(self) -> bool:
@@ -239,8 +253,8 @@ class _Body:
         self.present = False
         self.gone = False
 
-    async def peek(self) -> bytes:
-        want = min(PEEK, self.seen.content_length if self.seen.content_length is not None else PEEK)
+    async def peek(self, most: int = PEEK) -> bytes:
+        want = min(most, self.seen.content_length if self.seen.content_length is not None else most)
         while len(self.prefix) < want:
             block = await self._read(want - len(self.prefix))
             if not block:
@@ -314,7 +328,7 @@ class FaultProxy(ProxyThread):
     def requests(self, *, filename: str | None = None, method: str | None = None) -> list[Seen]:
         with self._lock:
             seen = list(self.seen)
-        return [s for s in seen if (filename is None or s.filename == filename)
+        return [s for s in seen if (filename is None or filename in s.names)
                 and (method is None or s.method == method)]
 
     @property
@@ -364,11 +378,15 @@ class FaultProxy(ProxyThread):
         body.present = request.body_exists
         try:
             if body.present:
-                m = _FILENAME_FIELD.search(await body.peek())
-                if m and seen.filename is None:
-                    seen.filename = m[1].decode("utf-8", "replace")
+                batch = seen.headers.get("syncd-batch") == "1"
+                names = [m.decode("utf-8", "replace") for m in
+                         _FILENAME_FIELD.findall(await body.peek(BATCH_PEEK if batch else PEEK))]
+                if batch:
+                    seen.filenames = tuple(names)
+                if names and seen.filename is None:
+                    seen.filename = names[0]
             info = RequestInfo(seen.method, seen.path, seen.content_range, length, seen.filename, seen.query,
-                               seen.headers, upload_offset=seen.upload_offset)
+                               seen.headers, upload_offset=seen.upload_offset, filenames=seen.filenames)
             rule = self._choose(info)
             action = rule.action if rule is not None else Forward()
             seen.action = type(action).__name__.lower()

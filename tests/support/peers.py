@@ -15,12 +15,14 @@ class ReceiverPeer:
     name = "receiver"
     accepts_empty_files = True
 
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, **settings):
+        """``settings``: more ``ReceiverSettings`` (``max_size``...)."""
         from syncd.server import EmbeddedReceiver, ReceiverSettings
 
         self.root = root
         self.token = secrets.token_urlsafe(16)
-        self.receiver = EmbeddedReceiver(ReceiverSettings(root=root, port=0, token=self.token, min_free=0))
+        self.receiver = EmbeddedReceiver(ReceiverSettings(root=root, port=0, token=self.token,
+                                                          **{"min_free": 0, **settings}))
         self.receiver.start()
         self.url = self.receiver.url
         self.port = self.receiver.port

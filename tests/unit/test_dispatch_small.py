@@ -3,21 +3,38 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from syncd.config import SMALL_FILE_MAX, load_config
-from syncd.daemon import Daemon
+from syncd.daemon import Daemon, _worker_groups
 from syncd.dispatch import Dispatcher, WatchQueue
-from syncd.journal import Fingerprint, Journal
+from syncd.journal import DueFile, Fingerprint, Journal
 from syncd.pipeline import Outcome
+from syncd.upload.base import BatchLimit
 from tests.support.daemon import make_config
 
 
 class RecordingWorkers:
     def __init__(self) -> None:
         self.submitted: list[int] = []
+        self.batches: list[tuple[int, ...]] = []
 
     def submit(self, file_id: int) -> None:
         self.submitted.append(file_id)
+
+    def submit_batch(self, file_ids: tuple[int, ...]) -> None:
+        self.batches.append(file_ids)
+
+
+class BatchingEngine:
+    """What the dispatcher asks of the engine: how many small files a target takes at once."""
+
+    def __init__(self, limit: BatchLimit) -> None:
+        self.limit = limit
+
+    def batch_limit(self, target: str) -> BatchLimit:
+        return self.limit
 
 
 @pytest.fixture
@@ -130,3 +147,62 @@ def test_two_watches_take_turns(tmp_path):
     finally:
         d.journal.close()
         d.waker.close()
+
+
+def finish_batch(daemon: Daemon, file_ids) -> None:
+    for file_id in file_ids:
+        finish(daemon, file_id)
+
+
+def test_small_files_go_in_batches_one_per_free_worker(daemon):
+    daemon.engine = BatchingEngine(BatchLimit(4, 256 * 1024))
+    ids = [ready(daemon, f"small{i}", 10) for i in range(40)]
+    daemon._dispatch()
+    assert daemon.workers.submitted == []
+    assert daemon.workers.batches == [tuple(ids[n:n + 4]) for n in range(0, 20, 4)]  # 5 workers, 4 each
+    assert len(daemon.running) == 20
+    daemon._dispatch()
+    assert len(daemon.workers.batches) == 5  # every worker is busy
+    finish_batch(daemon, ids[:3])
+    daemon._dispatch()
+    assert len(daemon.workers.batches) == 5  # its worker still has one file of the batch
+    finish(daemon, ids[3])
+    daemon._dispatch()
+    assert daemon.workers.batches[5:] == [tuple(ids[20:24])]
+
+
+def test_a_few_due_files_are_spread_over_the_free_workers(daemon):
+    daemon.engine = BatchingEngine(BatchLimit(32, 256 * 1024))
+    ids = [ready(daemon, f"small{i}", 10) for i in range(7)]
+    daemon._dispatch()
+    groups = [(i,) for i in daemon.workers.submitted] + daemon.workers.batches
+    assert len(groups) == 5  # every free worker has some
+    assert sorted(i for g in groups for i in g) == ids
+
+
+def test_files_over_the_batch_size_go_alone_and_large_ones_keep_their_limit(daemon):
+    daemon.engine = BatchingEngine(BatchLimit(4, 100))
+    large = [ready(daemon, f"large{i}", SMALL_FILE_MAX + 1) for i in range(3)]
+    medium = [ready(daemon, f"medium{i}", 101) for i in range(2)]
+    small = [ready(daemon, f"small{i}", 100) for i in range(8)]
+    daemon._dispatch()
+    assert daemon.workers.submitted == large[:2] + medium  # 2 large (uploads), medium alone
+    assert daemon.workers.batches == [tuple(small[:4])]  # the fifth worker: a batch
+    assert len(daemon._large_running) == 2
+
+
+rows = st.lists(st.tuples(st.sampled_from(["a", "b", "c"]), st.integers(0, 300)), max_size=60)
+
+
+@given(rows, st.integers(1, 8), st.integers(1, 6))
+def test_worker_groups_keep_every_row_once_in_order(spec, workers, files):
+    picked = [DueFile(i, watch, f"f{i}", size, "ready", 0.0) for i, (watch, size) in enumerate(spec)]
+    batching = {"a": BatchLimit(files, 200), "b": BatchLimit(files, 200)}  # "c" takes no batches
+    groups = _worker_groups(picked, batching, workers=workers)
+    assert sorted(r.id for g in groups for r in g) == [r.id for r in picked]
+    for group in groups:
+        assert group == sorted(group, key=lambda r: r.id)
+        if len(group) > 1:
+            assert len({r.watch for r in group}) == 1 and len(group) <= files
+            assert all(batching[r.watch].takes(r.size) for r in group)
+    assert len(groups) >= min(workers, len(picked))  # no worker idles while another has two files
