@@ -369,6 +369,7 @@ async def upload_batch(request: web.Request) -> web.Response:
     receiver.check_space(sum(file.size for file in files))
     entries: list[dict[str, Any]] = [{} for _ in files]
     to_store: list[tuple[int, WholeFile]] = []
+    usable: set[str] = set()  # folders checked by an earlier file of the batch
     async with contextlib.AsyncExitStack() as stack:
         keys = sorted(file.key for file in files if file.key is not None)
         for key in keys:
@@ -381,7 +382,10 @@ async def upload_batch(request: web.Request) -> web.Response:
                     _check_same_whole(file.key, session, filename=file.filename, size=file.size, md5=file.md5)
                     entries[i] = batch.stored_entry(_session_doc(request, session))
                     continue
-                name = _checked_name(receiver, file.filename)
+                name = _filename(file.filename)
+                if (folder := name.rpartition("/")[0]) not in usable:
+                    receiver.check_parents(name)
+                    usable.add(folder)
                 receiver.check_size(file.size)
                 to_store.append((i, WholeFile(name, file.data, file.md5, file.key)))
             except ApiError as err:
