@@ -255,6 +255,44 @@ def _file_row(r: sqlite3.Row) -> FileRow:
     )
 
 
+class NewUpload(NamedTuple):
+    """An upload about to begin (``start_uploads``)."""
+
+    file_id: int
+    target: str
+    source: str
+    remote_name: str
+    fp: Fingerprint
+    size: int
+    part_size: int
+    upload_key: str | None = None
+
+
+class Done(NamedTuple):
+    """A file the server confirmed (``mark_all_done``)."""
+
+    file_id: int
+    md5: str
+    remote_name: str
+    after_action: str | None = None
+    target: str | None = None
+    dest: str | None = None
+    verified: str | None = None
+
+
+_CHUNK = 500
+"""ids bound in one statement (old SQLite builds allow 999 variables)"""
+
+
+def _chunks(ids: Sequence[int]) -> Iterator[Sequence[int]]:
+    for start in range(0, len(ids), _CHUNK):
+        yield ids[start:start + _CHUNK]
+
+
+def _marks(values: Sequence[object]) -> str:
+    return ",".join("?" * len(values))
+
+
 def _upload_row(r: sqlite3.Row) -> UploadRow:
     return UploadRow(
         r["id"], r["file_id"], r["target"], r["source"], r["remote_name"], r["size"],
@@ -514,6 +552,15 @@ class Journal:
             r = self._db.execute("SELECT * FROM files WHERE id = ?", (file_id,)).fetchone()
         return _file_row(r) if r else None
 
+    def get_files(self, file_ids: Sequence[int]) -> dict[int, FileRow]:
+        """``get_file`` of several files in one look (those in the journal, by id)."""
+        rows: dict[int, FileRow] = {}
+        with self._lock:
+            for ids in _chunks(file_ids):
+                for r in self._db.execute(f"SELECT * FROM files WHERE id IN ({_marks(ids)})", ids):
+                    rows[r["id"]] = _file_row(r)
+        return rows
+
     def find_file(self, watch: str, relpath: str) -> FileRow | None:
         with self._lock:
             r = self._db.execute("SELECT * FROM files WHERE watch = ? AND relpath = ?",
@@ -629,6 +676,24 @@ class Journal:
         with self._write(deferred=deferred, one_statement=True) as db:
             return db.execute(sql, args).rowcount == 1
 
+    def set_states(self, file_ids: Sequence[int], state: str, *, only_from: Sequence[str],
+                   deferred: bool = False) -> set[int]:
+        """``set_state`` of several files in one write (no error, no next attempt); the ids
+        that moved."""
+        if state not in STATES:
+            raise ValueError(f"unknown state {state!r}")
+        sources = sorted(allowed_from(FileState(state), frozenset(only_from)))
+        moved: set[int] = set()
+        with self._write(deferred=deferred) as db:
+            for ids in _chunks(file_ids):
+                moved.update(r[0] for r in db.execute(
+                    f"SELECT id FROM files WHERE id IN ({_marks(ids)}) AND state IN ({_marks(sources)})",
+                    [*ids, *sources]))
+            for ids in _chunks(sorted(moved)):
+                db.execute("UPDATE files SET state = ?, last_error = NULL, next_attempt_at = NULL, updated_at = ?"
+                           f" WHERE id IN ({_marks(ids)})", [state, self.clock(), *ids])
+        return moved
+
     def note_retry(self, file_id: int, message: str) -> None:
         """A request of an active upload failed and is being tried again: say so in
         ``last_error``, so that ``syncd status`` shows why an upload is slow."""
@@ -644,13 +709,19 @@ class Journal:
         recorded as ``AFTER_PENDING`` until done, so that one a crash cut off is redone.
         ``deferred``: committed with this thread's next write (a durable one makes the
         deferred writes before it durable too: its commit syncs the whole write-ahead log)."""
+        self.mark_all_done([Done(file_id, md5, remote_name, after_action, target, dest, verified)],
+                           durable=durable, deferred=deferred)
+
+    def mark_all_done(self, done: Sequence[Done], *, durable: bool = False, deferred: bool = False) -> None:
+        """``mark_done`` of several files in one write."""
         now = self.clock()
-        with self._write(durable=durable, deferred=deferred, one_statement=True) as db:
-            db.execute(
+        with self._write(durable=durable, deferred=deferred, one_statement=len(done) == 1) as db:
+            db.executemany(
                 "UPDATE files SET state = 'done', md5 = ?, remote_name = ?, done_at = ?,"
                 " last_error = NULL, next_attempt_at = NULL, after_action = ?, updated_at = ?,"
                 " target = ?, dest = ?, verified = ? WHERE id = ?",
-                (md5, remote_name, now, after_action, now, target, dest, verified, file_id))
+                [(d.md5, d.remote_name, now, d.after_action, now, d.target, d.dest, d.verified, d.file_id)
+                 for d in done])
 
     def set_after_action(self, file_id: int, action: str) -> None:
         """What became of the local file (deleted, moved): written down at once."""
@@ -745,22 +816,42 @@ class Journal:
                 (file_id, target, source, remote_name, fp.size, fp.dev, fp.ino, fp.mtime_ns)).fetchone()
         return _upload_row(r) if r else None
 
+    def completed_uploads(self, file_ids: Sequence[int], *, target: str) -> dict[int, list[UploadRow]]:
+        """The completed uploads of these files to ``target``, newest first, by file id (for
+        ``completed_upload`` of several files in one look)."""
+        found: dict[int, list[UploadRow]] = {}
+        with self._lock:
+            for ids in _chunks(file_ids):
+                for r in self._db.execute(f"SELECT * FROM uploads WHERE file_id IN ({_marks(ids)}) AND target = ?"
+                                          " AND state = 'completed' ORDER BY id DESC", [*ids, target]):
+                    found.setdefault(r["file_id"], []).append(_upload_row(r))
+        return found
+
     def start_upload(self, file_id: int, *, target: str, source: str, remote_name: str,
                      fp: Fingerprint, size: int, part_size: int, upload_key: str | None = None,
                      deferred: bool = False) -> UploadRow:
         """An upload about to begin, journaled (with its key) before any request is sent
         (``deferred``: by this thread's next write, which the request must wait for)."""
+        return self.start_uploads([NewUpload(file_id, target, source, remote_name, fp, size, part_size, upload_key)],
+                                  deferred=deferred)[0]
+
+    def start_uploads(self, uploads: Sequence[NewUpload], *, deferred: bool = False) -> list[UploadRow]:
+        """``start_upload`` of several uploads in one write; their rows, in order."""
         now = self.clock()
-        with self._write(deferred=deferred, one_statement=True) as db:
-            cur = db.execute(
-                "INSERT INTO uploads (file_id, target, source, remote_name, size, dev, ino, mtime_ns,"
-                " part_size, started_at, updated_at, upload_key) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (file_id, target, source, remote_name, size, fp.dev, fp.ino, fp.mtime_ns, part_size, now, now,
-                 upload_key))
-        # the row as written (no second read)
-        return UploadRow(cur.lastrowid, file_id, target, source, remote_name, size,
-                         Fingerprint(fp.dev, fp.ino, size, fp.mtime_ns), part_size, None, 0, "open", now, now,
-                         None, upload_key)
+        rows = []
+        with self._write(deferred=deferred, one_statement=len(uploads) == 1) as db:
+            for u in uploads:
+                fp = u.fp
+                cur = db.execute(
+                    "INSERT INTO uploads (file_id, target, source, remote_name, size, dev, ino, mtime_ns,"
+                    " part_size, started_at, updated_at, upload_key) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (u.file_id, u.target, u.source, u.remote_name, u.size, fp.dev, fp.ino, fp.mtime_ns, u.part_size,
+                     now, now, u.upload_key))
+                # the row as written (no second read)
+                rows.append(UploadRow(cur.lastrowid, u.file_id, u.target, u.source, u.remote_name, u.size,
+                                      Fingerprint(fp.dev, fp.ino, u.size, fp.mtime_ns), u.part_size, None, 0, "open",
+                                      now, now, None, u.upload_key))
+        return rows
 
     def set_session(self, upload_id: int, session: str) -> None:
         """The server made the session: keep its handle, so a crash cannot orphan it."""
@@ -808,12 +899,16 @@ class Journal:
 
     def finish_upload(self, upload_id: int, *, state: str, md5: str | None = None, deferred: bool = False) -> None:
         """``deferred``: committed with this thread's next write (see the module's notes)."""
-        if state not in ("completed", "abandoned"):
-            raise ValueError(state)
+        self.finish_uploads([(upload_id, state, md5)], deferred=deferred)
+
+    def finish_uploads(self, ended: Sequence[tuple[int, str, str | None]], *, deferred: bool = False) -> None:
+        """``finish_upload`` of several uploads, each ``(upload id, state, md5)``, in one write."""
+        if any(state not in ("completed", "abandoned") for _, state, _ in ended):
+            raise ValueError([state for _, state, _ in ended])
         now = self.clock()
-        with self._write(deferred=deferred, one_statement=True) as db:
-            db.execute("UPDATE uploads SET state = ?, md5 = ?, completed_at = ?, updated_at = ? WHERE id = ?",
-                       (state, md5, now, now, upload_id))
+        with self._write(deferred=deferred, one_statement=len(ended) == 1) as db:
+            db.executemany("UPDATE uploads SET state = ?, md5 = ?, completed_at = ?, updated_at = ? WHERE id = ?",
+                           [(state, md5, now, now, upload_id) for upload_id, state, md5 in ended])
 
     def active_uploads(self) -> list[tuple[FileRow, UploadRow]]:
         with self._lock:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from syncd.config import Config, Watch, render_remote_dir
-from syncd.journal import AFTER_PENDING, FileRow, Fingerprint, Journal
+from syncd.journal import AFTER_PENDING, Done, FileRow, Fingerprint, Journal
 from syncd.outcomes import verdict_for
 from syncd.sources import Source, SourcePlanner, needs_transcode
 from syncd.states import FileState
@@ -156,42 +156,47 @@ class FileProcessor:
         the error that stopped it."""
         results: list[tuple[int, Outcome | Exception]] = []
         alone: list[int] = []
-        batch: list[tuple[FileRow, Watch, str, Path, str]] = []
+        checked: list[tuple[FileRow, Watch, str, Path]] = []
+        rows = self.journal.get_files(file_ids)
         for file_id in file_ids:
-            row = self.journal.get_file(file_id)
+            row = rows.get(file_id)
             if row is None:
                 alone.append(file_id)  # (process says so)
                 continue
-            checked = self._check(row)
-            if isinstance(checked, Outcome):
-                results.append((file_id, checked))
+            check = self._check(row)
+            if isinstance(check, Outcome):
+                results.append((file_id, check))
                 continue
-            watch, label, path = checked
-            if needs_transcode(watch, path) or (batch and batch[0][1].target != watch.target):
+            watch, label, path = check
+            if needs_transcode(watch, path) or (checked and checked[0][1].target != watch.target):
                 alone.append(file_id)
                 continue
-            # committed with the upload's row, journaled before the request
-            if not self.journal.set_state(row.id, "uploading", only_from=("ready", "waiting"), deferred=True):
-                results.append((file_id, Outcome(row.id, row.watch, row.relpath, self.journal.get_file(row.id).state)))
-                continue
-            batch.append((row, watch, label, path, remote_name_for(watch, row)))
-        started = time.monotonic()
+            checked.append((row, watch, label, path))
+        # committed with the uploads' rows, journaled before the request
+        started = self.journal.set_states([row.id for row, *_ in checked], "uploading",
+                                          only_from=("ready", "waiting"), deferred=True) if checked else set()
+        batch: list[tuple[FileRow, Watch, str, Path, str]] = []
+        for row, watch, label, path in checked:
+            if row.id in started:
+                batch.append((row, watch, label, path, remote_name_for(watch, row)))
+            else:  # taken by something else meanwhile (a rescan found it changed)
+                results.append((row.id, Outcome(row.id, row.watch, row.relpath, self.journal.get_file(row.id).state)))
+        began = time.monotonic()
         try:
             uploads = self.engine.upload_batch([
                 UploadJob(file_id=row.id, target=watch.target, source=path, fingerprint=row.fingerprint,
                           remote_name=dest, label=label) for row, watch, label, path, dest in batch]) if batch else []
         except Exception as exc:  # each file concludes it (a journal error stops the daemon there)
             uploads = [exc] * len(batch)
-        seconds = time.monotonic() - started
+        seconds = time.monotonic() - began
         done = [(entry, upload) for entry, upload in zip(batch, uploads, strict=True)
                 if not isinstance(upload, BaseException)]
-        for n, ((row, watch, _label, _path, dest), (remote, md5)) in enumerate(done):
-            destructive = watch.after_upload != "keep"
-            last = n == len(done) - 1
-            # one commit for all: the last write commits them (durably, before any delete or move)
-            self.journal.mark_done(row.id, md5=md5, remote_name=remote.name, durable=destructive and last,
-                                   deferred=not last, after_action=AFTER_PENDING if destructive else None,
-                                   target=watch.target, dest=dest, verified=remote.verified)
+        if done:  # one commit, durable before any delete or move
+            self.journal.mark_all_done([
+                Done(row.id, md5, remote.name, AFTER_PENDING if watch.after_upload != "keep" else None,
+                     watch.target, dest, remote.verified)
+                for (row, watch, _label, _path, dest), (remote, md5) in done],
+                durable=any(watch.after_upload != "keep" for (_row, watch, *_), _ in done))
         for (row, watch, label, path, _dest), (remote, md5) in done:
             log.info("%s: uploaded as %s (%d bytes, md5 %s, verified by %s, %.1fs, one of %d in a batch)",
                      label, remote.name, row.fingerprint.size, md5, remote.verified, seconds, len(done))

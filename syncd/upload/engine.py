@@ -31,7 +31,7 @@ import logging
 import os
 import secrets
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -39,7 +39,7 @@ from typing import TypeVar
 
 from syncd.bandwidth import BandwidthLimiter
 from syncd.config import RetryPolicy
-from syncd.journal import Fingerprint, Journal, UploadRow
+from syncd.journal import Fingerprint, Journal, NewUpload, UploadRow
 from syncd.upload.base import (
     NO_BATCH,
     AuthRejected,
@@ -199,12 +199,14 @@ class UploadEngine:
         alone: list[int] = []
         batch: list[tuple[int, _Read]] = []
         limit = self.batch_limit(jobs[0].target) if jobs else NO_BATCH
+        completed = self.journal.completed_uploads([job.file_id for job in jobs], target=jobs[0].target) \
+            if limit.files > 1 else {}
         for i, job in enumerate(jobs):
             if job.target != jobs[0].target or not limit.takes(job.fingerprint.size):
                 alone.append(i)
                 continue
             try:
-                read = self._read_small(job)
+                read = self._read_small(job, completed.get(job.file_id, ()))
             except (FileChanged, FileVanished) as exc:
                 results[i] = exc
                 continue
@@ -226,12 +228,12 @@ class UploadEngine:
                     break
         return results  # type: ignore[return-value]
 
-    def _read_small(self, job: UploadJob) -> _Read | tuple[RemoteFile, str]:
+    def _read_small(self, job: UploadJob, completed: Sequence[UploadRow]) -> _Read | tuple[RemoteFile, str]:
         """A small file's bytes and MD5, checked unchanged while read (the file's ctime kept
-        to check it again after the answer); or the result of its completed upload."""
+        to check it again after the answer); or the result of its completed upload (among
+        ``completed``, the file's completed uploads to the job's target, newest first)."""
         backend = self.backends[job.target]
-        done = self.journal.completed_upload(job.file_id, target=job.target, source=str(job.source),
-                                             fp=job.fingerprint, remote_name=job.remote_name)
+        done = next((row for row in completed if self._same_upload(row, job)), None)
         if done is not None:
             return RemoteFile(name=job.remote_name, size=done.size, md5=done.md5,
                               verified=backend.plan(UploadItem(job.remote_name, done.size)).verifies), done.md5
@@ -278,8 +280,8 @@ class UploadEngine:
                                       on_retry=on_retry, sleep=self._sleep)
         except (TransientError, AuthRejected, StorageFull, Interrupted) as exc:
             # what a request of each file alone would have ended with
-            for (i, _), row in zip(batch, rows, strict=True):
-                self.journal.finish_upload(row.id, state="abandoned")
+            self.journal.finish_uploads([(row.id, "abandoned", None) for row in rows])
+            for i, _ in batch:
                 results[i] = exc
             return []
         except (UploadError, OSError) as exc:
@@ -308,8 +310,8 @@ class UploadEngine:
             results[i] = (replace(answer, verified=verifies), read.md5)
             if self._on_part is not None:
                 self._on_part(len(read.data))
-        for upload_id, state, md5 in ended:  # committed with the caller's next write
-            self.journal.finish_upload(upload_id, state=state, md5=md5, deferred=True)
+        if ended:
+            self.journal.finish_uploads(ended, deferred=True)  # committed with the caller's next write
         return alone
 
     def _batch_rows(self, reads: list[_Read]) -> list[UploadRow]:
@@ -318,12 +320,12 @@ class UploadEngine:
         commit."""
         rows = [self._interrupted_whole(read.job) for read in reads]
         fresh = [n for n, row in enumerate(rows) if row is None]
-        for k, n in enumerate(fresh):
-            job = reads[n].job
-            rows[n] = self.journal.start_upload(
-                job.file_id, target=job.target, source=str(job.source), remote_name=job.remote_name,
-                fp=job.fingerprint, size=job.fingerprint.size, part_size=WHOLE, upload_key=new_upload_key(),
-                deferred=k < len(fresh) - 1)  # the last one commits them all
+        started = self.journal.start_uploads([
+            NewUpload(job.file_id, job.target, str(job.source), job.remote_name, job.fingerprint,
+                      job.fingerprint.size, WHOLE, new_upload_key()) for job in (reads[n].job for n in fresh)]) \
+            if fresh else []
+        for n, row in zip(fresh, started, strict=True):
+            rows[n] = row
         return rows  # type: ignore[return-value]
 
     @staticmethod

@@ -2,7 +2,7 @@ import sqlite3
 
 import pytest
 
-from syncd.journal import DUE_ORDERS, SCHEMA_VERSION, Fingerprint, Journal, JournalError
+from syncd.journal import DUE_ORDERS, SCHEMA_VERSION, Done, Fingerprint, Journal, JournalError, NewUpload
 
 FP = Fingerprint(dev=1, ino=2, size=100, mtime_ns=10)
 FP2 = Fingerprint(dev=1, ino=2, size=120, mtime_ns=20)
@@ -261,3 +261,38 @@ def test_the_rows_returned_by_writes_are_the_rows_written(journal):
     up = journal.start_upload(row.id, target="t", source="/s", remote_name="b.bin", fp=FP, size=FP.size,
                               part_size=0, upload_key="k")
     assert up == journal.get_upload(up.id)
+
+
+def test_writes_of_many_files_at_once_are_the_writes_of_each(journal):
+    """The bulk writes of a batch of small files (``set_states``, ``start_uploads``,
+    ``finish_uploads``, ``mark_all_done``) and the bulk reads leave the rows exactly as the
+    one-file writes would; more ids than one statement binds are split."""
+    ids = [journal.mark_settled("w", f"f{i}.bin", Fingerprint(1, i, 10, 1)).id for i in range(1203)]
+    journal.set_state(ids[5], "uploading")
+    journal.set_state(ids[5], "waiting", next_attempt_at=5.0, error="boom", attempts_delta=1)
+    journal.set_state(ids[6], "uploading")  # taken by something else: does not move
+    moved = journal.set_states(ids, "uploading", only_from=("ready", "waiting"))
+    assert moved == set(ids) - {ids[6]}
+    rows = journal.get_files(ids)
+    assert sorted(rows) == sorted(ids) and {r.state for r in rows.values()} == {"uploading"}
+    assert rows[ids[5]].last_error is None and rows[ids[5]].next_attempt_at is None and rows[ids[5]].attempts == 1
+    with pytest.raises(ValueError):
+        journal.set_states(ids, "uploaded", only_from=("ready",))
+
+    uploads = journal.start_uploads([NewUpload(i, "t", f"/w/{i}", f"r/{i}", rows[i].fingerprint, 10, 0, f"key-{i}")
+                                     for i in ids[:3]])
+    assert [u.upload_key for u in uploads] == [f"key-{i}" for i in ids[:3]]
+    assert [journal.open_upload(i, target="t") for i in ids[:3]] == uploads  # as written is as read
+    journal.finish_uploads([(uploads[0].id, "completed", "m0"), (uploads[1].id, "abandoned", None)])
+    completed = journal.completed_uploads(ids[:3], target="t")
+    assert list(completed) == [ids[0]] and completed[ids[0]][0].md5 == "m0"
+    assert journal.open_upload(ids[1], target="t") is None and journal.open_upload(ids[2], target="t") == uploads[2]
+    with pytest.raises(ValueError):
+        journal.finish_uploads([(uploads[2].id, "done", None)])
+
+    journal.mark_all_done([Done(ids[0], "m0", "r/0", "pending", "t", "d", "md5"), Done(ids[1], "m1", "r/1")],
+                          durable=True)
+    after = journal.get_files(ids[:2])
+    assert (after[ids[0]].state, after[ids[0]].md5, after[ids[0]].after_action, after[ids[0]].verified) == \
+        ("done", "m0", "pending", "md5")
+    assert (after[ids[1]].state, after[ids[1]].remote_name, after[ids[1]].after_action) == ("done", "r/1", None)
