@@ -197,4 +197,6 @@ def refuses_connections(port: int) -> bool:
         socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT).close()
     except ConnectionRefusedError:
         return True
+    except ConnectionResetError:  # queued while the listener closed: look again
+        return False
     return False
