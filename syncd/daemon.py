@@ -491,8 +491,11 @@ class Daemon:
             self._due_stale = False
             self._due_refresh_at = now + IDLE_TICK  # waiting files come due by the clock; `syncd retry`
         large_free = limits.uploads - len(self._large_running)
-        batching = {w.name: self.engine.batch_limit(w.target) if self.engine is not None else NO_BATCH
-                    for w in self.config.watches}
+        rates = self.limiter.limits()
+        # under a bandwidth limit, one file per request: a batch would go as one burst
+        batching = {w.name: self.engine.batch_limit(w.target)
+                    if self.engine is not None and rates.overall is None and rates.targets.get(w.target) is None
+                    else NO_BATCH for w in self.config.watches}
         slots = free
         room: dict[str, int] = {}
         """per watch: small files its last batch can still take"""

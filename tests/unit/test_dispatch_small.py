@@ -6,6 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from syncd.bandwidth import TimetableEntry
 from syncd.config import SMALL_FILE_MAX, load_config
 from syncd.daemon import Daemon, _worker_groups
 from syncd.dispatch import Dispatcher, WatchQueue
@@ -206,3 +207,19 @@ def test_worker_groups_keep_every_row_once_in_order(spec, workers, files):
             assert len({r.watch for r in group}) == 1 and len(group) <= files
             assert all(batching[r.watch].takes(r.size) for r in group)
     assert len(groups) >= min(workers, len(picked))  # no worker idles while another has two files
+
+
+def test_under_a_bandwidth_limit_small_files_go_one_per_request(daemon):
+    """A batch would go as one burst: while a limit is in force, no batches."""
+    daemon.engine = BatchingEngine(BatchLimit(4, 256 * 1024))
+    daemon.limiter.configure(overall=(TimetableEntry(at="00:00", limit=1024**2),), targets={})
+    ids = [ready(daemon, f"small{i}", 10) for i in range(8)]
+    daemon._dispatch()
+    assert daemon.workers.batches == [] and daemon.workers.submitted == ids[:5]
+    daemon.limiter.configure(overall=(), targets={})  # the limit is lifted
+    daemon._due_stale = True
+    daemon._dispatch()
+    assert daemon.workers.submitted == ids[:5] and daemon.workers.batches == []  # every worker busy
+    finish(daemon, ids[0])
+    daemon._dispatch()
+    assert daemon.workers.batches == [tuple(ids[5:8])]
