@@ -223,3 +223,29 @@ def test_under_a_bandwidth_limit_small_files_go_one_per_request(daemon):
     finish(daemon, ids[0])
     daemon._dispatch()
     assert daemon.workers.batches == [tuple(ids[5:8])]
+
+
+def test_a_watch_that_transcodes_sends_its_small_files_alone(tmp_path):
+    """Its videos would wait for each other in one worker: no batches there."""
+    for name in ("plain", "videos"):
+        (tmp_path / name).mkdir()
+    config = load_config(make_config(tmp_path, url="http://127.0.0.1:9/up/", token=None,
+                                     concurrency={"uploads": 2, "small_uploads": 4},
+                                     watches=[{"name": "plain", "path": str(tmp_path / "plain"), "target": "main"},
+                                              {"name": "videos", "path": str(tmp_path / "videos"), "target": "main",
+                                               "transcode": "optimize_for_web"}]))
+    d = Daemon(config)
+    d.journal = Journal(config.journal)
+    d.specs = {"plain": None, "videos": None}
+    d.dispatcher = Dispatcher([WatchQueue("plain"), WatchQueue("videos")])
+    d.workers = RecordingWorkers()
+    d.engine = BatchingEngine(BatchLimit(8, 256 * 1024))
+    try:
+        videos = [d.journal.mark_settled("videos", f"v{i}.mp4", Fingerprint(1, i, 10, 1)).id for i in range(3)]
+        plain = [d.journal.mark_settled("plain", f"p{i}", Fingerprint(1, 50 + i, 10, 1)).id for i in range(6)]
+        d._dispatch()
+        assert d.workers.submitted == videos  # alone, each to a worker of its own
+        assert d.workers.batches == [tuple(plain)]  # the fourth worker
+    finally:
+        d.journal.close()
+        d.waker.close()
