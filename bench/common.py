@@ -385,7 +385,7 @@ class Sink(ServerProcess):
 
 def syncd_config(base: Path, *, url: str, token: str, part_size: int | str, uploads: int = 1,
                  small_uploads: int | None = None, quiet: str = "1s", max_wait: str = "10m", watch: Path | None = None,
-                 recursive: bool = True, extra_watch: dict | None = None) -> Path:
+                 recursive: bool = True, extra_watch: dict | None = None, extra_target: dict | None = None) -> Path:
     """A config with target ``main`` and one watch ``drop`` (on ``watch`` or ``base/drop``)."""
     drop = watch or (base / "drop")
     drop.mkdir(parents=True, exist_ok=True)
@@ -399,6 +399,7 @@ def syncd_config(base: Path, *, url: str, token: str, part_size: int | str, uplo
             "timeout": {"connect": "5s", "read": "2m"},
             "retry": {"initial": "200ms", "max": "2s", "budget": "60s", "waiting_initial": "1s",
                       "waiting_max": "5s"},
+            **(extra_target or {}),
         }},
         "watches": [{"name": "drop", "path": str(drop), "target": "main", "recursive": recursive,
                      "settle": {"quiet": quiet, "max_wait": max_wait}, **(extra_watch or {})}],

@@ -138,10 +138,12 @@ class RcloneS3(ServerProcess):
 
 
 def run_syncd(work: Path, receiver: Receiver, *, n: int, size: int, quiet: str, uploads: int,
-              small_uploads: int | None, code: Path, tag: str, timeout: float) -> dict[str, Any]:
+              small_uploads: int | None, code: Path, tag: str, timeout: float,
+              batch: int | None = None) -> dict[str, Any]:
     base = work / tag
     cfg = syncd_config(base, url=receiver.url, token=receiver.token, part_size="50MiB", uploads=uploads,
-                       small_uploads=small_uploads, quiet=quiet)
+                       small_uploads=small_uploads, quiet=quiet,
+                       extra_target={"batch": batch} if batch is not None else None)
     daemon = DaemonRun(cfg, code=code)
     receiver.reset_peak()
     server_cpu0 = receiver.cpu()
@@ -202,14 +204,16 @@ def run_rclone(rclone: str, root: Path, src: Path, *, n: int, timeout: float,
 
 def run(*, n: int = 10_000, size: int = 4096, rounds: int = 1, quiet: str = "1s", uploads: int = 2,
         small_uploads: list[int] | None = None, with_rclone: bool = True, code: dict[str, Path] | None = None,
-        timeout: float = 900.0) -> dict[str, Any]:
+        timeout: float = 900.0, batch: list[int] | None = None) -> dict[str, Any]:
     rclone = find_rclone() if with_rclone else None
     code = code or {"": REPO}
-    # every checkout with every small_uploads value: (checkout, small_uploads) by name
-    variants = {" ".join(filter(None, [name, f"small_uploads={su}" if su and len(small_uploads) > 1 else ""])):
-                (path, su) for name, path in code.items() for su in (small_uploads or [None])}
+    # every checkout with every small_uploads and batch value: (checkout, small_uploads, batch) by name
+    variants = {" ".join(filter(None, [name, f"small_uploads={su}" if su and len(small_uploads) > 1 else "",
+                                       f"batch={b}" if b and len(batch) > 1 else ""])):
+                (path, su, b) for name, path in code.items() for su in (small_uploads or [None])
+                for b in (batch or [None])}
     result: dict[str, Any] = {"benchmark": "smallfiles", "files": n, "size": size, "rounds": rounds,
-                              "quiet": quiet, "uploads": uploads, "small_uploads": small_uploads,
+                              "quiet": quiet, "uploads": uploads, "small_uploads": small_uploads, "batch": batch,
                               "machine": machine(), "rclone": None, "with_rclone": with_rclone,
                               "code": {name: str(path) for name, path in code.items()},
                               "syncd_runs": {name: [] for name in variants}, "rclone_runs": []}
@@ -230,12 +234,12 @@ def run(*, n: int = 10_000, size: int = 4096, rounds: int = 1, quiet: str = "1s"
                 if who is not None:
                     tag = f"syncd-{rnd}-{i}"
                     (work / f"receiver-{tag}").mkdir()
-                    path, su = variants[who]
+                    path, su, b = variants[who]
                     receiver = Receiver(work / f"receiver-{tag}", code=path).start()
                     try:
                         result["syncd_runs"][who].append(run_syncd(
                             work, receiver, n=n, size=size, quiet=quiet, uploads=uploads,
-                            small_uploads=su, code=path, tag=tag, timeout=timeout))
+                            small_uploads=su, code=path, tag=tag, timeout=timeout, batch=b))
                     finally:
                         receiver.stop()
                 else:
@@ -255,6 +259,8 @@ def render(result: dict[str, Any]) -> str:
     r = result["rclone_runs"]
     su = result.get("small_uploads") or []
     small = f", small_uploads {su[0]}" if len(su) == 1 else ""
+    batches = result.get("batch") or []
+    small += f", batch {batches[0]}" if len(batches) == 1 else ""
     rows = []
     for name, s in result["syncd_runs"].items():
         at = f" [{name}]" if name else ""
@@ -296,6 +302,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--uploads", type=int, default=2, help="concurrency.uploads (default 2, syncd's default)")
     p.add_argument("--small-uploads", default="",
                    help="concurrency.small_uploads (default: syncd's default); N,M,... runs each in turn")
+    p.add_argument("--batch", default="",
+                   help="the target's batch (default: syncd's default); N,M,... runs each in turn")
     p.add_argument("--no-rclone", action="store_true", help="measure syncd alone")
     p.add_argument("--code", default="", help="NAME=DIR,...: run daemon and receiver from each checkout "
                    "in turn, alternating within every round (an A/B comparison in one sitting)")
@@ -307,7 +315,8 @@ def main(argv: list[str] | None = None) -> int:
                  uploads=args.uploads,
                  small_uploads=[int(x) for x in args.small_uploads.split(",") if x.strip()] or None,
                  with_rclone=not args.no_rclone,
-                 code=parse_code(args.code) or None)
+                 code=parse_code(args.code) or None,
+                 batch=[int(x) for x in args.batch.split(",") if x.strip()] or None)
     result["seconds"] = time.monotonic() - t0
     print(render(result))
     if args.json:
