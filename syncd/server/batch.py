@@ -5,7 +5,8 @@ a batch carries up to ``MAX_FILES`` files, and the receiver fsyncs each folder o
 all of them. The body is multipart/form-data: each file is given by the fields
 ``filename`` and ``md5`` (and optionally ``key``, an upload key as the ``Upload-Key``
 header takes it) followed by its ``file`` part; fields apply to the next file part only,
-other fields are skipped. Each file is at most ``file_limit`` bytes, held in memory.
+other fields are skipped. Each file is at most ``file_limit`` bytes, all of them together at
+most ``MAX_BYTES``, held in memory.
 
 The answer is ``{"files": [...]}``, one entry a file in request order, each what a
 whole-file ``POST`` of that file (with ``Upload-Key: <key>``) would have answered: the
@@ -31,6 +32,8 @@ from syncd.units import format_size
 ADVERTISE_HEADER = "Syncd-Batch"
 REQUEST_HEADER = "Syncd-Batch"
 MAX_FILES = 64
+MAX_BYTES = 16 * 1024 * 1024
+"""the most file bytes one batch may carry (its files are held in memory until stored)"""
 _FIELDS = ("filename", "md5", "key")
 
 
@@ -59,6 +62,7 @@ async def read_files(request: web.Request, *, file_limit: int, timeout: float) -
     if media_type(request) != "multipart/form-data":
         raise ApiError(400, f"{REQUEST_HEADER}: 1 needs a multipart/form-data body")
     files: list[BatchFile] = []
+    total = 0
     fields: dict[str, str] = {}
     keys: dict[str, int] = {}  # key -> position of the file that has it
     async for part in iter_parts(request, timeout=timeout):
@@ -82,6 +86,9 @@ async def read_files(request: web.Request, *, file_limit: int, timeout: float) -
         data, ended = await read_head(chunk_reader(part, timeout=timeout), file_limit)
         if not ended:
             raise ApiError(400, f"a file in a batch is at most {format_size(file_limit)}")
+        total += sum(len(b) for b in data)
+        if total > MAX_BYTES:
+            raise ApiError(413, f"A batch carries at most {format_size(MAX_BYTES)} of files")
         files.append(BatchFile(position, fields["filename"], fields["md5"], key, data))
         fields = {}
     if not files:

@@ -257,6 +257,15 @@ def test_a_malformed_batch_is_refused_whole(
     assert nothing_stored(root)
 
 
+def test_a_batch_of_more_bytes_than_it_may_hold_is_413_whole(server: EmbeddedReceiver, root: Path) -> None:
+    """Its files are in memory until stored: a batch carries at most 16 MiB of them."""
+    files = [item(f"f{i}", bytes([i]) * MiB) for i in range(17)]
+    answer = post_batch(server.url, files)
+    assert (answer.status_code, answer.json()) == (413, {"detail": "A batch carries at most 16 MiB of files"})
+    assert nothing_stored(root)
+    assert statuses(post_batch(server.url, files[:16])) == [200] * 16  # exactly 16 MiB is fine
+
+
 def test_a_batch_that_is_not_a_form_is_refused(server: EmbeddedReceiver, root: Path) -> None:
     answer = requests.post(
         server.url, json={"files": []}, headers={**AUTH, "Syncd-Batch": "1"}, timeout=TIMEOUT
