@@ -703,19 +703,16 @@ class Journal:
 
     def mark_done(self, file_id: int, *, md5: str, remote_name: str, durable: bool = False,
                   after_action: str | None = None, target: str | None = None, dest: str | None = None,
-                  verified: str | None = None, deferred: bool = False) -> None:
+                  verified: str | None = None) -> None:
         """The server confirmed the whole file. ``durable`` forces the commit to disk before
         returning: required before a destructive after-action (delete / move), which is then
-        recorded as ``AFTER_PENDING`` until done, so that one a crash cut off is redone.
-        ``deferred``: committed with this thread's next write (a durable one makes the
-        deferred writes before it durable too: its commit syncs the whole write-ahead log)."""
-        self.mark_all_done([Done(file_id, md5, remote_name, after_action, target, dest, verified)],
-                           durable=durable, deferred=deferred)
+        recorded as ``AFTER_PENDING`` until done, so that one a crash cut off is redone."""
+        self.mark_all_done([Done(file_id, md5, remote_name, after_action, target, dest, verified)], durable=durable)
 
-    def mark_all_done(self, done: Sequence[Done], *, durable: bool = False, deferred: bool = False) -> None:
+    def mark_all_done(self, done: Sequence[Done], *, durable: bool = False) -> None:
         """``mark_done`` of several files in one write."""
         now = self.clock()
-        with self._write(durable=durable, deferred=deferred, one_statement=len(done) == 1) as db:
+        with self._write(durable=durable, one_statement=len(done) == 1) as db:
             db.executemany(
                 "UPDATE files SET state = 'done', md5 = ?, remote_name = ?, done_at = ?,"
                 " last_error = NULL, next_attempt_at = NULL, after_action = ?, updated_at = ?,"
@@ -828,18 +825,15 @@ class Journal:
         return found
 
     def start_upload(self, file_id: int, *, target: str, source: str, remote_name: str,
-                     fp: Fingerprint, size: int, part_size: int, upload_key: str | None = None,
-                     deferred: bool = False) -> UploadRow:
-        """An upload about to begin, journaled (with its key) before any request is sent
-        (``deferred``: by this thread's next write, which the request must wait for)."""
-        return self.start_uploads([NewUpload(file_id, target, source, remote_name, fp, size, part_size, upload_key)],
-                                  deferred=deferred)[0]
+                     fp: Fingerprint, size: int, part_size: int, upload_key: str | None = None) -> UploadRow:
+        """An upload about to begin, journaled (with its key) before any request is sent."""
+        return self.start_uploads([NewUpload(file_id, target, source, remote_name, fp, size, part_size, upload_key)])[0]
 
-    def start_uploads(self, uploads: Sequence[NewUpload], *, deferred: bool = False) -> list[UploadRow]:
+    def start_uploads(self, uploads: Sequence[NewUpload]) -> list[UploadRow]:
         """``start_upload`` of several uploads in one write; their rows, in order."""
         now = self.clock()
         rows = []
-        with self._write(deferred=deferred, one_statement=len(uploads) == 1) as db:
+        with self._write(one_statement=len(uploads) == 1) as db:
             for u in uploads:
                 fp = u.fp
                 cur = db.execute(
