@@ -88,3 +88,31 @@ def test_a_file_the_receiver_refuses_in_a_batch_fails_alone_with_its_reason(tmp_
         assert_delivered(peer, drop, daemon, keys=[k for k in drop.names() if k != "keep:ok/too-big.bin"])
     finally:
         peer.stop()
+
+
+def test_while_the_server_is_down_batched_files_wait_then_complete_unattended(receiver, tmp_path):
+    """A batch whose retries are spent leaves each of its files `waiting` (none `failed`),
+    tried again later as a batch; once the server is back every file arrives once."""
+    drop = Drop(tmp_path)
+    small_drop(drop, random.Random(8), 40)
+    with FaultProxy(receiver.url, seed=4, rules=[]) as proxy:
+        config = failure_config(tmp_path, url=proxy.url_for(receiver.url), token=receiver.token, part_size=64 * KiB,
+                                small_uploads=2, quiet="0.3s", timeout={"read": "1s"},
+                                retry={"initial": "50ms", "max": "100ms", "budget": "0.3s",
+                                       "waiting_initial": "500ms", "waiting_max": "1s"})
+        with DaemonProcess(config, log_level="INFO") as daemon:
+            daemon.wait_states({"keep:d0/s000.bin": "done"}, timeout=30)  # the server said it takes batches
+            proxy.set_rules([Rule(Reset(upstream=False))])  # the server is gone
+            for i in range(40, 80):
+                drop.write(("keep", "del")[i % 2], f"later/s{i:03d}.bin", 3000)
+            wait_until(lambda: sum(r["state"] == "waiting" and r["attempts"] >= 1 for r in daemon.rows().values())
+                       >= 30, timeout=40, what="the later files waiting while the server is down")
+            assert not [r for r in daemon.rows().values() if r["state"] == "failed"]
+            down = [s for s in proxy.seen if s.action == "reset" and s.headers.get("syncd-batch") == "1"]
+            assert down, "no batch was tried while the server was down"
+            proxy.set_rules([])  # back
+            daemon.wait_states({k: "done" for k in drop.names()}, timeout=60)
+            wait_until(lambda: not any(drop.local(k).exists() for k in drop.names("del")), timeout=10,
+                       what="del files deleted")
+    assert_no_unsafe_deletes(receiver, drop, daemon)
+    assert_delivered(receiver, drop, daemon)
