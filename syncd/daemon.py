@@ -498,32 +498,24 @@ class Daemon:
                     if self.engine is not None and w.transcode is None
                     and rates.overall is None and rates.targets.get(w.target) is None
                     else NO_BATCH for w in self.config.watches}
-        slots = free
-        room: dict[str, int] = {}
-        """per watch: small files its last batch can still take"""
+        groups = WorkerGroups(free, batching)
 
         def admit(row: DueFile) -> bool:
-            nonlocal large_free, slots
-            limit = batching.get(row.watch, NO_BATCH)
-            if limit.takes(row.size) and room.get(row.watch, 0) > 0:
-                room[row.watch] -= 1
-                return True
-            if slots <= 0:
-                return False
-            if row.size > SMALL_FILE_MAX:
-                if large_free <= 0:
-                    return False  # it waits while concurrency.uploads large files run
+            nonlocal large_free
+            large = row.size > SMALL_FILE_MAX
+            if large and large_free <= 0:
+                return False  # it waits while concurrency.uploads large files run
+            if not groups.add(row):
+                return False  # every free worker has its file, or its batch is full
+            if large:
                 large_free -= 1
-            slots -= 1
-            if limit.takes(row.size):
-                room[row.watch] = limit.files - 1
             return True
 
         held = [w.name for w in self.config.watches if self._blocked(watch=w.name, target=w.target)]
         most = max((limit.files for limit in batching.values()), default=1)
-        picked = self.dispatcher.pick(self.journal, free=free * most, running=self.running, held=held, admit=admit,
-                                      lookahead=limits.workers * DUE_PER_WORKER, refresh=refresh)
-        for group in _worker_groups(picked, batching, workers=free):
+        self.dispatcher.pick(self.journal, free=free * most, running=self.running, held=held, admit=admit,
+                             lookahead=limits.workers * DUE_PER_WORKER, refresh=refresh)
+        for group in groups.spread():
             for row in group:
                 self.running.add(row.id)
                 if row.size > SMALL_FILE_MAX:
@@ -673,30 +665,44 @@ class Daemon:
             self._last_status = line
 
 
-def _worker_groups(picked: list[DueFile], batching: dict[str, BatchLimit], *, workers: int) -> list[list[DueFile]]:
-    """The picked rows as the workers take them, in order: a small file its watch's target
-    takes in a batch joins that watch's last batch until it is full; any other row goes
-    alone. While there are fewer groups than free ``workers``, the largest batch is halved."""
-    groups: list[list[DueFile]] = []
-    last: dict[str, list[DueFile]] = {}
-    for row in picked:
-        limit = batching.get(row.watch, NO_BATCH)
-        if not limit.takes(row.size):
-            groups.append([row])
-            continue
-        group = last.get(row.watch)
-        if group is None or len(group) >= limit.files:
-            group = last[row.watch] = []
-            groups.append(group)
-        group.append(row)
-    while len(groups) < workers:
-        biggest = max(groups, key=len, default=None)
-        if biggest is None or len(biggest) < 2:
-            break
-        half = len(biggest) // 2
-        groups.append(biggest[half:])
-        del biggest[half:]
-    return groups
+class WorkerGroups:
+    """What free workers take, built as the dispatcher admits rows: a small file that its
+    watch's target takes in a batch joins that watch's last batch until it is full; any
+    other row opens a group of its own, while a worker is left for it."""
+
+    def __init__(self, workers: int, batching: dict[str, BatchLimit]) -> None:
+        self.workers = workers
+        self.batching = batching
+        self.groups: list[list[DueFile]] = []
+        self._last: dict[str, list[DueFile]] = {}
+        """per watch: its batch still open"""
+
+    def add(self, row: DueFile) -> bool:
+        """Whether ``row`` found a place."""
+        limit = self.batching.get(row.watch, NO_BATCH)
+        batchable = limit.takes(row.size)
+        group = self._last.get(row.watch)
+        if batchable and group is not None and len(group) < limit.files:
+            group.append(row)
+            return True
+        if len(self.groups) >= self.workers:
+            return False
+        self.groups.append([row])
+        if batchable:
+            self._last[row.watch] = self.groups[-1]
+        return True
+
+    def spread(self) -> list[list[DueFile]]:
+        """The groups, the largest batch halved while a free worker would otherwise idle."""
+        groups = self.groups
+        while len(groups) < self.workers:
+            biggest = max(groups, key=len, default=None)
+            if biggest is None or len(biggest) < 2:
+                break
+            half = len(biggest) // 2
+            groups.append(biggest[half:])
+            del biggest[half:]
+        return groups
 
 
 def describe_config(config: Config) -> str:

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from syncd.bandwidth import TimetableEntry
 from syncd.config import SMALL_FILE_MAX, load_config
-from syncd.daemon import Daemon, _worker_groups
+from syncd.daemon import Daemon, WorkerGroups
 from syncd.dispatch import Dispatcher, WatchQueue
 from syncd.journal import DueFile, Fingerprint, Journal
 from syncd.pipeline import Outcome
@@ -196,17 +196,22 @@ rows = st.lists(st.tuples(st.sampled_from(["a", "b", "c"]), st.integers(0, 300))
 
 
 @given(rows, st.integers(1, 8), st.integers(1, 6))
-def test_worker_groups_keep_every_row_once_in_order(spec, workers, files):
-    picked = [DueFile(i, watch, f"f{i}", size, "ready", 0.0) for i, (watch, size) in enumerate(spec)]
+def test_worker_groups_keep_every_admitted_row_once_in_order(spec, workers, files):
+    rows_in = [DueFile(i, watch, f"f{i}", size, "ready", 0.0) for i, (watch, size) in enumerate(spec)]
     batching = {"a": BatchLimit(files, 200), "b": BatchLimit(files, 200)}  # "c" takes no batches
-    groups = _worker_groups(picked, batching, workers=workers)
-    assert sorted(r.id for g in groups for r in g) == [r.id for r in picked]
+    worker_groups = WorkerGroups(workers, batching)
+    admitted = [r for r in rows_in if worker_groups.add(r)]
+    groups = worker_groups.spread()
+    assert sorted(r.id for g in groups for r in g) == [r.id for r in admitted]
+    assert len(groups) <= workers
     for group in groups:
         assert group == sorted(group, key=lambda r: r.id)
         if len(group) > 1:
             assert len({r.watch for r in group}) == 1 and len(group) <= files
             assert all(batching[r.watch].takes(r.size) for r in group)
-    assert len(groups) >= min(workers, len(picked))  # no worker idles while another has two files
+    assert len(groups) >= min(workers, len(admitted))  # no worker idles while another has two files
+    if len(admitted) < len(rows_in):  # a row is refused only once every free worker has something
+        assert len(groups) == workers
 
 
 def test_under_a_bandwidth_limit_small_files_go_one_per_request(daemon):
