@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
-from syncd.server import batch, handlers, rawparts
+from syncd.server import batch, checksums, handlers, rawparts
 from syncd.server.auth import Handler, token_middleware
 from syncd.server.drain import DRAIN, Drain
 from syncd.server.errors import ApiError
@@ -68,6 +68,7 @@ def build_app(settings: ReceiverSettings, *, hooks: ServerHooks | None = None) -
     app.cleanup_ctx.append(_receiver_lifecycle)
     app.on_response_prepare.append(rawparts.advertise)
     app.on_response_prepare.append(batch.advertise)
+    app.on_response_prepare.append(checksums.advertise)
 
     base = settings.base_path
     collection = f"{base}chunked_upload/"

@@ -8,7 +8,7 @@ from typing import Any
 
 from aiohttp import web
 
-from syncd.server import batch, rawparts
+from syncd.server import batch, checksums, rawparts
 from syncd.server.errors import ApiError
 from syncd.server.forms import (
     NO_FILE,
@@ -80,6 +80,13 @@ def _upload_key(request: web.Request) -> str | None:
         raise ApiError(400, str(exc)) from None
 
 
+def _checksum(request: web.Request) -> str:
+    """The algorithm a first part asks for; a repeated header is taken as one list, as
+    HTTP reads it (and refused)."""
+    values = request.headers.getall(checksums.HEADER, [])
+    return checksums.parse(", ".join(values) if values else None)
+
+
 async def _receive_form(
     request: web.Request,
     session: Session,
@@ -129,7 +136,8 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def create_session(request: web.Request) -> web.StreamResponse:
-    """``PUT chunked_upload/``: a new session with its first part.
+    """``PUT chunked_upload/``: a new session with its first part, verified with the
+    algorithm ``Syncd-Checksum`` asks for (``checksums``; MD5 without it).
 
     With an ``Upload-Key`` that names a session already (the client lost the answer),
     the part goes to that session instead, as a ``PUT`` to its URL would.
@@ -137,23 +145,24 @@ async def create_session(request: web.Request) -> web.StreamResponse:
     receiver = _receiver(request)
     span = _content_range(request)
     key = _upload_key(request)
+    checksum = _checksum(request)
     if media_type(request) == rawparts.MEDIA_TYPE:
         raise ApiError(400, f"{rawparts.MEDIA_TYPE} is for later parts: send the first part as a form")
     if span.start != 0:
         raise ApiError(400, "The first part must start at offset 0", provided_offset=span.start)
     receiver.check_size(span.total)
     if key is None:
-        return await _create(request, span, key=None)
+        return await _create(request, span, key=None, checksum=checksum)
     async with receiver.key_locks.hold(key), receiver.locked_by_key(key) as named:
         if named is None:
-            return await _create(request, span, key=key)
-        return await _repeat_first_part(request, named, span, key)
+            return await _create(request, span, key=key, checksum=checksum)
+        return await _repeat_first_part(request, named, span, key, checksum)
 
 
-async def _create(request: web.Request, span: ContentRange, *, key: str | None) -> web.Response:
+async def _create(request: web.Request, span: ContentRange, *, key: str | None, checksum: str) -> web.Response:
     receiver = _receiver(request)
     receiver.check_space(span.total)
-    async with receiver.creating(span.total, upload_key=key) as session:
+    async with receiver.creating(span.total, upload_key=key, checksum=checksum) as session:
         await _receive_form(
             request,
             session,
@@ -189,12 +198,22 @@ def _check_same_file(key: str, session: Session, *, filename: str | None, size: 
         )
 
 
+def _check_same_checksum(key: str, session: Session, checksum: str) -> None:
+    """400 when the request asks for another algorithm than the session its key names has."""
+    if checksum != session.record.checksum:
+        raise ApiError(
+            400,
+            f"{KEY_HEADER} {key!r} names an upload checked with {session.record.checksum}, not {checksum}",
+        )
+
+
 async def _repeat_first_part(
-    request: web.Request, session: Session, span: ContentRange, key: str
+    request: web.Request, session: Session, span: ContentRange, key: str, checksum: str
 ) -> web.StreamResponse:
     """A keyed first part whose session exists: that session's answer (it holds the lock)."""
     receiver = _receiver(request)
     _check_same_file(key, session, filename=None, size=span.total)
+    _check_same_checksum(key, session, checksum)
     url = session_url(request, receiver.settings, session.record.id)
     if session.record.state == COMPLETE:
         fields = await _fields_before_file(request)
@@ -293,7 +312,9 @@ def _check_stored(key: str, session: Session) -> None:
 
 
 def _check_same_whole(key: str, session: Session, *, filename: str | None, size: int, md5: str | None) -> None:
-    """400 when a whole file is another than the stored one its key names."""
+    """400 when a whole file is another than the stored one its key names (whole files
+    are checked with MD5)."""
+    _check_same_checksum(key, session, checksums.DEFAULT)
     _check_same_file(key, session, filename=filename, size=size)
     if md5 is not None and md5.strip().lower() != session.record.md5:
         raise ApiError(400, f"{KEY_HEADER} {key!r} names an upload with another md5 ({session.record.md5})")
@@ -437,12 +458,13 @@ async def get_session(request: web.Request) -> web.Response:
 
 
 async def complete_session(request: web.Request) -> web.Response:
-    """``POST chunked_upload/{id}/`` with ``md5`` (JSON or form): verify and store."""
+    """``POST chunked_upload/{id}/`` with ``md5`` (JSON or form), or ``sha256`` for a
+    SHA-256 session: verify and store."""
     receiver = _receiver(request)
     session = receiver.lookup(request.match_info["id"])
-    md5 = await _md5_field(request)
+    digest = await _checksum_field(request, session.record.checksum)
     async with receiver.locked(session):
-        await receiver.complete(session, md5)
+        await receiver.complete(session, digest)
     return _answer(request, session)
 
 
@@ -455,21 +477,22 @@ async def abort_session(request: web.Request) -> web.Response:
     return web.Response(status=204)
 
 
-async def _md5_field(request: web.Request) -> str | None:
+async def _checksum_field(request: web.Request, name: str) -> str | None:
+    """The field ``name`` (``md5`` or ``sha256``) of a completion, JSON or form."""
     content_type = media_type(request)
     if content_type == "application/json":
         try:
             doc: Any = await request.json()
         except ValueError:
             raise ApiError(400, "Malformed JSON body") from None
-        value = doc.get("md5") if isinstance(doc, dict) else None
+        value = doc.get(name) if isinstance(doc, dict) else None
     elif content_type == "application/x-www-form-urlencoded":
-        value = (await request.post()).get("md5")
+        value = (await request.post()).get(name)
     elif content_type == "multipart/form-data":
         timeout = _receiver(request).hooks.body_timeout
         value = None
         async for part in iter_parts(request, timeout=timeout):
-            if part.name == "md5":
+            if part.name == name:
                 value = await read_text(part, timeout=timeout)
             else:
                 await skip(part, timeout=timeout)

@@ -18,8 +18,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from types import TracebackType
 
+from syncd.server.checksums import DEFAULT
 from syncd.server.names import MAX_SEGMENT_BYTES
-from syncd.server.safefs import md5_of_fd, parent_dir, regular_file_stat
+from syncd.server.safefs import digest_of_fd, parent_dir, regular_file_stat
 
 MAX_RENAME_TRIES = 10_000
 
@@ -83,8 +84,9 @@ class Upload:
     part_name: str
     session_id: str
     relpath: str
-    md5: str
+    md5: str  # the file's checksum in hex, in ``checksum``'s algorithm
     size: int
+    checksum: str = DEFAULT
 
 
 def place(root_fd: int, upload: Upload, *, on_conflict: str, folders: FolderSyncs | None = None) -> Placed:
@@ -162,7 +164,7 @@ def _holds_same(dir_fd: int, leaf: str, part: os.stat_result, upload: Upload) ->
     except OSError:
         return False
     try:
-        return md5_of_fd(fd, upload.size).hexdigest() == upload.md5
+        return digest_of_fd(fd, upload.size, upload.checksum).hexdigest() == upload.md5
     except OSError:
         return False
     finally:

@@ -23,7 +23,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
-from syncd.server import safefs
+from syncd.server import checksums, safefs
 from syncd.server.errors import NOT_FOUND, ApiError
 from syncd.server.hooks import ServerHooks
 from syncd.server.keys import KeyLocks
@@ -49,7 +49,8 @@ T = TypeVar("T")
 Stored = tuple[SessionRecord, bool]
 """a whole file stored: its completed record, and whether an identical file already held its name"""
 
-MD5_REQUIRED = "Checksum of type 'md5' is required"
+CHECKSUM_REQUIRED = "Checksum of type '{}' is required"
+MD5_REQUIRED = CHECKSUM_REQUIRED.format("md5")
 CHECKSUM_MISMATCH = "checksum does not match"
 ALREADY_COMPLETE = 'Upload has already been marked as "complete"'
 EXPIRED_DETAIL = "Upload has expired"
@@ -72,7 +73,8 @@ class Session:
 
     def __init__(self, record: SessionRecord, hasher: Any = None) -> None:
         self.record = record
-        # MD5 of the data up to record.offset; None after a restart until rebuilt once.
+        # Hash (record.checksum's) of the data up to record.offset; None after a restart
+        # until rebuilt once.
         self.hasher = hasher
         self.lock = asyncio.Lock()
 
@@ -238,8 +240,11 @@ class Receiver:
     # -- creating ----------------------------------------------------------------------
 
     @asynccontextmanager
-    async def creating(self, total: int, *, upload_key: str | None = None) -> AsyncIterator[Session]:
-        """A new session for its first part; registered by ``register``, else removed on exit."""
+    async def creating(
+        self, total: int, *, upload_key: str | None = None, checksum: str = checksums.DEFAULT
+    ) -> AsyncIterator[Session]:
+        """A new session for its first part, verified with ``checksum`` (one of
+        ``checksums.ALGORITHMS``); registered by ``register``, else removed on exit."""
         now = self.hooks.clock()
         record = SessionRecord(
             id=new_session_id(),
@@ -250,9 +255,10 @@ class Receiver:
             created_at=now,
             updated_at=now,
             upload_key=upload_key,
+            checksum=checksum,
         )
         await self._run(self.store.create_part, record.id)
-        session = Session(record, hashlib.md5())
+        session = Session(record, checksums.new_hasher(checksum))
         self._creating.add(session)
         try:
             yield session
@@ -384,30 +390,33 @@ class Receiver:
             return
         record = session.record
         t0 = time.monotonic()
-        session.hasher = await self._run(self._hash_data, record.id, record.offset)
+        session.hasher = await self._run(self._hash_data, record.id, record.offset, record.checksum)
         log.info(
-            "session %s: rebuilt MD5 state from %s of data in %.2fs",
+            "session %s: rebuilt %s state from %s of data in %.2fs",
             record.id,
+            checksums.LABELS[record.checksum],
             format_size(record.offset),
             time.monotonic() - t0,
         )
 
-    def _hash_data(self, session_id: str, length: int) -> Any:
+    def _hash_data(self, session_id: str, length: int, algorithm: str) -> Any:
         fd = self.store.open_part(session_id, write=False)
         try:
-            return safefs.md5_of_fd(fd, length)
+            return safefs.digest_of_fd(fd, length, algorithm)
         finally:
             os.close(fd)
 
     # -- completion --------------------------------------------------------------------
 
-    async def complete(self, session: Session, md5: str | None) -> SessionRecord:
+    async def complete(self, session: Session, digest: str | None) -> SessionRecord:
+        """Verifies the session's data against ``digest`` (hex, in the session's algorithm)
+        and stores it under its name."""
         record = session.record
-        if not md5:
-            raise ApiError(400, MD5_REQUIRED)
-        md5 = md5.strip().lower()
+        if not digest:
+            raise ApiError(400, CHECKSUM_REQUIRED.format(record.checksum))
+        digest = digest.strip().lower()
         if record.state == COMPLETE:
-            if md5 != record.md5:
+            if digest != record.md5:
                 raise ApiError(400, CHECKSUM_MISMATCH)
             return record  # a retried completion: same answer again
         if record.offset != record.total:
@@ -418,10 +427,10 @@ class Receiver:
                 total=record.total,
             )
         await self._ensure_hasher(session)
-        if session.hasher.hexdigest() != md5:
+        if session.hasher.hexdigest() != digest:
             raise ApiError(400, CHECKSUM_MISMATCH)
         try:
-            placed = await self._run(self._place, self._upload_of(record, md5))
+            placed = await self._run(self._place, self._upload_of(record, digest))
         except (PlacementError, UnsafePath) as exc:
             raise ApiError(409, f"cannot store {record.filename!r}: {exc}") from None
         except OSError as exc:
@@ -430,7 +439,7 @@ class Receiver:
             raise
         now = self.hooks.clock()
         done = replace(
-            record, state=COMPLETE, md5=md5, path=placed.path, completed_at=now, updated_at=now
+            record, state=COMPLETE, md5=digest, path=placed.path, completed_at=now, updated_at=now
         )
         if self._sessions.get(record.id) is session:
             await self._run(self.store.save, done)
@@ -647,15 +656,17 @@ class Receiver:
         self.store.append_completed(done)
         return done
 
-    def _upload_of(self, record: SessionRecord, md5: str) -> Upload:
-        """The session's data in ``.incoming``, to place under its name."""
+    def _upload_of(self, record: SessionRecord, digest: str) -> Upload:
+        """The session's data in ``.incoming``, to place under its name (``digest`` in
+        the session's algorithm)."""
         return Upload(
             incoming_fd=self.store.fd,
             part_name=part_name(record.id),
             session_id=record.id,
             relpath=record.filename,
-            md5=md5,
+            md5=digest,
             size=record.total,
+            checksum=record.checksum,
         )
 
     def _place(self, upload: Upload, *, folders: FolderSyncs | None = None) -> Placed:
@@ -665,9 +676,10 @@ class Receiver:
         record = session.record
         seconds = max(self.hooks.clock() - record.created_at, 1e-6)
         log.info(
-            "stored %s: %s, md5 %s, %.2fs, %.1f MiB/s%s",
+            "stored %s: %s, %s %s, %.2fs, %.1f MiB/s%s",
             record.path,
             format_size(record.total),
+            record.checksum,
             record.md5,
             seconds,
             record.total / seconds / 1024**2,

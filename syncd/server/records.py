@@ -8,6 +8,7 @@ import uuid
 from dataclasses import dataclass, fields
 from typing import Any
 
+from syncd.server.checksums import ALGORITHMS, DEFAULT
 from syncd.server.keys import is_upload_key
 
 UPLOADING = "uploading"
@@ -47,7 +48,10 @@ class SessionRecord:
     created_at: float  # wall-clock seconds
     updated_at: float  # last accepted part (or state change): idle time counts from here
     completed_at: float | None = None
-    md5: str | None = None  # set when complete
+    # Set when complete: the whole file's checksum in hex, in ``checksum``'s algorithm
+    # (named after drf-chunked-upload's field, which is always MD5).
+    md5: str | None = None
+    checksum: str = DEFAULT  # the algorithm that verifies the session (``checksums``)
     path: str | None = None  # where the file was stored, relative to the root
     upload_key: str | None = None  # the client's name for the session (``keys``), if it gave one
 
@@ -73,6 +77,7 @@ class SessionRecord:
         if (
             canonical_id(str(record.id)) != record.id
             or record.state not in STATES
+            or record.checksum not in ALGORITHMS
             or not isinstance(record.total, int)
             or not isinstance(record.offset, int)
             or not 0 <= record.offset <= record.total

@@ -17,6 +17,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from syncd.server.checksums import new_hasher
+
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 HASH_BLOCK = 1024 * 1024
 
@@ -83,9 +85,10 @@ def check_parents(root_fd: int, relpath: str) -> None:
         pass
 
 
-def md5_of_fd(fd: int, length: int) -> hashlib._Hash:
-    """MD5 of the first ``length`` bytes of ``fd``, read with pread (the offset stays put)."""
-    digest = hashlib.md5()
+def digest_of_fd(fd: int, length: int, algorithm: str) -> hashlib._Hash:
+    """The hash (``checksums.ALGORITHMS``) of the first ``length`` bytes of ``fd``, read
+    with pread (the offset stays put)."""
+    digest = new_hasher(algorithm)
     pos = 0
     while pos < length:
         block = os.pread(fd, min(HASH_BLOCK, length - pos), pos)

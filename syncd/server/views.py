@@ -64,9 +64,11 @@ def session_json(record: SessionRecord, *, url: str, expire: float) -> dict[str,
         "created_at": _iso(record.created_at),
         "completed_at": _iso(record.completed_at),
         "expires_at": _iso(record.updated_at + expire),
+        "checksum": record.checksum,
     }
     if record.state == COMPLETE:
-        doc.update(md5=record.md5, size=record.total, path=record.path)
+        # drf's ``md5``, or ``sha256`` for a SHA-256 session: named after its algorithm
+        doc.update({record.checksum: record.md5, "size": record.total, "path": record.path})
     if record.upload_key is not None:
         doc["upload_key"] = record.upload_key
     return doc
