@@ -2,13 +2,15 @@
 
     .venv/bin/python -m bench.throughput [--size 1GiB] [--rounds 3] [--part 50MiB]
                                          [--servers receiver,drf,tus] [--no-limits] [--drop-caches]
-                                         [--json FILE]
+                                         [--md5-too] [--json FILE]
 
 Against the same servers in one run (``syncd serve`` as its own process, and the real
 drf-chunked-upload under waitress), each round uploads the same random file with:
 
 - ``syncd upload -c CFG --target main FILE`` (the one-shot command: the same journal,
-  engine and chunked backend as the daemon; a fresh journal each run);
+  engine and chunked backend as the daemon; a fresh journal each run). To ``syncd serve``
+  both sides hash every byte with SHA-256, to drf-chunked-upload with MD5; ``--md5-too``
+  adds a run to ``syncd serve`` with the target's ``checksum: md5``;
 - the naive client (``tests/support/synapse_client.py``, what synapse-sdk's
   ``create_chunked_upload`` does: each part read whole into memory, ``requests.put(files=)``);
 
@@ -16,7 +18,8 @@ and, with ``tus`` in ``--servers``, tuspy to @tus/server (``bench/_tuspy.py``: a
 hashes nothing on either side, the yardstick of issue 14); and, unless ``--no-limits``, the
 machine's limits in the same run: ``curl -T`` of the whole
 file to a plain HTTP sink (the loopback transport ceiling), ``cat`` to /dev/null from a cold
-cache (disk read) and ``md5sum`` from a warm cache (MD5 speed).
+cache (disk read), and ``md5sum`` and ``sha256sum`` from a warm cache (MD5's and SHA-256's
+speed on one core).
 
 Each contender is its own process, measured from spawn to exit (interpreter start-up
 included): MiB/s = file size / wall time; peak RSS (``wait4``'s ru_maxrss = VmHWM at exit);
@@ -96,7 +99,7 @@ def _timeout(size: int) -> float:
 
 
 def build_contenders(work: Path, servers: dict[str, ServerProcess], sink: Sink | None, *,
-                     size: int, part: int, limits: bool) -> list[Contender]:
+                     size: int, part: int, limits: bool, md5_too: bool = False) -> list[Contender]:
     env = child_env()
     counter = iter(range(10**6))
     contenders: list[Contender] = []
@@ -110,10 +113,10 @@ def build_contenders(work: Path, servers: dict[str, ServerProcess], sink: Sink |
             contenders.append(Contender("tuspy", key, tuspy))
             continue
 
-        def syncd(path: Path, server=server, key=key) -> ProcResult:
+        def syncd(path: Path, server=server, key=key, target: dict | None = None) -> ProcResult:
             base = work / f"syncd-{key}-{next(counter)}"
             base.mkdir()
-            cfg = syncd_config(base, url=server.url, token=server.token, part_size=part)
+            cfg = syncd_config(base, url=server.url, token=server.token, part_size=part, extra_target=target)
             return run_measured([PYTHON, "-m", "syncd", "upload", "-c", str(cfg), "--target", "main",
                                  str(path)], timeout=_timeout(size), env=env)
 
@@ -122,6 +125,9 @@ def build_contenders(work: Path, servers: dict[str, ServerProcess], sink: Sink |
                                 timeout=_timeout(size), env=env)
 
         contenders.append(Contender("syncd upload", key, syncd))
+        if md5_too and key == "receiver":
+            contenders.append(Contender("syncd upload, checksum: md5", key,
+                                        lambda path, syncd=syncd: syncd(path, target={"checksum": "md5"})))
         contenders.append(Contender("naive client", key, naive))
 
     if limits and sink is not None:
@@ -134,13 +140,16 @@ def build_contenders(work: Path, servers: dict[str, ServerProcess], sink: Sink |
     return contenders
 
 
-def _md5sum_warm(path: Path, size: int) -> ProcResult:
+def _hashsum_warm(tool: str, path: Path, size: int) -> ProcResult:
     run_measured(["sh", "-c", 'exec cat "$1" > /dev/null', "sh", str(path)], timeout=_timeout(size)).check()
-    return run_measured(["md5sum", str(path)], timeout=_timeout(size))
+    return run_measured([tool, str(path)], timeout=_timeout(size))
+
+
+HASH_TOOLS = ("md5sum", "sha256sum")
 
 
 def run(*, size: int, rounds: int, part: int, servers: tuple[str, ...] = ("receiver", "drf", "tus"),
-        limits: bool = True, drop_caches: bool = False) -> dict[str, Any]:
+        limits: bool = True, drop_caches: bool = False, md5_too: bool = False) -> dict[str, Any]:
     result: dict[str, Any] = {"benchmark": "throughput", "size": size, "part": part, "rounds": rounds,
                               "cache": "drop_caches" if drop_caches else "fadvise(DONTNEED) on the file",
                               "machine": machine(), "rows": []}
@@ -161,8 +170,9 @@ def run(*, size: int, rounds: int, part: int, servers: tuple[str, ...] = ("recei
             if limits:
                 sink = Sink().start()
                 started.append(sink)
-            contenders = build_contenders(work, running, sink, size=size, part=part, limits=limits)
-            runs: dict[int, list[dict[str, Any]]] = {i: [] for i in range(len(contenders) + 1)}
+            contenders = build_contenders(work, running, sink, size=size, part=part, limits=limits,
+                                          md5_too=md5_too)
+            runs: dict[int, list[dict[str, Any]]] = {i: [] for i in range(len(contenders) + len(HASH_TOOLS))}
             for rnd in range(rounds):
                 order = list(range(len(contenders)))
                 shift = rnd % len(order)
@@ -172,16 +182,18 @@ def run(*, size: int, rounds: int, part: int, servers: tuple[str, ...] = ("recei
                     server = running.get(c.server) or (sink if c.server == "sink" else None)
                     runs[i].append(_measure(c, path, size, server, drop_caches=drop_caches))
                 if limits:
-                    r = _md5sum_warm(path, size).check()
-                    runs[len(contenders)].append(_row_values(r, size, None, 0.0))
-                    log(f"  round {rnd + 1}: md5sum (warm) {size / MiB / r.wall:.0f} MiB/s")
+                    for n, tool in enumerate(HASH_TOOLS):
+                        r = _hashsum_warm(tool, path, size).check()
+                        runs[len(contenders) + n].append(_row_values(r, size, None, 0.0))
+                        log(f"  round {rnd + 1}: {tool} (warm) {size / MiB / r.wall:.0f} MiB/s")
             for i, c in enumerate(contenders):
                 result["rows"].append({"name": c.name, "server": c.server, "uploads": c.uploads,
                                        "runs": runs[i], "summary": _summarize(runs[i])})
             if limits:
-                result["rows"].append({"name": "md5sum (warm cache)", "server": "", "uploads": False,
-                                       "runs": runs[len(contenders)],
-                                       "summary": _summarize(runs[len(contenders)])})
+                for n, tool in enumerate(HASH_TOOLS):
+                    result["rows"].append({"name": f"{tool} (warm cache)", "server": "", "uploads": False,
+                                           "runs": runs[len(contenders) + n],
+                                           "summary": _summarize(runs[len(contenders) + n])})
         finally:
             for srv in reversed(started):
                 srv.stop()
@@ -322,7 +334,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--part", default="50MiB", help="part size for syncd and the naive client (default 50MiB)")
     p.add_argument("--servers", default="receiver,drf,tus",
                    help="comma list of receiver, drf, tus (tuspy to @tus/server; default all three)")
-    p.add_argument("--no-limits", action="store_true", help="skip curl / cat / md5sum")
+    p.add_argument("--no-limits", action="store_true", help="skip curl / cat / md5sum / sha256sum")
+    p.add_argument("--md5-too", action="store_true",
+                   help="also run syncd -> syncd serve with the target's `checksum: md5` (MD5 on both sides)")
     p.add_argument("--drop-caches", action="store_true",
                    help="drop the whole page cache before each run (root) instead of evicting the file")
     p.add_argument("--json", type=Path, help="also write the results as JSON here")
@@ -336,7 +350,7 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--drop-caches: not permitted here (needs root); leave it out to evict the file instead")
     t0 = time.monotonic()
     result = run(size=parse_size(args.size), rounds=args.rounds, part=parse_size(args.part), servers=servers,
-                 limits=not args.no_limits, drop_caches=args.drop_caches)
+                 limits=not args.no_limits, drop_caches=args.drop_caches, md5_too=args.md5_too)
     result["seconds"] = time.monotonic() - t0
     print(render(result))
     if args.json:

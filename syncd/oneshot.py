@@ -12,6 +12,7 @@ from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
+from syncd import checksums
 from syncd.bandwidth import BandwidthLimiter, timetables_of
 from syncd.config import Config
 from syncd.journal import Fingerprint, Journal, JournalError
@@ -78,7 +79,7 @@ def _upload_one(journal: Journal, engine: UploadEngine, target: str, path: Path,
     # "already uploaded" means: this content, to this target, under this name
     if row is not None and row.state == FileState.DONE and row.fingerprint == fp and journal.completed_upload(
             row.id, target=target, source=str(source), fp=fp, remote_name=remote_name) is not None:
-        print(f"{path}: already uploaded as {row.remote_name} (md5 {row.md5}) to target {target}")
+        print(f"{path}: already uploaded as {row.remote_name} ({checksums.label(row.md5)}) to target {target}")
         return True
     if row is not None and row.state in ACTIVE:
         journal.set_state(row.id, FileState.READY)  # an earlier run was killed mid-upload: resume it
@@ -105,7 +106,8 @@ def _upload_one(journal: Journal, engine: UploadEngine, target: str, path: Path,
         return False
     journal.mark_done(row.id, md5=md5, remote_name=remote.name, target=target, dest=remote_name,
                       verified=remote.verified)
-    print(f"{path}: uploaded as {remote.name} (md5 {md5}) to target {target}, verified by {remote.verified}")
+    print(f"{path}: uploaded as {remote.name} ({checksums.label(md5)}) to target {target}, "
+          f"verified by {remote.verified}")
     return True
 
 

@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from syncd import checksums
 from syncd.config import Config, Watch, render_remote_dir
 from syncd.journal import AFTER_PENDING, Done, FileRow, Fingerprint, Journal
 from syncd.outcomes import verdict_for
@@ -139,8 +140,8 @@ class FileProcessor:
                                dest=dest, verified=remote.verified)
         # the size and rate of what was sent (the web version, when transcoded), and of the
         # bytes this run sent (a resumed upload sends only the rest)
-        log.info("%s: uploaded as %s (%d bytes, md5 %s, verified by %s, %.1fs, %.1f MiB/s sent)", label,
-                 remote.name, sources[0].fingerprint.size, md5, remote.verified, seconds,
+        log.info("%s: uploaded as %s (%d bytes, %s, verified by %s, %.1fs, %.1f MiB/s sent)", label,
+                 remote.name, sources[0].fingerprint.size, checksums.label(md5), remote.verified, seconds,
                  sent / 1024**2 / max(seconds, 1e-6))
         if destructive:
             self._after_upload(row, watch, path, label)
@@ -198,8 +199,9 @@ class FileProcessor:
                 for (row, watch, _label, _path, dest), (remote, md5) in done],
                 durable=any(watch.after_upload != "keep" for (_row, watch, *_), _ in done))
         for (row, watch, label, path, _dest), (remote, md5) in done:
-            log.info("%s: uploaded as %s (%d bytes, md5 %s, verified by %s, %.1fs, one of %d in a batch)",
-                     label, remote.name, row.fingerprint.size, md5, remote.verified, seconds, len(done))
+            log.info("%s: uploaded as %s (%d bytes, %s, verified by %s, %.1fs, one of %d in a batch)",
+                     label, remote.name, row.fingerprint.size, checksums.label(md5), remote.verified, seconds,
+                     len(done))
             if watch.after_upload != "keep":
                 self._after_upload(row, watch, path, label)
             outcome = Outcome(row.id, row.watch, row.relpath, "done", row.fingerprint.size, seconds)

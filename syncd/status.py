@@ -9,6 +9,7 @@ import sys
 import time
 from typing import Any
 
+from syncd import checksums
 from syncd.bandwidth import Limits, format_rate, timetables_of
 from syncd.config import Config
 from syncd.controls import Paused
@@ -43,7 +44,7 @@ def collect(journal: Journal, *, limit: int, now: float | None = None,
         "paused": Paused.read(journal).as_json(),
         "verified": journal.verified_counts(),
         "done": [{"watch": r.watch, "path": r.relpath, "size": r.fingerprint.size, "target": r.target,
-                  "remote_name": r.remote_name, "md5": r.md5, "verified": r.verified or "unknown",
+                  "remote_name": r.remote_name, **_digest(r.md5), "verified": r.verified or "unknown",
                   "done_at": r.done_at} for r in journal.latest_done(limit)],
         "uploading": uploading[:limit],
         "waiting": rows("waiting"),
@@ -55,6 +56,15 @@ def collect(journal: Journal, *, limit: int, now: float | None = None,
         data["bandwidth"] = {"overall": limits.overall, "targets": dict(limits.targets)}
     return data
 
+
+
+def _digest(digest: str | None) -> dict[str, str | None]:
+    """A done file's checksum in ``status --json``: ``md5`` (null when the file was verified
+    with another algorithm), and ``sha256`` when it was verified with SHA-256."""
+    if digest is None:
+        return {"md5": None}
+    algorithm, hexdigest = checksums.split(digest)
+    return {"md5": hexdigest} if algorithm == "md5" else {"md5": None, algorithm: hexdigest}
 
 def render(data: dict[str, Any], *, now: float | None = None) -> str:
     now = time.time() if now is None else now

@@ -17,9 +17,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import BinaryIO, Literal, Protocol
 
-Verifies = Literal["md5", "part-checksum", "size"]
-"""What the server itself checks of a finished upload: the whole file's MD5 (chunked), each
-part's checksum (S3, tus with the checksum extension), or only the byte count (plain tus)."""
+Verifies = Literal["md5", "sha256", "part-checksum", "size"]
+"""What the server itself checks of a finished upload: the whole file's MD5 (chunked) or
+SHA-256 (``syncd serve``, when asked), each part's checksum (S3, tus with the checksum
+extension), or only the byte count (plain tus)."""
 
 KiB, MiB, GiB = 1024, 1024**2, 1024**3
 
@@ -37,6 +38,9 @@ class Capabilities:
     concurrency: int = 1
     """parts of one file in flight at once (1 for offset protocols)"""
     verifies: Verifies = "md5"
+    checksum: str = "md5"
+    """the algorithm of the whole-file checksum (``checksums.ALGORITHMS``): the one the
+    server verifies, else MD5 (what the journal keeps)"""
     single_request_max: int = -1
     """files of at most this many bytes go whole in one request with their MD5 (-1: never)"""
     part_checksum: bool = False
@@ -87,6 +91,9 @@ class UploadItem:
     mtime_ns: int = 0
     part_size: int = 0
     """the plan's part size (0 for a whole-file upload)"""
+    checksum: str = "md5"
+    """the algorithm the engine hashes the whole file with (the plan's ``checksum``, or a
+    resumed session's)"""
 
 
 @dataclass(frozen=True)
@@ -162,8 +169,8 @@ class RemoteFile:
     md5: str | None
     location: str | None = None
     verified: str = "md5"
-    """what was checked before the upload was called complete: ``md5`` (the server's MD5 of
-    the whole file), ``part-checksum``, ``read-back``, or ``size``"""
+    """what was checked before the upload was called complete: ``md5`` or ``sha256`` (the
+    server's checksum of the whole file), ``part-checksum``, ``read-back``, or ``size``"""
 
 
 # --- errors ---------------------------------------------------------------------------
@@ -244,6 +251,9 @@ class Session(Protocol):
     handle: str | None
     """what the journal keeps to resume; None until the server has made the session (the
     engine journals it as soon as it is set)"""
+    checksum: str | None
+    """the algorithm the server verifies this session's whole file with, once it said
+    (a resumed session goes on with the one it was made with); None: the item's"""
 
     def committed(self) -> Mapping[int, PartReceipt]:
         """The parts the server holds. The server's view wins over the journal's."""
@@ -252,7 +262,9 @@ class Session(Protocol):
 
     def complete(self, parts: Sequence[PartReceipt], md5_hex: str) -> RemoteFile:
         """Finish the upload of ``parts`` (all of them, in order) and check the result
-        against ``md5_hex`` as far as the server allows; raises ChecksumMismatch."""
+        against the whole file's digest (as ``checksums.tag`` writes it: plain MD5 hex
+        unless the item's ``checksum`` is another) as far as the server allows; raises
+        ChecksumMismatch."""
 
     def abort(self) -> None:
         """Best effort: free what the server holds for this session."""
@@ -291,6 +303,7 @@ class NotStarted:
     """A session the server never named: nothing to resume, nothing to abort."""
 
     handle = None
+    checksum = None
 
     def committed(self) -> Mapping[int, PartReceipt]:
         raise SessionGone("the upload's session was never made (or its answer was lost)")

@@ -1,7 +1,7 @@
 """Part bodies: streamed from disk or sent from memory, hashing the whole file in the
 same single read.
 
-``PrefixMD5`` hashes the file's bytes in order and remembers how far it got, so a part
+``PrefixHash`` hashes the file's bytes in order and remembers how far it got, so a part
 that is sent twice (a retry rewinds its body) is hashed once, and a resumed upload
 hashes the already-sent prefix once before going on.
 
@@ -12,7 +12,6 @@ or a failed sibling part stops a part mid-flight, and reports each block to ``on
 
 from __future__ import annotations
 
-import hashlib
 import io
 import os
 import queue
@@ -20,6 +19,7 @@ import threading
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from syncd import checksums
 from syncd.upload.base import FileChanged, Interrupted
 
 READ_SIZE = 1024 * 1024
@@ -41,25 +41,28 @@ class AnyOf:
         return any(event.is_set() for event in self._events)
 
 
-class PrefixMD5:
-    """MD5 of ``file[0:position]``; grows only by contiguous bytes.
+class PrefixHash:
+    """The whole-file checksum (``checksums``: MD5, or SHA-256 where the server verifies
+    with it) of ``file[0:position]``; grows only by contiguous bytes.
 
     With ``background``, the hashing itself runs on a thread of its own while the caller
     goes on reading and sending (hashlib and socket writes both release the GIL, so on
     two cores a big file is hashed and sent at the same time); at most ``QUEUE_BLOCKS``
-    blocks wait to be hashed. ``hexdigest`` waits for them; ``close`` ends the thread."""
+    blocks wait to be hashed. ``digest`` waits for them; ``close`` ends the thread."""
 
     QUEUE_BLOCKS = 3
     """1 MiB blocks: 8 cost 5 MiB more peak RSS than 3 and sent no faster (1 GiB, 5 rounds each)"""
 
-    def __init__(self, *, background: bool = False) -> None:
-        self._md5 = hashlib.md5()
+    def __init__(self, algorithm: str = checksums.DEFAULT, *, background: bool = False) -> None:
+        self.algorithm = algorithm
+        self._hasher = checksums.new_hasher(algorithm)
+        self.background = background
         self.position = 0
         self._queue: queue.Queue | None = None
         self._thread: threading.Thread | None = None
         if background:
             self._queue = queue.Queue(self.QUEUE_BLOCKS)
-            self._thread = threading.Thread(target=self._hash_queued, name="syncd-md5", daemon=True)
+            self._thread = threading.Thread(target=self._hash_queued, name="syncd-hash", daemon=True)
             self._thread.start()
 
     def _hash_queued(self) -> None:
@@ -68,7 +71,7 @@ class PrefixMD5:
             try:
                 if data is None:
                     return
-                self._md5.update(data)
+                self._hasher.update(data)
             finally:
                 self._queue.task_done()
 
@@ -80,7 +83,7 @@ class PrefixMD5:
             if self._queue is not None:
                 self._queue.put(fresh)
             else:
-                self._md5.update(fresh)
+                self._hasher.update(fresh)
             self.position = end
 
     def catch_up(self, fd: int, upto: int, *, stop: StopFlag | None = None) -> None:
@@ -93,10 +96,11 @@ class PrefixMD5:
                 raise FileChanged(f"file is shorter than {upto} bytes")
             self.feed(self.position, data)
 
-    def hexdigest(self) -> str:
+    def digest(self) -> str:
+        """The digest as ``checksums.tag`` writes it (an MD5's as plain hex)."""
         if self._queue is not None:
             self._queue.join()
-        return self._md5.hexdigest()
+        return checksums.tag(self.algorithm, self._hasher.hexdigest())
 
     def close(self) -> None:
         if self._thread is not None:
@@ -114,13 +118,13 @@ class FileSlice:
     shorter raises ``FileChanged`` instead of sending a short body.
     """
 
-    def __init__(self, fd: int, offset: int, size: int, *, md5: PrefixMD5 | None = None,
+    def __init__(self, fd: int, offset: int, size: int, *, hasher: PrefixHash | None = None,
                  stop: StopFlag | None = None, on_read: Callable[[int], None] | None = None):
         self._fd = fd
         self._start = offset
         self._pos = offset
         self._end = offset + size
-        self._md5 = md5
+        self._hasher = hasher
         self._stop = stop
         self._on_read = on_read
 
@@ -139,8 +143,8 @@ class FileSlice:
         data = os.pread(self._fd, size, self._pos)
         if len(data) < size:
             raise FileChanged(f"file got shorter while reading at byte {self._pos + len(data)}")
-        if self._md5 is not None:
-            self._md5.feed(self._pos, data)
+        if self._hasher is not None:
+            self._hasher.feed(self._pos, data)
         self._pos += len(data)
         if self._on_read is not None:
             self._on_read(len(data))

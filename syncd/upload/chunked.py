@@ -8,14 +8,18 @@ drf-chunked-upload and by ``syncd serve``.
 - ``GET {session}`` tells the server's ``offset``; ``POST {session}`` with ``md5`` completes.
 - ``POST {url}`` with ``filename``, ``file`` and ``md5`` sends a small file whole.
 
-Three additions that ``syncd serve`` understands and other servers ignore: the ``Upload-Key``
+Four additions that ``syncd serve`` understands and other servers ignore: the ``Upload-Key``
 header on a first part or a whole-file POST names the upload before the server has made it
 (a repeated key finds the same session, so a crash between sending and journaling the
 answer leaves no orphan); a server that answers ``Syncd-Raw-Parts: 1`` takes later
-parts as a raw ``application/offset+octet-stream`` body instead of multipart; and one that
+parts as a raw ``application/offset+octet-stream`` body instead of multipart; one that
 answers ``Syncd-Batch: N`` takes up to N small whole files in one ``POST {url}`` with
 ``Syncd-Batch: 1`` (fields ``filename``, ``md5``, ``key`` before each ``file`` part) and
-answers ``{"files": [...]}``, one entry per file with its own ``http_status``.
+answers ``{"files": [...]}``, one entry per file with its own ``http_status``; and one that
+answers ``Syncd-Checksum: sha256`` verifies a session whose first part says
+``Syncd-Checksum: sha256`` with SHA-256 instead of MD5 (completed with ``sha256``; the
+session's answers say ``"checksum": "sha256"``). Before its first session the client asks
+the server once (``GET {url}``) unless an answer has already said what it takes.
 
 Parts stream from disk through requests-toolbelt's encoder: a part is never in memory. A
 small file's form (at most ``SMALL_FORM_MAX``) is built in memory in one go instead, and sent
@@ -28,6 +32,7 @@ streaming encoder and requests' own layers cost more CPU than the rest of the re
 from __future__ import annotations
 
 import json
+import logging
 import os
 import posixpath
 import threading
@@ -42,7 +47,7 @@ from requests.utils import DEFAULT_CA_BUNDLE_PATH, get_environ_proxies, get_netr
 from requests_toolbelt import MultipartEncoder
 from urllib3.filepost import encode_multipart_formdata
 
-from syncd import __version__
+from syncd import __version__, checksums
 from syncd.config import TargetSettings, http_url
 from syncd.units import format_size
 from syncd.upload.base import (
@@ -65,6 +70,8 @@ from syncd.upload.httperrors import raise_for_http_status
 from syncd.upload.plainhttp import PlainAnswer, PlainConnections
 from syncd.upload.registry import ProtocolEntry
 
+log = logging.getLogger("syncd.upload")
+
 # A whole-file POST carries its MD5, so the file is read twice (hash, then send): worth
 # saving a request only for small files, whose second read comes from the page cache.
 SINGLE_REQUEST_MAX = 4 * 1024 * 1024
@@ -74,6 +81,7 @@ RAW_PART_TYPE = "application/offset+octet-stream"
 BATCH_HEADER = "Syncd-Batch"
 BATCH_FILE_MAX = SMALL_FORM_MAX
 """the largest file sent in a batch (its bytes are in memory until the answer)"""
+CHECKSUM_HEADER = "Syncd-Checksum"
 
 
 class _Answer:
@@ -150,6 +158,9 @@ class Settings(TargetSettings):
     batch: int = Field(32, ge=1, le=1024)
     """small files (<= 256 KiB) sent together in one request to a server that takes batches
     (``syncd serve``; it says how many it takes at most); 1: one file per request"""
+    checksum: Literal["auto", "md5"] = "auto"
+    """the whole-file checksum of a file sent in parts: ``auto`` is SHA-256 where the server
+    verifies with it (``syncd serve``), else MD5; ``md5``: always MD5"""
 
     @field_validator("url")
     @classmethod
@@ -163,7 +174,7 @@ class Settings(TargetSettings):
 class ChunkedBackend:
     def __init__(self, name: str, *, url: str, token: str | None, part_size: int,
                  connect_timeout: float = 10.0, read_timeout: float = 120.0,
-                 verify: bool | str = True, batch: int = 32):
+                 verify: bool | str = True, batch: int = 32, checksum: str = "auto"):
         self.name = name
         self.url = url
         self.part_size = part_size
@@ -173,6 +184,12 @@ class ChunkedBackend:
         """the most small files sent in one request (the target's ``batch``)"""
         self.server_batch = 0
         """the most files the server said (``Syncd-Batch: N``) one batch may carry (0: none)"""
+        self.sha256 = False
+        """the server said (``Syncd-Checksum: sha256``) it verifies a session with SHA-256 if asked"""
+        self.checksum = checksum
+        """the target's ``checksum``: ``auto`` or ``md5``"""
+        self._heard = False
+        """an answer of the server has been read (it says what the server takes)"""
         self._timeout = (connect_timeout, read_timeout)
         self._verify = verify
         self._headers = {"User-Agent": f"syncd/{__version__}"}
@@ -192,7 +209,7 @@ class ChunkedBackend:
     def from_settings(cls, name: str, settings: Settings) -> ChunkedBackend:
         return cls(name, url=settings.url, token=settings.resolve_token(), part_size=settings.part_size,
                    connect_timeout=settings.timeout.connect, read_timeout=settings.timeout.read,
-                   verify=settings.tls_verify(), batch=settings.batch)
+                   verify=settings.tls_verify(), batch=settings.batch, checksum=settings.checksum)
 
     def _http(self) -> requests.Session:
         """One requests.Session per worker thread (they are not thread-safe).
@@ -262,18 +279,38 @@ class ChunkedBackend:
         return resp
 
     def _learn(self, headers: Any) -> None:
-        """What the server's answer says it also takes: raw parts, batches of small files."""
+        """What the server's answer says it also takes: raw parts, batches of small files,
+        SHA-256 sessions."""
+        self._heard = True
         if headers.get("Syncd-Raw-Parts") == "1":
             self.raw_parts = True
+        offered = headers.get(CHECKSUM_HEADER) or ""
+        self.sha256 = "sha256" in {name.strip().lower() for name in offered.split(",")}
         try:  # every answer of a server that takes batches says so: one that stops, stops them
             self.server_batch = max(0, int(headers.get(BATCH_HEADER) or 0))
         except ValueError:
             self.server_batch = 0
 
     def plan(self, item: UploadItem) -> Capabilities:
+        single_request_max = min(self.part_size, SINGLE_REQUEST_MAX)
+        checksum = "md5"
+        if item.size > single_request_max and self.checksum == "auto":
+            if not self._heard:
+                self._probe()
+            if self.sha256:
+                checksum = "sha256"
         return Capabilities(part_size=self.part_size, min_part=1, max_part=5 * 1024**3, max_parts=2**31,
-                            concurrency=1, verifies="md5",
-                            single_request_max=min(self.part_size, SINGLE_REQUEST_MAX))
+                            concurrency=1, verifies=checksum, checksum=checksum,
+                            single_request_max=single_request_max)
+
+    def _probe(self) -> None:
+        """Before the first session: what the server takes, from the headers of its answer to
+        ``GET {url}`` (``syncd serve`` answers it with a 400 that asks for an upload key).
+        A server out of reach leaves the question to the next file's plan."""
+        try:
+            self.request("GET", self.url)
+        except UploadError as exc:
+            log.debug("%s: asking the server what it takes failed: %s", self.name, exc)
 
     def batch_limit(self) -> BatchLimit:
         files = min(self.batch, self.server_batch)
@@ -340,15 +377,17 @@ class ChunkedBackend:
 PROTOCOL = ProtocolEntry("chunked", Settings, ChunkedBackend.from_settings)
 
 
-def _remote_file(data: dict[str, Any], item: UploadItem, md5_hex: str) -> RemoteFile:
-    md5 = data.get("md5")
-    if isinstance(md5, str) and md5 and md5.lower() != md5_hex:
-        raise ChecksumMismatch(f"server stored MD5 {md5}, expected {md5_hex}")
+def _remote_file(data: dict[str, Any], item: UploadItem, digest: str) -> RemoteFile:
+    algorithm, expected = checksums.split(digest)
+    stored = data.get(algorithm)
+    if isinstance(stored, str) and stored and stored.lower() != expected:
+        raise ChecksumMismatch(f"server stored {algorithm.upper()} {stored}, expected {expected}")
     return RemoteFile(
         name=str(data.get("path") or data.get("filename") or item.remote_name),
         size=int(data.get("size", data.get("offset", item.size))),
-        md5=md5 if isinstance(md5, str) else None,
+        md5=checksums.tag(algorithm, stored.lower()) if isinstance(stored, str) and stored else None,
         location=data.get("url"),
+        verified=algorithm,
     )
 
 
@@ -384,6 +423,9 @@ class ChunkedSession:
         self._backend = backend
         self._item = item
         self.handle = url
+        self.checksum: str | None = item.checksum if url is None else None
+        """what the server verifies the session with: asked for by a new session, told by
+        the server's answers (an answer without it: MD5)"""
         self._offset: int | None = None
         """bytes the server holds, as far as we know (None: not asked yet)"""
         self._complete = False
@@ -393,6 +435,11 @@ class ChunkedSession:
         data = raise_for_answer(resp, on_session=True)
         self._offset = int(data.get("offset", 0))
         self._complete = data.get("status") == 2
+        self._note_checksum(data)
+
+    def _note_checksum(self, answer: dict[str, Any]) -> None:
+        said = answer.get("checksum")
+        self.checksum = said.lower() if isinstance(said, str) and said else checksums.DEFAULT
 
     def _find_by_key(self) -> None:
         """A session made by a first part whose answer was lost: ``syncd serve`` finds it by
@@ -443,8 +490,11 @@ class ChunkedSession:
             ])
             headers["Content-Type"] = encoder.content_type
             data = SizedStream(encoder, encoder.len)
-        if self.handle is None and self._item.key:
-            headers[UPLOAD_KEY_HEADER] = self._item.key
+        if self.handle is None:
+            if self._item.key:
+                headers[UPLOAD_KEY_HEADER] = self._item.key
+            if self._item.checksum != checksums.DEFAULT:
+                headers[CHECKSUM_HEADER] = self._item.checksum
         try:
             resp = self._backend.request("PUT", self.handle or self._backend.url, data=data, headers=headers)
             answer = raise_for_answer(resp, on_session=self.handle is not None)
@@ -460,21 +510,25 @@ class ChunkedSession:
         self._offset = int(answer.get("offset", end))
         if answer.get("status") == 2:
             self._complete = True
+        self._note_checksum(answer)
         return PartReceipt(number=part.number, size=part.size)
 
     def complete(self, parts: Sequence[PartReceipt], md5_hex: str) -> RemoteFile:
+        algorithm, hexdigest = checksums.split(md5_hex)
         if self._complete:
             # A previous run completed it and crashed before writing that down; the
-            # server checked our MD5 then.
+            # server checked our checksum then.
             return RemoteFile(name=self._item.remote_name, size=self._item.size, md5=None,
-                              location=self.handle)
-        resp = self._backend.request("POST", self.handle, data={"md5": md5_hex})
+                              location=self.handle, verified=algorithm)
+        if self.checksum is not None and self.checksum != algorithm:
+            raise ChecksumMismatch(f"the server verifies this upload with {self.checksum}, not {algorithm}")
+        resp = self._backend.request("POST", self.handle, data={algorithm: hexdigest})
         try:
             data = raise_for_answer(resp, on_session=True)
         except PermanentError as exc:
             if 'already been marked as "complete"' in str(exc):
                 return RemoteFile(name=self._item.remote_name, size=self._item.size, md5=None,
-                                  location=self.handle)
+                                  location=self.handle, verified=algorithm)
             raise
         self._complete = True
         return _remote_file(data, self._item, md5_hex)

@@ -6,10 +6,11 @@ numbered parts to the file, opens a session (journaling its upload key before an
 and its handle the moment the server made it) or resumes the journaled one, asks the
 server which parts it holds (the server's view wins over the journal's), and sends exactly
 the missing parts, each recorded only after the server acknowledged it. It then re-stats
-the file and completes with the whole-file MD5. A file that changed on the way is never
-completed: ``FileChanged`` is raised and the session aborted.
+the file and completes with the whole-file checksum (MD5, or SHA-256 where the server
+verifies with it: ``checksums``). A file that changed on the way is never completed:
+``FileChanged`` is raised and the session aborted.
 
-Every byte is read from disk once, and the whole-file MD5 is computed in that same read:
+Every byte is read from disk once, and the whole-file checksum is computed in that same read:
 
 - streaming (one part in flight, no part checksum: ``chunked``): each part streams from
   disk into the request, hashed as it is read; memory per file is one 1 MiB read block.
@@ -37,6 +38,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TypeVar
 
+from syncd import checksums
 from syncd.bandwidth import BandwidthLimiter
 from syncd.config import RetryPolicy
 from syncd.journal import Fingerprint, Journal, NewUpload, UploadRow
@@ -66,7 +68,7 @@ from syncd.upload.base import (
     plan_parts,
     receipts_in_order,
 )
-from syncd.upload.body import AnyOf, FileSlice, MemoryBody, PrefixMD5, StopFlag, read_part
+from syncd.upload.body import AnyOf, FileSlice, MemoryBody, PrefixHash, StopFlag, read_part
 from syncd.upload.retry import call_with_retry
 
 log = logging.getLogger("syncd.upload")
@@ -78,6 +80,14 @@ WHOLE = 0
 """``uploads.part_size`` of a whole-file upload (one request, no session)"""
 MAX_RESYNCS = 10
 """times in a row the server's view may surprise the engine before it gives up for now"""
+
+
+def _verified(caps: Capabilities, digest: str | None) -> str:
+    """What verified a file completed before a crash: the algorithm of its journaled digest
+    where the server checks the whole file's checksum."""
+    if caps.verifies in checksums.ALGORITHMS and digest:
+        return checksums.split(digest)[0]
+    return caps.verifies
 
 
 def new_upload_key() -> str:
@@ -111,7 +121,7 @@ class _Open:
     ctime_ns: int
     item: UploadItem
     caps: Capabilities
-    md5: PrefixMD5
+    hasher: PrefixHash
     on_read: Callable[[int], None] | None
     row: UploadRow | None = None
     session: Session | None = None
@@ -149,7 +159,8 @@ class UploadEngine:
         self._sleep = sleep
 
     def upload(self, job: UploadJob, *, on_read: Callable[[int], None] | None = None) -> tuple[RemoteFile, str]:
-        """Upload ``job.source``; returns what the server holds and the file's MD5.
+        """Upload ``job.source``; returns what the server holds and the file's digest
+        (as ``checksums.tag`` writes it).
 
         Raises FileChanged, FileVanished, Interrupted, PermanentError, ChecksumMismatch, or
         a TransientError once the request's retry budget is spent. The upload's end is
@@ -162,16 +173,18 @@ class UploadEngine:
         done = self.journal.completed_upload(job.file_id, target=job.target, source=str(job.source),
                                              fp=job.fingerprint, remote_name=job.remote_name)
         if done is not None:  # finished before a crash or restart cut the file's work short
-            return RemoteFile(name=job.remote_name, size=done.size, md5=done.md5, verified=caps.verifies), done.md5
+            return RemoteFile(name=job.remote_name, size=done.size, md5=done.md5,
+                              verified=_verified(caps, done.md5)), done.md5
         fd = self._open_source(job)
-        md5 = PrefixMD5(background=item.size >= BACKGROUND_HASH_MIN)
+        up = _Open(job, backend, fd, 0, replace(item, checksum=caps.checksum), caps,
+                   PrefixHash(caps.checksum, background=item.size >= BACKGROUND_HASH_MIN), on_read)
         try:
-            up = _Open(job, backend, fd, self._check_unchanged(fd, job), item, caps, md5, on_read)
+            up.ctime_ns = self._check_unchanged(fd, job)
             if item.size <= caps.single_request_max:
                 return self._upload_whole(up)
             return self._upload_parts(up)
         finally:
-            md5.close()
+            up.hasher.close()
             os.close(fd)
 
     # --- small files, several in one request ----------------------------------------------
@@ -236,7 +249,8 @@ class UploadEngine:
         done = next((row for row in completed if self._same_upload(row, job)), None)
         if done is not None:
             return RemoteFile(name=job.remote_name, size=done.size, md5=done.md5,
-                              verified=backend.plan(UploadItem(job.remote_name, done.size)).verifies), done.md5
+                              verified=_verified(backend.plan(UploadItem(job.remote_name, done.size)), done.md5)), \
+                done.md5
         fd = self._open_source(job)
         try:
             ctime_ns = self._check_unchanged(fd, job)
@@ -420,9 +434,9 @@ class UploadEngine:
 
     def _upload_whole(self, up: _Open) -> tuple[RemoteFile, str]:
         job = up.job
-        up.md5.catch_up(up.fd, up.item.size, stop=self.stop)
+        up.hasher.catch_up(up.fd, up.item.size, stop=self.stop)
         self._check_unchanged(up.fd, job, up.ctime_ns)
-        digest = up.md5.hexdigest()
+        digest = up.hasher.digest()
         # a server that knows the key of an interrupted upload answers without a second copy
         row = self._interrupted_whole(job)
         if row is None:
@@ -477,7 +491,8 @@ class UploadEngine:
                                             remote_name=job.remote_name, fp=job.fingerprint, size=up.item.size,
                                             part_size=plan.part_size, upload_key=new_upload_key())
         up.row = row
-        up.item = replace(up.item, key=row.upload_key or "", part_size=row.part_size)
+        # a new session is verified with the algorithm the file is being hashed with
+        up.item = replace(up.item, key=row.upload_key or "", part_size=row.part_size, checksum=up.hasher.algorithm)
         if not fresh and (row.session is not None or row.upload_key):
             log.info("%s: resuming upload session", job.label)
             up.session = up.backend.resume(up.item, row.session)
@@ -548,6 +563,7 @@ class UploadEngine:
         while True:
             held = self._retry(up.session.committed, up, "ask what the server holds") \
                 if up.resumed or up.session.handle is not None else {}
+            self._hash_as_session(up)
             self._reconcile(up, held)
             try:
                 receipts = self._send_missing(up, plan, held)
@@ -557,13 +573,30 @@ class UploadEngine:
                 if resyncs > MAX_RESYNCS:
                     raise TransientError(f"server's view keeps changing: {exc}", reason="protocol") from exc
                 log.info("%s: %s; asking the server what it holds", up.job.label, exc)
-        up.md5.catch_up(up.fd, up.item.size, stop=self.stop)
+        up.hasher.catch_up(up.fd, up.item.size, stop=self.stop)
         self._check_file(up)
-        digest = up.md5.hexdigest()
+        digest = up.hasher.digest()
         parts = receipts_in_order(receipts)
         remote = self._retry(lambda: up.session.complete(parts, digest), up, "complete")
         self.journal.finish_upload(up.row.id, state="completed", md5=digest, deferred=True)
         return remote, digest
+
+    @staticmethod
+    def _hash_as_session(up: _Open) -> None:
+        """A resumed session is completed with the checksum it was made with (one made
+        with MD5 before an upgrade goes on with MD5)."""
+        algorithm = up.session.checksum
+        if algorithm is None or algorithm == up.hasher.algorithm:
+            return
+        if up.hasher.position:
+            raise ChecksumMismatch(f"the server verifies the session with {algorithm}, "
+                                   f"not the {up.hasher.algorithm} computed so far")
+        if algorithm not in checksums.ALGORITHMS:
+            raise ChecksumMismatch(f"the server verifies the session with {algorithm}, which syncd does not know")
+        background = up.hasher.background
+        up.hasher.close()
+        up.hasher = PrefixHash(algorithm, background=background)
+        up.item = replace(up.item, checksum=algorithm)
 
     def _reconcile(self, up: _Open, held: Mapping[int, PartReceipt]) -> None:
         """The server's view wins: parts the journal has and the server lacks are forgotten."""
@@ -604,24 +637,24 @@ class UploadEngine:
             self._check_file(up)
             have = held.get(number)
             if have is not None and have.md5 is None and have.size == size:
-                up.md5.catch_up(up.fd, offset + size, stop=self.stop)  # hashed, not sent
+                up.hasher.catch_up(up.fd, offset + size, stop=self.stop)  # hashed, not sent
                 receipts[number] = have
                 if number not in known:
                     self._record(up, have, offset)
                 continue
             if have is not None:  # the server tells the part's MD5: compare before keeping it
                 data = read_part(up.fd, offset, size)
-                up.md5.feed(offset, data)
+                up.hasher.feed(offset, data)
                 if self._keep_held(up, have, size, hashlib.md5(data).hexdigest()):
                     receipts[number] = have
                     if number not in known:
                         self._record(up, have, offset)
                     continue
-            up.md5.catch_up(up.fd, offset, stop=self.stop)
+            up.hasher.catch_up(up.fd, offset, stop=self.stop)
 
             def send(number: int = number, offset: int = offset, size: int = size) -> PartReceipt:
                 # a fresh body for every try: a retry rewinds the part, never the file
-                body = FileSlice(up.fd, offset, size, md5=up.md5, stop=self.stop,
+                body = FileSlice(up.fd, offset, size, hasher=up.hasher, stop=self.stop,
                                  on_read=self._on_read(up, self.stop))
                 return up.session.send_part(Part(number=number, offset=offset, size=size, body=body))
 
@@ -683,7 +716,7 @@ class UploadEngine:
                 except BaseException:
                     slots.release()
                     raise
-                up.md5.feed(offset, data)
+                up.hasher.feed(offset, data)
                 have = held.get(number)
                 # a held part is compared here; a part to send is hashed by its sender
                 part_md5 = hashlib.md5(data).hexdigest() if have is not None and have.md5 is not None else None

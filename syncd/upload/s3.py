@@ -593,6 +593,8 @@ def _b64(md5_hex: str) -> str:
 class S3Session:
     """One multipart upload; ``handle`` is its UploadId."""
 
+    checksum = None  # the whole file is MD5's: the object's parts are what S3 verifies
+
     def __init__(self, backend: S3Backend, item: UploadItem, upload_id: str, *, new: bool = False):
         self._backend = backend
         self._empty = new

@@ -453,6 +453,8 @@ class TusSession:
     """One upload on the server: an offset that grows in order. ``committed`` turns the
     server's offset into the plan's whole parts below it."""
 
+    checksum = None  # the whole file is MD5's (tus verifies sizes, or each part's checksum)
+
     def __init__(self, backend: TusBackend, item: UploadItem, *, url: str):
         self._backend = backend
         self._item = item

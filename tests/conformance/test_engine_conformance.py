@@ -13,15 +13,15 @@ import pytest
 
 from syncd.upload.base import AuthRejected, FileChanged, FileVanished, PermanentError, StorageFull, UploadItem
 from tests.support.conformance import PART, unique_name
-from tests.support.files import md5_of, write_random
+from tests.support.files import is_digest_of, md5_of, write_random
 
 SIZES = [0, 1, PART - 1, PART, PART + 1, 3 * PART + 5]
 
 
 def _upload_and_check(target, rig, path, name):
-    remote, md5 = rig.upload(path, name)
-    assert md5 == md5_of(path)
-    assert target.stored_md5(name) == md5
+    remote, digest = rig.upload(path, name)
+    assert is_digest_of(digest, path)
+    assert target.stored_md5(name) == md5_of(path)
     assert target.completions(name) == 1
     assert target.open_sessions(name) == 0
     return remote
@@ -47,7 +47,7 @@ def test_sizes_arrive_whole_once(target, tmp_path, size):
     try:
         path = write_random(tmp_path / "f.bin", size)
         remote = _upload_and_check(target, rig, path, unique_name(tmp_path, f"size-{size}.bin"))
-        assert remote.verified in ("md5", "part-checksum", "read-back", "size")
+        assert remote.verified in ("md5", "sha256", "part-checksum", "read-back", "size")
     finally:
         rig.close()
 

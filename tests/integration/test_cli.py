@@ -146,7 +146,9 @@ def test_oneshot_upload_to_the_receiver_and_again(receiver, tmp_path):
     path = write_random(tmp_path / "one shot.bin", 300 * 1024 + 17)
     out = syncd("upload", "-c", str(config), "--target", "main", "--remote-dir", "manual", str(path))
     assert out.returncode == 0, out.stderr
-    assert f"uploaded as manual/one shot.bin (md5 {md5_of(path)})" in out.stdout
+    # in parts to syncd serve: verified with SHA-256 (a small file sent whole keeps MD5)
+    assert (f"uploaded as manual/one shot.bin (sha256 {md5_of(path, 'sha256')}) to target main, "
+            "verified by sha256") in out.stdout
     assert peer.stored_md5("manual/one shot.bin") == md5_of(path)
     again = syncd("upload", "-c", str(config), "--target", "main", "--remote-dir", "manual", str(path))
     assert again.returncode == 0 and "already uploaded" in again.stdout

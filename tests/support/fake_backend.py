@@ -222,6 +222,7 @@ class FakeServer:
 
 
 class FakeSession:
+    checksum = None
     def __init__(self, server: FakeServer, item: UploadItem, handle: str | None):
         self._server = server
         self._item = item

@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from syncd.upload.base import FileChanged, Interrupted
-from syncd.upload.body import FileSlice, PrefixMD5
+from syncd.upload.body import FileSlice, PrefixHash
 
 
 @pytest.fixture(scope="module")
@@ -31,33 +31,36 @@ def test_slice_reads_exactly_its_range(data_fd):
 
 def test_retried_parts_are_hashed_once(data_fd):
     data, fd, _ = data_fd
-    md5 = PrefixMD5()
+    md5 = PrefixHash()
     for offset, size in [(0, 100_000), (100_000, 100_000), (100_000, 100_000), (200_000, 100_000)]:
-        FileSlice(fd, offset, size, md5=md5).read()
+        FileSlice(fd, offset, size, hasher=md5).read()
     assert md5.position == len(data)
-    assert md5.hexdigest() == hashlib.md5(data).hexdigest()
+    assert md5.digest() == hashlib.md5(data).hexdigest()
 
 
 def test_resume_hashes_prefix_then_streams(data_fd):
     data, fd, _ = data_fd
-    md5 = PrefixMD5()
+    md5 = PrefixHash()
     md5.catch_up(fd, 123_457)
-    FileSlice(fd, 123_457, len(data) - 123_457, md5=md5).read()
-    assert md5.hexdigest() == hashlib.md5(data).hexdigest()
+    FileSlice(fd, 123_457, len(data) - 123_457, hasher=md5).read()
+    assert md5.digest() == hashlib.md5(data).hexdigest()
 
 
 @settings(max_examples=50, deadline=None)
-@given(st.lists(st.tuples(st.integers(0, 299_999), st.integers(1, 50_000)), max_size=20), st.booleans())
-def test_any_read_order_gives_the_file_md5(data_fd, reads, background):
-    """Hashed inline or on a thread of its own (big files), the digest is the file's."""
+@given(st.lists(st.tuples(st.integers(0, 299_999), st.integers(1, 50_000)), max_size=20), st.booleans(),
+       st.sampled_from(["md5", "sha256"]))
+def test_any_read_order_gives_the_file_digest(data_fd, reads, background, algorithm):
+    """Hashed inline or on a thread of its own (big files), the digest is the file's, an
+    MD5 as plain hex and a SHA-256 tagged with its name."""
     data, fd, _ = data_fd
-    md5 = PrefixMD5(background=background)
+    md5 = PrefixHash(algorithm, background=background)
     try:
         for offset, size in reads:
             size = min(size, len(data) - offset)
-            FileSlice(fd, offset, size, md5=md5).read(7_000)  # small blocks: the queue fills up
+            FileSlice(fd, offset, size, hasher=md5).read(7_000)  # small blocks: the queue fills up
         md5.catch_up(fd, len(data))
-        assert md5.hexdigest() == hashlib.md5(data).hexdigest()
+        expected = hashlib.new(algorithm, data).hexdigest()
+        assert md5.digest() == (expected if algorithm == "md5" else f"sha256:{expected}")
     finally:
         md5.close()
 
