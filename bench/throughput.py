@@ -2,7 +2,7 @@
 
     .venv/bin/python -m bench.throughput [--size 1GiB] [--rounds 3] [--part 50MiB]
                                          [--servers receiver,drf,tus] [--no-limits] [--drop-caches]
-                                         [--md5-too] [--json FILE]
+                                         [--md5-too] [--code NAME=DIR,...] [--json FILE]
 
 Against the same servers in one run (``syncd serve`` as its own process, and the real
 drf-chunked-upload under waitress), each round uploads the same random file with:
@@ -10,7 +10,8 @@ drf-chunked-upload under waitress), each round uploads the same random file with
 - ``syncd upload -c CFG --target main FILE`` (the one-shot command: the same journal,
   engine and chunked backend as the daemon; a fresh journal each run). To ``syncd serve``
   both sides hash every byte with SHA-256, to drf-chunked-upload with MD5; ``--md5-too``
-  adds a run to ``syncd serve`` with the target's ``checksum: md5``;
+  adds a run to ``syncd serve`` with the target's ``checksum: md5``; ``--code before=DIR,after=DIR``
+  runs ``syncd upload`` and ``syncd serve`` of each checkout instead (an A/B in one sitting);
 - the naive client (``tests/support/synapse_client.py``, what synapse-sdk's
   ``create_chunked_upload`` does: each part read whole into memory, ``requests.put(files=)``);
 
@@ -62,6 +63,7 @@ from bench.common import (
     log,
     machine,
     median,
+    parse_code,
     run_measured,
     save_figure,
     summary,
@@ -99,12 +101,25 @@ def _timeout(size: int) -> float:
 
 
 def build_contenders(work: Path, servers: dict[str, ServerProcess], sink: Sink | None, *,
-                     size: int, part: int, limits: bool, md5_too: bool = False) -> list[Contender]:
+                     size: int, part: int, limits: bool, md5_too: bool = False,
+                     code: dict[str, Path] | None = None) -> list[Contender]:
     env = child_env()
     counter = iter(range(10**6))
     contenders: list[Contender] = []
 
+    for name, tree in (code or {}).items():
+        def syncd_of(path: Path, server=servers[f"receiver:{name}"], tree=tree) -> ProcResult:
+            base = work / f"syncd-{next(counter)}"
+            base.mkdir()
+            cfg = syncd_config(base, url=server.url, token=server.token, part_size=part)
+            return run_measured([PYTHON, "-m", "syncd", "upload", "-c", str(cfg), "--target", "main",
+                                 str(path)], timeout=_timeout(size), env=child_env(tree))
+
+        contenders.append(Contender(f"syncd upload [{name}]", f"receiver:{name}", syncd_of))
+
     for key, server in servers.items():
+        if key.startswith("receiver:"):
+            continue
         if key == "tus":
             def tuspy(path: Path, server=server) -> ProcResult:
                 return run_measured([PYTHON, "-m", "bench._tuspy", server.url, server.token, str(path), str(part)],
@@ -149,10 +164,14 @@ HASH_TOOLS = ("md5sum", "sha256sum")
 
 
 def run(*, size: int, rounds: int, part: int, servers: tuple[str, ...] = ("receiver", "drf", "tus"),
-        limits: bool = True, drop_caches: bool = False, md5_too: bool = False) -> dict[str, Any]:
+        limits: bool = True, drop_caches: bool = False, md5_too: bool = False,
+        code: dict[str, Path] | None = None) -> dict[str, Any]:
     result: dict[str, Any] = {"benchmark": "throughput", "size": size, "part": part, "rounds": rounds,
                               "cache": "drop_caches" if drop_caches else "fadvise(DONTNEED) on the file",
-                              "machine": machine(), "rows": []}
+                              "machine": machine(), "rows": [],
+                              "code": {name: str(tree) for name, tree in (code or {}).items()}}
+    if code:  # each checkout's own receiver instead of this one's
+        servers = tuple(s for s in servers if s != "receiver")
     started: list[ServerProcess] = []
     with temp_dir("throughput") as work:
         try:
@@ -166,12 +185,18 @@ def run(*, size: int, rounds: int, part: int, servers: tuple[str, ...] = ("recei
                 log(f"throughput: starting {srv.name}")
                 running[key] = srv.start()
                 started.append(srv)
+            for name, tree in (code or {}).items():
+                (work / f"receiver-{name}").mkdir()
+                srv = Receiver(work / f"receiver-{name}", code=tree)
+                log(f"throughput: starting {srv.name} [{name}]")
+                running[f"receiver:{name}"] = srv.start()
+                started.append(srv)
             sink = None
             if limits:
                 sink = Sink().start()
                 started.append(sink)
             contenders = build_contenders(work, running, sink, size=size, part=part, limits=limits,
-                                          md5_too=md5_too)
+                                          md5_too=md5_too, code=code)
             runs: dict[int, list[dict[str, Any]]] = {i: [] for i in range(len(contenders) + len(HASH_TOOLS))}
             for rnd in range(rounds):
                 order = list(range(len(contenders)))
@@ -253,8 +278,11 @@ def check_targets(result: dict[str, Any]) -> list[dict[str, Any]]:
         if result["part"] == 50 * MiB:
             checks.append({"target": f"{server}: syncd peak RSS < 80 MiB with 50 MiB parts (max of runs)",
                            "value": f"{s['rss']['max'] / MiB:.1f} MiB", "ok": s["rss"]["max"] < RSS_TARGET})
-    s, t, m = (rows.get(("syncd upload", "receiver")), rows.get(("tuspy", "tus")),
-               rows.get(("md5sum (warm cache)", "")))
+    syncd_row = ("syncd upload", "receiver")
+    if result.get("code"):  # the last checkout named (the "after" of an A/B)
+        last = list(result["code"])[-1]
+        syncd_row = (f"syncd upload [{last}]", f"receiver:{last}")
+    s, t, m = rows.get(syncd_row), rows.get(("tuspy", "tus")), rows.get(("md5sum (warm cache)", ""))
     if s is not None and t is not None:
         checks.append({"target": "syncd -> syncd serve >= tuspy -> @tus/server (MiB/s, medians)",
                        "value": f"{s['mibs']['median']:.1f} vs {t['mibs']['median']:.1f}",
@@ -267,6 +295,13 @@ def check_targets(result: dict[str, Any]) -> list[dict[str, Any]]:
     return checks
 
 
+def _server_label(key: str) -> str:
+    """``receiver:NAME`` (a checkout's own receiver, ``--code``) reads ``syncd serve [NAME]``."""
+    if key.startswith("receiver:"):
+        return f"syncd serve [{key.partition(':')[2]}]"
+    return SERVER_LABEL[key]
+
+
 SERVER_LABEL = {"receiver": "syncd serve", "drf": "drf-chunked-upload", "tus": "@tus/server", "sink": "plain sink",
                 "": "-"}
 
@@ -277,7 +312,7 @@ def render(result: dict[str, Any]) -> str:
         s = row["summary"]
         runs = row["runs"]
         rows.append([
-            row["name"], SERVER_LABEL[row["server"]],
+            row["name"], _server_label(row["server"]),
             fmt_med([r["mibs"] for r in runs], "{:.0f}"),
             fmt_med([r["rss"] / MiB for r in runs], "{:.0f}"),
             fmt_med([r["disk_per_byte"] for r in runs], "{:.3f}"),
@@ -299,6 +334,8 @@ def render(result: dict[str, Any]) -> str:
     if result["cache"] == "drop_caches":
         text += (" With the whole cache dropped, disk read/byte also counts the interpreter's own start-up "
                  "reads (Python modules and libraries), not only the uploaded file.")
+    if result.get("code"):
+        text += "\n\nCode: " + ", ".join(f"{k} = {v}" for k, v in result["code"].items())
     return text
 
 
@@ -309,7 +346,7 @@ def plot(result: dict[str, Any], out: Path) -> Path:
     import matplotlib.pyplot as plt
 
     rows = result["rows"]
-    labels = [f"{r['name']}\n→ {SERVER_LABEL[r['server']]}" for r in rows]
+    labels = [f"{r['name']}\n→ {_server_label(r['server'])}" for r in rows]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 5))
     for ax, key, scale, xlabel in ((ax1, "mibs", 1, "MiB/s"), (ax2, "rss", MiB, "client peak RSS (MiB)")):
         meds = [median([x[key] / scale for x in r["runs"]]) for r in rows]
@@ -339,6 +376,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="also run syncd -> syncd serve with the target's `checksum: md5` (MD5 on both sides)")
     p.add_argument("--drop-caches", action="store_true",
                    help="drop the whole page cache before each run (root) instead of evicting the file")
+    p.add_argument("--code", default="", help="NAME=DIR,...: syncd upload and syncd serve of each checkout "
+                   "instead of this one's, alternating within every round (an A/B comparison in one sitting)")
     p.add_argument("--json", type=Path, help="also write the results as JSON here")
     p.add_argument("--plot", type=Path, help="also draw a PNG here")
     args = p.parse_args(argv)
@@ -350,7 +389,8 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--drop-caches: not permitted here (needs root); leave it out to evict the file instead")
     t0 = time.monotonic()
     result = run(size=parse_size(args.size), rounds=args.rounds, part=parse_size(args.part), servers=servers,
-                 limits=not args.no_limits, drop_caches=args.drop_caches, md5_too=args.md5_too)
+                 limits=not args.no_limits, drop_caches=args.drop_caches, md5_too=args.md5_too,
+                 code=parse_code(args.code) or None)
     result["seconds"] = time.monotonic() - t0
     print(render(result))
     if args.json:
