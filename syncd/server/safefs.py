@@ -38,7 +38,9 @@ def open_subdir(
 ) -> int:
     """Opens folder ``name`` inside ``parent_fd``; FileNotFoundError if missing and not ``create``.
 
-    A folder it makes gets ``mode`` less the umask.
+    A folder it makes gets ``mode`` less the umask, and ``parent_fd`` is fsynced at once: a
+    file's name is durable only when every folder on its way is, and the caller fsyncs only
+    the folder that holds the file.
     """
     shown = shown or name
     for attempt in range(2):
@@ -50,7 +52,9 @@ def open_subdir(
             try:
                 os.mkdir(name, mode, dir_fd=parent_fd)
             except FileExistsError:
-                pass  # made by someone else meanwhile; the next open checks what it is
+                pass  # made by someone else meanwhile (who fsyncs); the next open checks what it is
+            else:
+                os.fsync(parent_fd)
         except OSError as exc:
             if exc.errno in (errno.ELOOP, errno.ENOTDIR):
                 raise UnsafePath(f"{shown!r} is a symlink or not a folder") from None

@@ -151,3 +151,29 @@ def test_a_symlink_at_the_name_is_not_written_through(fx: Fixture, policy: str) 
         assert placed.path == "link (1).bin" and (fx.root / "link.bin").is_symlink()
     else:
         assert placed.path == "link.bin"
+
+
+def test_every_folder_it_makes_is_durable_in_its_parent(fx: Fixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A name is durable only when every folder on its way is: each new folder's parent is
+    fsynced once it holds it (and the file's own folder once it holds the file)."""
+    synced: list[tuple[int, int]] = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        st = os.fstat(fd)
+        synced.append((st.st_dev, st.st_ino))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    (fx.root / "a").mkdir()  # already there: not this upload's to make durable
+    place(fx.root_fd, fx.upload("a/b/c/f.bin", b"data"), on_conflict="rename")
+
+    def ident(path: Path) -> tuple[int, int]:
+        st = os.stat(path)
+        return st.st_dev, st.st_ino
+
+    assert ident(fx.root / "a") in synced  # holds the new b
+    assert ident(fx.root / "a" / "b") in synced  # holds the new c
+    assert ident(fx.root / "a" / "b" / "c") in synced  # holds the file
+    assert ident(fx.root) not in synced  # nothing new in it
+    assert (fx.root / "a" / "b" / "c" / "f.bin").read_bytes() == b"data"
