@@ -13,6 +13,20 @@ def test_parse_size(text, expected):
     assert parse_size(text) == expected
 
 
+@given(st.integers(0, 10**24), st.sampled_from([("", 1), ("KB", 1000), ("KiB", 1024), ("MB", 1000**2),
+                                                 ("GiB", 1024**3), ("TB", 1000**4)]))
+def test_parse_size_is_exact_however_large(n, unit):
+    """No float on the way: 123456789123456789 bytes is that many, not ...784."""
+    suffix, factor = unit
+    assert parse_size(f"{n}{suffix}") == n * factor
+
+
+@given(st.integers(0, 10**15), st.integers(1, 9))
+def test_parse_size_decimal_fractions_are_exact(whole, tenth):
+    """1.1KB is 1100 bytes (the float 1.1 * 1000 is 1100.0000000000002)."""
+    assert parse_size(f"{whole}.{tenth}KB") == whole * 1000 + tenth * 100
+
+
 @pytest.mark.parametrize("bad", ["", "MiB", "5 parsecs", "-1", "1.3B", True, None, 1.5, -4])
 def test_parse_size_rejects(bad):
     with pytest.raises(ValueError, match="size|bytes|negative"):
