@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import re
-from decimal import Decimal
+from fractions import Fraction
 
 _SIZE_UNITS = {
     "": 1,
@@ -44,8 +44,8 @@ def parse_size(value: object) -> int:
     if isinstance(value, str):
         match = _SIZE_RE.match(value)
         if match and match.group(2).lower() in _SIZE_UNITS:
-            number = Decimal(match.group(1)) * _SIZE_UNITS[match.group(2).lower()]  # exact, unlike a float
-            if number == number.to_integral_value():
+            number = Fraction(match.group(1)) * _SIZE_UNITS[match.group(2).lower()]  # exact, unlike a float
+            if number.denominator == 1:
                 return int(number)
             raise ValueError(f"{value!r} is not a whole number of bytes")
     raise ValueError(f"{value!r} is not a size (e.g. 512KiB, 50MiB, 10GiB)")
