@@ -17,6 +17,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import BinaryIO, Literal, Protocol
 
+from syncd import checksums
+
 Verifies = Literal["md5", "sha256", "part-checksum", "size"]
 """What the server itself checks of a finished upload: the whole file's MD5 (chunked) or
 SHA-256 (``syncd serve``, when asked), each part's checksum (S3, tus with the checksum
@@ -38,14 +40,17 @@ class Capabilities:
     concurrency: int = 1
     """parts of one file in flight at once (1 for offset protocols)"""
     verifies: Verifies = "md5"
-    checksum: str = "md5"
-    """the algorithm of the whole-file checksum (``checksums.ALGORITHMS``): the one the
-    server verifies, else MD5 (what the journal keeps)"""
     single_request_max: int = -1
     """files of at most this many bytes go whole in one request with their MD5 (-1: never)"""
     part_checksum: bool = False
     """the backend wants each part's MD5 before it sends the part (Content-MD5,
     Upload-Checksum): parts are then read into memory, hashed, and sent from there"""
+
+    @property
+    def checksum(self) -> str:
+        """The algorithm the whole file is hashed with (``checksums.ALGORITHMS``): the one
+        the server verifies, else MD5 (what the journal keeps)."""
+        return self.verifies if self.verifies in checksums.ALGORITHMS else checksums.DEFAULT
 
 
 @dataclass(frozen=True)

@@ -300,7 +300,7 @@ class ChunkedBackend:
             if self.sha256:
                 checksum = "sha256"
         return Capabilities(part_size=self.part_size, min_part=1, max_part=5 * 1024**3, max_parts=2**31,
-                            concurrency=1, verifies=checksum, checksum=checksum,
+                            concurrency=1, verifies=checksum,
                             single_request_max=single_request_max)
 
     def _probe(self) -> None:
