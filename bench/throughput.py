@@ -44,6 +44,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -107,15 +108,18 @@ def build_contenders(work: Path, servers: dict[str, ServerProcess], sink: Sink |
     counter = iter(range(10**6))
     contenders: list[Contender] = []
 
-    for name, tree in (code or {}).items():
-        def syncd_of(path: Path, server=servers[f"receiver:{name}"], tree=tree) -> ProcResult:
-            base = work / f"syncd-{next(counter)}"
-            base.mkdir()
-            cfg = syncd_config(base, url=server.url, token=server.token, part_size=part)
-            return run_measured([PYTHON, "-m", "syncd", "upload", "-c", str(cfg), "--target", "main",
-                                 str(path)], timeout=_timeout(size), env=child_env(tree))
+    def syncd_upload(path: Path, server: ServerProcess, *, env: dict[str, str] = env,
+                     target: dict | None = None) -> ProcResult:
+        """``syncd upload`` (of the checkout ``env`` runs) with a fresh journal."""
+        base = work / f"syncd-{next(counter)}"
+        base.mkdir()
+        cfg = syncd_config(base, url=server.url, token=server.token, part_size=part, extra_target=target)
+        return run_measured([PYTHON, "-m", "syncd", "upload", "-c", str(cfg), "--target", "main", str(path)],
+                            timeout=_timeout(size), env=env)
 
-        contenders.append(Contender(f"syncd upload [{name}]", f"receiver:{name}", syncd_of))
+    for name, tree in (code or {}).items():
+        contenders.append(Contender(f"syncd upload [{name}]", f"receiver:{name}", partial(
+            syncd_upload, server=servers[f"receiver:{name}"], env=child_env(tree))))
 
     for key, server in servers.items():
         if key.startswith("receiver:"):
@@ -128,21 +132,14 @@ def build_contenders(work: Path, servers: dict[str, ServerProcess], sink: Sink |
             contenders.append(Contender("tuspy", key, tuspy))
             continue
 
-        def syncd(path: Path, server=server, key=key, target: dict | None = None) -> ProcResult:
-            base = work / f"syncd-{key}-{next(counter)}"
-            base.mkdir()
-            cfg = syncd_config(base, url=server.url, token=server.token, part_size=part, extra_target=target)
-            return run_measured([PYTHON, "-m", "syncd", "upload", "-c", str(cfg), "--target", "main",
-                                 str(path)], timeout=_timeout(size), env=env)
-
         def naive(path: Path, server=server) -> ProcResult:
             return run_measured([PYTHON, "-m", "bench._naive", server.url, server.token, str(path), str(part)],
                                 timeout=_timeout(size), env=env)
 
-        contenders.append(Contender("syncd upload", key, syncd))
+        contenders.append(Contender("syncd upload", key, partial(syncd_upload, server=server)))
         if md5_too and key == "receiver":
-            contenders.append(Contender("syncd upload, checksum: md5", key,
-                                        lambda path, syncd=syncd: syncd(path, target={"checksum": "md5"})))
+            contenders.append(Contender("syncd upload, checksum: md5", key, partial(
+                syncd_upload, server=server, target={"checksum": "md5"})))
         contenders.append(Contender("naive client", key, naive))
 
     if limits and sink is not None:

@@ -14,7 +14,7 @@ import yaml
 from syncd import __version__
 from syncd.journal import Fingerprint, Journal
 from tests.support.daemon import REPO, make_config
-from tests.support.files import md5_of, write_random
+from tests.support.files import digest_of, md5_of, write_random
 
 
 def syncd(*args: str, timeout: float = 60, cwd=REPO, env=None) -> subprocess.CompletedProcess:
@@ -147,7 +147,7 @@ def test_oneshot_upload_to_the_receiver_and_again(receiver, tmp_path):
     out = syncd("upload", "-c", str(config), "--target", "main", "--remote-dir", "manual", str(path))
     assert out.returncode == 0, out.stderr
     # in parts to syncd serve: verified with SHA-256 (a small file sent whole keeps MD5)
-    assert (f"uploaded as manual/one shot.bin (sha256 {md5_of(path, 'sha256')}) to target main, "
+    assert (f"uploaded as manual/one shot.bin (sha256 {digest_of(path, 'sha256')}) to target main, "
             "verified by sha256") in out.stdout
     assert peer.stored_md5("manual/one shot.bin") == md5_of(path)
     again = syncd("upload", "-c", str(config), "--target", "main", "--remote-dir", "manual", str(path))

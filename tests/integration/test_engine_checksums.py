@@ -5,7 +5,6 @@ made with."""
 
 from __future__ import annotations
 
-import hashlib
 import socket
 
 import pytest
@@ -13,14 +12,10 @@ import pytest
 from syncd.upload.base import UploadItem
 from syncd.upload.chunked import ChunkedBackend
 from tests.support.engine import EngineRig
-from tests.support.files import md5_of, write_random
+from tests.support.files import digest_of, md5_of, write_random
 from tests.support.peers import ReceiverPeer
 
 PART = 64 * 1024
-
-
-def sha256_of(path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def chunked(url: str, token: str | None, *, checksum: str = "auto") -> ChunkedBackend:
@@ -40,7 +35,7 @@ def test_syncd_serve_verifies_a_file_in_parts_with_sha256(tmp_path, peer):
     try:
         path = write_random(tmp_path / "f.bin", 5 * PART + 3)
         remote, digest = rig.upload(path, "big.bin")
-        assert digest == f"sha256:{sha256_of(path)}"
+        assert digest == f"sha256:{digest_of(path, 'sha256')}"
         assert remote.verified == "sha256" and remote.md5 == digest
         assert peer.stored_md5("big.bin") == md5_of(path)  # stored byte for byte
         row = rig.journal.find_file("w", "big.bin")
@@ -86,7 +81,7 @@ def test_a_resumed_session_completes_with_the_checksum_it_was_made_with(tmp_path
     try:
         job = rig.job(path, "resumed.bin")
         remote, digest = rig.engine.upload(job, on_read=sent.append)
-        expected = md5_of(path) if algorithm == "md5" else f"sha256:{sha256_of(path)}"
+        expected = md5_of(path) if algorithm == "md5" else f"sha256:{digest_of(path, 'sha256')}"
         assert digest == expected and remote.verified == algorithm
         assert sum(sent) <= 6 * PART  # went on from the server's offset
         assert peer.stored_md5("resumed.bin") == md5_of(path)

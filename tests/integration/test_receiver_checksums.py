@@ -24,11 +24,11 @@ from tests.support.receiver import (
     md5_hex,
     post_whole,
     put_part,
+    put_raw,
     running,
     stored_files,
 )
 
-RAW = "application/offset+octet-stream"
 DATA = os.urandom(300_000)
 SHA256 = {**AUTH, "Syncd-Checksum": "sha256"}
 KEY = "sha-256-client-upload-0001"
@@ -41,17 +41,6 @@ def sha256_hex(data: bytes) -> str:
 def first_part(url: str, data: bytes = DATA[:100_000], *, total: int = len(DATA), **kwargs: Any) -> requests.Response:
     kwargs.setdefault("headers", SHA256)
     return put_part(url, data, start=0, total=total, **kwargs)
-
-
-def put_raw(url: str, data: bytes, *, start: int, total: int, **headers: str) -> requests.Response:
-    return requests.put(
-        url,
-        data=data,
-        headers={
-            **AUTH, "Content-Type": RAW, "Content-Range": f"bytes {start}-{start + len(data) - 1}/{total}", **headers
-        },
-        timeout=TIMEOUT,
-    )
 
 
 def complete_with(url: str, encoding: str, **fields: str) -> requests.Response:

@@ -13,28 +13,18 @@ import requests
 from syncd.server import EmbeddedReceiver, ServerHooks
 from tests.support.receiver import (
     AUTH,
+    RAW,
     TIMEOUT,
     complete,
     get,
     md5_hex,
     put_part,
+    put_raw,
     running,
     stored_files,
 )
 
-RAW = "application/offset+octet-stream"
 DATA = os.urandom(300_000)
-
-
-def put_raw(url: str, body: object, *, start: int, length: int, total: int, **headers: str) -> requests.Response:
-    return requests.put(
-        url,
-        data=body,
-        headers={
-            **AUTH, "Content-Type": RAW, "Content-Range": f"bytes {start}-{start + length - 1}/{total}", **headers
-        },
-        timeout=TIMEOUT,
-    )
 
 
 def test_every_json_answer_advertises_raw_parts(server: EmbeddedReceiver) -> None:

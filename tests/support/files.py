@@ -6,8 +6,14 @@ import hashlib
 import os
 from pathlib import Path
 
+from syncd import checksums
 
-def md5_of(path: Path, algorithm: str = "md5") -> str:
+
+def md5_of(path: Path) -> str:
+    return digest_of(path, "md5")
+
+
+def digest_of(path: Path, algorithm: str) -> str:
     h = hashlib.new(algorithm)
     with open(path, "rb") as f:
         while block := f.read(1 << 20):
@@ -18,8 +24,8 @@ def md5_of(path: Path, algorithm: str = "md5") -> str:
 def is_digest_of(digest: str, path: Path) -> bool:
     """Whether ``digest`` (as the engine returns it: plain MD5 hex, or ``sha256:<hex>``) is
     the file's own."""
-    algorithm, _, hexdigest = digest.rpartition(":")
-    return hexdigest == md5_of(path, algorithm or "md5")
+    algorithm, hexdigest = checksums.split(digest)
+    return hexdigest == digest_of(path, algorithm)
 
 
 def write_random(path: Path, size: int) -> Path:

@@ -70,6 +70,23 @@ def put_part(
     )
 
 
+RAW = "application/offset+octet-stream"
+
+
+def put_raw(url: str, body: object, *, start: int, total: int, length: int | None = None,
+            **headers: str) -> requests.Response:
+    """A raw part (syncd's own client after the first part): the bytes are the whole body.
+    ``length`` is needed when ``body`` is not bytes (a generator)."""
+    length = len(body) if length is None else length  # type: ignore[arg-type]
+    return requests.put(
+        url,
+        data=body,
+        headers={**AUTH, "Content-Type": RAW, "Content-Range": f"bytes {start}-{start + length - 1}/{total}",
+                 **headers},
+        timeout=TIMEOUT,
+    )
+
+
 def post_whole(
     url: str, data: bytes, *, filename: str, md5: str | None = None, headers: dict[str, str] | None = None
 ) -> requests.Response:
