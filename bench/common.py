@@ -93,7 +93,12 @@ def evict(path: Path) -> None:
     ``posix_fadvise(DONTNEED)`` on that one file (after ``fdatasync``, so no page is
     dirty): the same effect for the file as ``echo 3 > /proc/sys/vm/drop_caches``
     without emptying the cache of everyone else on the machine.
+
+    First ``sync()``: whatever earlier runs left dirty (a server that does not fsync
+    leaves its whole upload in the page cache) is written now, not by the kernel's
+    writeback in the middle of the next run, whose reads of the file would queue behind it.
     """
+    os.sync()
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fdatasync(fd)

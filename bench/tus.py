@@ -80,8 +80,12 @@ class TusNode(ServerProcess):
         self.pid = self.proc.pid
         return self
 
+    def stored(self) -> list[Path]:
+        """The uploads' data files (@tus/file-store keeps a ``.json`` of metadata beside each)."""
+        return [p for p in self.store.iterdir() if p.suffix != ".json"] if self.store.is_dir() else []
+
     def stored_sizes(self) -> list[int]:
-        return [p.stat().st_size for p in self.store.iterdir() if p.suffix != ".json"] if self.store.is_dir() else []
+        return [p.stat().st_size for p in self.stored()]
 
     def clear(self) -> None:
         shutil.rmtree(self.store, ignore_errors=True)
