@@ -14,6 +14,8 @@ drf-chunked-upload under waitress), each round uploads the same random file with
   runs ``syncd upload`` and ``syncd serve`` of each checkout instead (an A/B in one sitting);
 - the naive client (``tests/support/synapse_client.py``, what synapse-sdk's
   ``create_chunked_upload`` does: each part read whole into memory, ``requests.put(files=)``);
+- to drf-chunked-upload, the real synapse-sdk client (``bench/_sdk.py``) where
+  ``bench/install-sdk`` has made its virtualenv (or ``--sdk-python`` names another);
 
 and, with ``tus`` in ``--servers``, tuspy to @tus/server (``bench/_tuspy.py``: a protocol that
 hashes nothing on either side, the yardstick of issue 14); and, unless ``--no-limits``, the
@@ -50,6 +52,7 @@ from typing import Any
 
 from bench.common import (
     PYTHON,
+    REPO,
     Drf,
     MiB,
     ProcResult,
@@ -97,13 +100,19 @@ class Contender:
     uploads: bool = True  # a real upload: check the stored file, count against targets
 
 
+SDK_PYTHON = REPO / "bench" / ".sdk-venv" / "bin" / "python"
+SDK_NAME = "synapse-sdk client"
+SDK_SPEED = 1.3  # issue 14, goal 2: syncd -> drf at least 1.3x the SDK's MiB/s ...
+SDK_RSS_SHARE = 1 / 3  # ... at no more than a third of its peak RSS
+
+
 def _timeout(size: int) -> float:
     return 120 + size / (2 * MiB)  # never slower than 2 MiB/s unless something is wrong
 
 
 def build_contenders(work: Path, servers: dict[str, ServerProcess], sink: Sink | None, *,
                      size: int, part: int, limits: bool, md5_too: bool = False,
-                     code: dict[str, Path] | None = None) -> list[Contender]:
+                     code: dict[str, Path] | None = None, sdk_python: Path | None = None) -> list[Contender]:
     env = child_env()
     counter = iter(range(10**6))
     contenders: list[Contender] = []
@@ -141,6 +150,12 @@ def build_contenders(work: Path, servers: dict[str, ServerProcess], sink: Sink |
             contenders.append(Contender("syncd upload, checksum: md5", key, partial(
                 syncd_upload, server=server, target={"checksum": "md5"})))
         contenders.append(Contender("naive client", key, naive))
+        if key == "drf" and sdk_python is not None:
+            def sdk(path: Path, server=server) -> ProcResult:
+                return run_measured([str(sdk_python), "-m", "bench._sdk", server.server.base_url, server.token,
+                                     str(path), str(part)], timeout=_timeout(size), env=env)
+
+            contenders.append(Contender(SDK_NAME, key, sdk))
 
     if limits and sink is not None:
         contenders.append(Contender("curl -T (whole file)", "sink", lambda path: run_measured(
@@ -162,7 +177,7 @@ HASH_TOOLS = ("md5sum", "sha256sum")
 
 def run(*, size: int, rounds: int, part: int, servers: tuple[str, ...] = ("receiver", "drf", "tus"),
         limits: bool = True, drop_caches: bool = False, md5_too: bool = False,
-        code: dict[str, Path] | None = None) -> dict[str, Any]:
+        code: dict[str, Path] | None = None, sdk_python: Path | None = None) -> dict[str, Any]:
     result: dict[str, Any] = {"benchmark": "throughput", "size": size, "part": part, "rounds": rounds,
                               "cache": "drop_caches" if drop_caches else "fadvise(DONTNEED) on the file",
                               "machine": machine(), "rows": [],
@@ -193,7 +208,7 @@ def run(*, size: int, rounds: int, part: int, servers: tuple[str, ...] = ("recei
                 sink = Sink().start()
                 started.append(sink)
             contenders = build_contenders(work, running, sink, size=size, part=part, limits=limits,
-                                          md5_too=md5_too, code=code)
+                                          md5_too=md5_too, code=code, sdk_python=sdk_python)
             runs: dict[int, list[dict[str, Any]]] = {i: [] for i in range(len(contenders) + len(HASH_TOOLS))}
             for rnd in range(rounds):
                 order = list(range(len(contenders)))
@@ -279,6 +294,16 @@ def check_targets(result: dict[str, Any]) -> list[dict[str, Any]]:
     if result.get("code"):  # the last checkout named (the "after" of an A/B)
         last = list(result["code"])[-1]
         syncd_row = (f"syncd upload [{last}]", f"receiver:{last}")
+    s, k = rows.get(("syncd upload", "drf")), rows.get((SDK_NAME, "drf"))
+    if s is not None and k is not None:
+        speed = s["mibs"]["median"] / k["mibs"]["median"]
+        checks.append({"target": f"drf: syncd >= {SDK_SPEED}x the synapse-sdk client's MiB/s (medians)",
+                       "value": f"{s['mibs']['median']:.1f} vs {k['mibs']['median']:.1f} ({speed:.2f}x)",
+                       "ok": speed >= SDK_SPEED})
+        share = s["rss"]["max"] / k["rss"]["median"]
+        checks.append({"target": "drf: syncd peak RSS <= 1/3 of the synapse-sdk client's (max vs median)",
+                       "value": f"{s['rss']['max'] / MiB:.1f} vs {k['rss']['median'] / MiB:.1f} MiB ({share:.2f})",
+                       "ok": share <= SDK_RSS_SHARE})
     s, t, m = rows.get(syncd_row), rows.get(("tuspy", "tus")), rows.get(("md5sum (warm cache)", ""))
     if s is not None and t is not None:
         checks.append({"target": "syncd -> syncd serve >= tuspy -> @tus/server (MiB/s, medians)",
@@ -361,6 +386,15 @@ def plot(result: dict[str, Any], out: Path) -> Path:
     return save_figure(fig, out)
 
 
+def _sdk_python(path: Path, servers: tuple[str, ...]) -> Path | None:
+    if "drf" not in servers:
+        return None
+    if not path.is_file():
+        log(f"no {path}: the synapse-sdk client is left out (bench/install-sdk makes it)")
+        return None
+    return path
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.throughput", description=__doc__.split("\n\n")[0])
     p.add_argument("--size", default="1GiB", help="file size (default 1GiB)")
@@ -375,6 +409,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="drop the whole page cache before each run (root) instead of evicting the file")
     p.add_argument("--code", default="", help="NAME=DIR,...: syncd upload and syncd serve of each checkout "
                    "instead of this one's, alternating within every round (an A/B comparison in one sitting)")
+    p.add_argument("--sdk-python", type=Path, default=SDK_PYTHON,
+                   help="the interpreter with synapse-sdk installed, for its client to drf-chunked-upload "
+                   "(default: bench/.sdk-venv's, made by bench/install-sdk; left out where it is missing)")
     p.add_argument("--json", type=Path, help="also write the results as JSON here")
     p.add_argument("--plot", type=Path, help="also draw a PNG here")
     args = p.parse_args(argv)
@@ -387,7 +424,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.monotonic()
     result = run(size=parse_size(args.size), rounds=args.rounds, part=parse_size(args.part), servers=servers,
                  limits=not args.no_limits, drop_caches=args.drop_caches, md5_too=args.md5_too,
-                 code=parse_code(args.code) or None)
+                 code=parse_code(args.code) or None, sdk_python=_sdk_python(args.sdk_python, servers))
     result["seconds"] = time.monotonic() - t0
     print(render(result))
     if args.json:

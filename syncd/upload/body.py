@@ -23,8 +23,11 @@ from syncd import checksums
 from syncd.upload.base import FileChanged, Interrupted
 
 READ_SIZE = 1024 * 1024
-STREAM_BLOCK = 1024 * 1024
-"""what a request body hands http.client at a time (its own reads are 8 KiB)"""
+STREAM_BLOCK = 256 * 1024
+"""what a request body hands http.client at a time (its own reads are 8 KiB). 1 MiB blocks
+cost 8 MiB more peak RSS to drf-chunked-upload (requests-toolbelt's encoder copies each
+block through a buffer of its own, and malloc keeps the churn) and sent no faster to
+``syncd serve`` (BENCHMARKS.md section 15)"""
 
 
 class StopFlag(Protocol):
