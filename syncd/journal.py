@@ -179,6 +179,11 @@ class JournalError(Exception):
     """The journal cannot be used: missing, corrupt, newer than this syncd, or full."""
 
 
+CACHE_KIB = 512
+"""SQLite's page cache, per connection (its default is 2 MiB). It fills as the journal
+grows and then stays full: at 2 MiB a daemon's RSS crept for its first ~3,400 files, at
+512 KiB it is full after a few hundred. Pages beyond it are read from the OS's cache."""
+
 MOVE_ASIDE = "move it aside to start afresh (a new journal uploads every file in the watches again)"
 
 
@@ -340,6 +345,7 @@ class Journal:
                                        timeout=30.0)
             self._db.row_factory = sqlite3.Row
             self._db.execute("PRAGMA busy_timeout = 30000")
+            self._db.execute(f"PRAGMA cache_size = -{CACHE_KIB}")
             if not readonly:
                 self._db.execute("PRAGMA journal_mode = WAL")
                 self._db.execute("PRAGMA synchronous = NORMAL")

@@ -2,7 +2,7 @@ import sqlite3
 
 import pytest
 
-from syncd.journal import DUE_ORDERS, SCHEMA_VERSION, Done, Fingerprint, Journal, JournalError, NewUpload
+from syncd.journal import CACHE_KIB, DUE_ORDERS, SCHEMA_VERSION, Done, Fingerprint, Journal, JournalError, NewUpload
 
 FP = Fingerprint(dev=1, ino=2, size=100, mtime_ns=10)
 FP2 = Fingerprint(dev=1, ino=2, size=120, mtime_ns=20)
@@ -24,6 +24,11 @@ def test_schema_version_and_wal(journal):
         assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     finally:
         db.close()
+
+
+def test_page_cache_is_bounded_below_sqlites_default(journal):
+    """A smaller cache fills within a daemon's first minutes; RSS stays flat after that."""
+    assert journal._db.execute("PRAGMA cache_size").fetchone()[0] == -CACHE_KIB
 
 
 def test_new_file_settles_to_ready(journal):
