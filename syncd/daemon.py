@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from syncd.allocator import tune_for_daemon
+from syncd.allocator import grow_interned_strings, tune_for_daemon
 from syncd.bandwidth import BandwidthLimiter, Limits, timetables_of
 from syncd.config import SMALL_FILE_MAX, Config, ConfigError, load_config
 from syncd.controls import Paused
@@ -284,6 +284,7 @@ class Daemon:
         if self.config.receiver is not None:
             self._start_receiver()
         self._apply_config(self.config)
+        grow_interned_strings()
         self.waker_selector = selectors.DefaultSelector()
         self.waker_selector.register(self.waker.rfd, selectors.EVENT_READ)
 
