@@ -11,7 +11,8 @@ drf-chunked-upload under waitress), each round uploads the same random file with
   engine and chunked backend as the daemon; a fresh journal each run). To ``syncd serve``
   both sides hash every byte with SHA-256, to drf-chunked-upload with MD5; ``--md5-too``
   adds a run to ``syncd serve`` with the target's ``checksum: md5``; ``--code before=DIR,after=DIR``
-  runs ``syncd upload`` and ``syncd serve`` of each checkout instead (an A/B in one sitting);
+  runs ``syncd upload`` and ``syncd serve`` of each checkout instead, and each checkout's
+  ``syncd upload`` to drf-chunked-upload (an A/B in one sitting);
 - the naive client (``tests/support/synapse_client.py``, what synapse-sdk's
   ``create_chunked_upload`` does: each part read whole into memory, ``requests.put(files=)``);
 - to drf-chunked-upload, the real synapse-sdk client (``bench/_sdk.py``) where
@@ -145,7 +146,12 @@ def build_contenders(work: Path, servers: dict[str, ServerProcess], sink: Sink |
             return run_measured([PYTHON, "-m", "bench._naive", server.url, server.token, str(path), str(part)],
                                 timeout=_timeout(size), env=env)
 
-        contenders.append(Contender("syncd upload", key, partial(syncd_upload, server=server)))
+        if code and key == "drf":  # each checkout's syncd upload to the one drf-chunked-upload
+            for name, tree in code.items():
+                contenders.append(Contender(f"syncd upload [{name}]", key, partial(
+                    syncd_upload, server=server, env=child_env(tree))))
+        else:
+            contenders.append(Contender("syncd upload", key, partial(syncd_upload, server=server)))
         if md5_too and key == "receiver":
             contenders.append(Contender("syncd upload, checksum: md5", key, partial(
                 syncd_upload, server=server, target={"checksum": "md5"})))
@@ -275,11 +281,20 @@ def _summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return {k: summary([r[k] for r in runs if r.get(k) is not None]) for k in keys}
 
 
+def _syncd_row(result: dict[str, Any], server: str) -> tuple[str, str]:
+    """The row of ``syncd upload`` to ``server``; with ``--code``, the last checkout's (the
+    "after" of an A/B), to its own receiver."""
+    if not result.get("code"):
+        return ("syncd upload", server)
+    last = list(result["code"])[-1]
+    return (f"syncd upload [{last}]", f"receiver:{last}" if server == "receiver" else server)
+
+
 def check_targets(result: dict[str, Any]) -> list[dict[str, Any]]:
     rows = {(r["name"], r["server"]): r["summary"] for r in result["rows"]}
     checks = []
     for server in ("receiver", "drf"):
-        s, n = rows.get(("syncd upload", server)), rows.get(("naive client", server))
+        s, n = rows.get(_syncd_row(result, server)), rows.get(("naive client", server))
         if s is None or n is None:
             continue
         checks.append({"target": f"{server}: syncd MiB/s >= naive MiB/s (medians)",
@@ -290,11 +305,7 @@ def check_targets(result: dict[str, Any]) -> list[dict[str, Any]]:
         if result["part"] == 50 * MiB:
             checks.append({"target": f"{server}: syncd peak RSS < 80 MiB with 50 MiB parts (max of runs)",
                            "value": f"{s['rss']['max'] / MiB:.1f} MiB", "ok": s["rss"]["max"] < RSS_TARGET})
-    syncd_row = ("syncd upload", "receiver")
-    if result.get("code"):  # the last checkout named (the "after" of an A/B)
-        last = list(result["code"])[-1]
-        syncd_row = (f"syncd upload [{last}]", f"receiver:{last}")
-    s, k = rows.get(("syncd upload", "drf")), rows.get((SDK_NAME, "drf"))
+    s, k = rows.get(_syncd_row(result, "drf")), rows.get((SDK_NAME, "drf"))
     if s is not None and k is not None:
         speed = s["mibs"]["median"] / k["mibs"]["median"]
         checks.append({"target": f"drf: syncd >= {SDK_SPEED}x the synapse-sdk client's MiB/s (medians)",
@@ -304,7 +315,8 @@ def check_targets(result: dict[str, Any]) -> list[dict[str, Any]]:
         checks.append({"target": "drf: syncd peak RSS <= 1/3 of the synapse-sdk client's (max vs median)",
                        "value": f"{s['rss']['max'] / MiB:.1f} vs {k['rss']['median'] / MiB:.1f} MiB ({share:.2f})",
                        "ok": share <= SDK_RSS_SHARE})
-    s, t, m = rows.get(syncd_row), rows.get(("tuspy", "tus")), rows.get(("md5sum (warm cache)", ""))
+    s, t = rows.get(_syncd_row(result, "receiver")), rows.get(("tuspy", "tus"))
+    m = rows.get(("md5sum (warm cache)", ""))
     if s is not None and t is not None:
         checks.append({"target": "syncd -> syncd serve >= tuspy -> @tus/server (MiB/s, medians)",
                        "value": f"{s['mibs']['median']:.1f} vs {t['mibs']['median']:.1f}",
