@@ -320,6 +320,7 @@ class Receiver:
                     executor=self._executor,  # type: ignore[arg-type]
                     pwritev=self.hooks.pwritev,
                     start_writeback=self.hooks.start_writeback,
+                    direct=True,
                 )
             except TooMuchData as exc:
                 if expected is None:

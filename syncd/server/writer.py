@@ -1,9 +1,11 @@
 """Streams a request body to a file, hashing as it goes, without blocking the event loop.
 
 Chunks read on the loop are gathered into batches of about 1 MiB; each batch is written
-(``pwritev``) and fed to the MD5 in an I/O thread while the loop reads the next one. At
+(``pwritev``) and fed to the hash in an I/O thread while the loop reads the next one. At
 most one batch is being written and one gathered, so memory stays flat whatever the
 part size.
+
+With ``direct``, batches are written around the page cache (``DirectWrites``).
 """
 
 from __future__ import annotations
@@ -11,6 +13,9 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import errno
+import fcntl
+import mmap
+import os
 from collections.abc import Awaitable, Callable, Sequence
 
 BATCH_BYTES = 1024 * 1024
@@ -43,23 +48,29 @@ async def stream_to_file(
     executor: concurrent.futures.Executor,
     pwritev: PWritev,
     start_writeback: StartWriteback = _no_writeback,
+    direct: bool = False,
 ) -> int:
     """Writes everything ``read_chunk`` yields at ``offset`` onwards; returns the byte count.
 
     ``hasher`` (a hashlib object) is updated with exactly the bytes written. Write errors
-    (ENOSPC...) are raised as they are; the caller decides what to keep.
+    (ENOSPC...) are raised as they are; the caller decides what to keep. With ``direct``
+    (and ``offset`` on a block boundary), whole blocks go to disk with O_DIRECT.
     """
     pending: concurrent.futures.Future[None] | None = None
     batch: list[bytes] = []
     batch_bytes = 0
     pos = offset
     received = 0
+    writes = DirectWrites(fd, offset, pwritev) if direct and offset % ALIGN == 0 else None
 
     async def submit() -> None:
         nonlocal pending, batch, batch_bytes, pos
         if pending is not None:
             await asyncio.wrap_future(pending)
-        pending = executor.submit(_write_batch, pwritev, start_writeback, fd, batch, pos, hasher)
+        if writes is not None:
+            pending = executor.submit(writes.write, batch, hasher)
+        else:
+            pending = executor.submit(_write_batch, pwritev, start_writeback, fd, batch, pos, hasher)
         pos += batch_bytes
         batch, batch_bytes = [], 0
 
@@ -76,11 +87,16 @@ async def stream_to_file(
             await submit()
         if pending is not None:
             await asyncio.wrap_future(pending)
+        if writes is not None:
+            pending = executor.submit(writes.finish)
+            await asyncio.wrap_future(pending)
         return received
     finally:
         # On any way out, let the last write finish before the caller truncates or closes.
         if pending is not None and not pending.done():
             concurrent.futures.wait([pending])
+        if writes is not None:
+            writes.close()
 
 
 def _write_batch(
@@ -108,3 +124,111 @@ def write_all(pwritev: PWritev, fd: int, buffers: Sequence[bytes], pos: int) -> 
         if views and written:
             views[0] = views[0][written:]
     return pos - start
+
+
+ALIGN = 4096
+"""what O_DIRECT needs offsets, lengths and buffer addresses to be multiples of (a
+device's logical block size; 4096 covers 512-byte and 4K-native disks)"""
+
+
+class DirectWrites:
+    """A body's batches written around the page cache: ``O_DIRECT`` from one page-aligned
+    buffer that is reused, in whole blocks; what is left of a block waits in the buffer
+    for the next batch, and the last few bytes go through the page cache at ``finish``.
+
+    Why: a part is written once and fsynced at its end, never read again by the receiver.
+    Through the page cache, each byte is also copied into a page the kernel must find
+    first, then written back. Here one GiB cost 0.07 CPU-seconds to write and fsync, against
+    0.2-2.2 through the page cache, where the spread was that of allocating the pages
+    (this VM hands freed memory back to its host). The copy into the aligned buffer is
+    one ``memcpy`` of warm memory.
+
+    The first write that O_DIRECT refuses (a file system without it: EINVAL) or does
+    only in part turns it off for the rest of the body; that write is made again through
+    the page cache. Any other error is raised as it is.
+    """
+
+    def __init__(self, fd: int, offset: int, pwritev: PWritev) -> None:
+        self._fd = fd
+        self._pos = offset  # the file offset of the buffer's first byte
+        self._held = 0  # bytes at the buffer's start, not yet written
+        self._pwritev = pwritev
+        self._buffer = mmap.mmap(-1, BATCH_BYTES + ALIGN)
+        self.direct = _set_direct(fd, True)
+
+    def write(self, buffers: Sequence[bytes], hasher: object) -> None:
+        """Hashes ``buffers`` and writes every whole block of them and of what was held."""
+        size = self._held + sum(len(b) for b in buffers)
+        if size > len(self._buffer):
+            self._grow(size)
+        view = memoryview(self._buffer)
+        try:
+            end = self._held
+            for b in buffers:
+                view[end:end + len(b)] = b
+                end += len(b)
+            hasher.update(view[self._held:end])  # type: ignore[attr-defined]
+            whole = end - end % ALIGN if self.direct else end
+            if whole:
+                self._write_out(view[:whole])
+            self._buffer.move(0, whole, end - whole)
+            self._pos += whole
+            self._held = end - whole
+        finally:
+            view.release()
+
+    def finish(self) -> None:
+        """Writes what is held (less than a block) through the page cache."""
+        if self._held:
+            self._turn_off()
+            view = memoryview(self._buffer)
+            try:
+                write_all(self._pwritev, self._fd, [view[:self._held]], self._pos)
+            finally:
+                view.release()
+            self._pos += self._held
+            self._held = 0
+
+    def close(self) -> None:
+        try:
+            self._buffer.close()
+        except BufferError:  # a failed write's traceback still holds a view: unmapped with it
+            pass
+
+    def _write_out(self, data: memoryview) -> None:
+        written = 0
+        if self.direct:
+            try:
+                written = self._pwritev(self._fd, [data], self._pos)
+            except OSError as exc:
+                if exc.errno != errno.EINVAL:
+                    raise
+            if written == len(data):
+                return
+            self._turn_off()
+        write_all(self._pwritev, self._fd, [data[written:]], self._pos + written)
+
+    def _turn_off(self) -> None:
+        if self.direct:
+            _set_direct(self._fd, False)
+            self.direct = False
+
+    def _grow(self, size: int) -> None:
+        bigger = mmap.mmap(-1, size + ALIGN - size % ALIGN)
+        bigger[:self._held] = self._buffer[:self._held]
+        self._buffer.close()
+        self._buffer = bigger
+
+
+def _set_direct(fd: int, on: bool) -> bool:
+    """Turns O_DIRECT on or off for ``fd``; False where the system has no such flag or the
+    file system refuses it."""
+    flag = getattr(os, "O_DIRECT", 0)
+    if not flag:
+        return False
+    try:
+        flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+        fcntl.fcntl(fd, fcntl.F_SETFL, flags | flag if on else flags & ~flag)
+    except OSError:
+        return False
+    return on

@@ -3,6 +3,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import errno
+import fcntl
 import hashlib
 import os
 from collections.abc import Iterator, Sequence
@@ -11,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from syncd.server.writer import BATCH_BYTES, PWritev, ReadChunk, TooMuchData, stream_to_file
+from syncd.server.writer import ALIGN, BATCH_BYTES, PWritev, ReadChunk, TooMuchData, stream_to_file
 
 
 @pytest.fixture
@@ -40,6 +41,7 @@ def write_into(
     offset: int = 0,
     limit: int | None = None,
     pwritev: PWritev = os.pwritev,
+    direct: bool = False,
 ) -> tuple[int, Any]:
     hasher = hashlib.md5()
     fd = os.open(path, os.O_WRONLY | os.O_CREAT)
@@ -53,6 +55,7 @@ def write_into(
                 limit=limit,
                 executor=executor,
                 pwritev=pwritev,
+                direct=direct,
             )
         )
     finally:
@@ -60,12 +63,13 @@ def write_into(
     return received, hasher
 
 
+@pytest.mark.parametrize("direct", [False, True], ids=["page-cache", "direct"])
 @pytest.mark.parametrize("size", [1, 1000, 65536, BATCH_BYTES + 7])
 def test_writes_and_hashes_every_byte_in_order(
-    tmp_path: Path, executor: concurrent.futures.Executor, size: int
+    tmp_path: Path, executor: concurrent.futures.Executor, size: int, direct: bool
 ) -> None:
     data = os.urandom(3 * BATCH_BYTES + 123) if size > 1 else os.urandom(5000)
-    received, hasher = write_into(tmp_path / "f", data, executor, size=size)
+    received, hasher = write_into(tmp_path / "f", data, executor, size=size, direct=direct)
     assert received == len(data)
     assert (tmp_path / "f").read_bytes() == data
     assert hasher.hexdigest() == hashlib.md5(data).hexdigest()
@@ -153,3 +157,119 @@ def test_start_writeback_is_harmless_on_any_file(tmp_path: Path) -> None:
     finally:
         os.close(fd)
     assert path.read_bytes() == b"x" * 10000
+
+
+# --- O_DIRECT ------------------------------------------------------------------------------
+
+O_DIRECT = getattr(os, "O_DIRECT", 0)
+needs_direct = pytest.mark.skipif(not O_DIRECT, reason="no O_DIRECT here")
+
+
+class Recorder:
+    """os.pwritev, noting each call's offset, length and whether O_DIRECT was on."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[int, int, bool]] = []
+
+    def __call__(self, fd: int, buffers: Sequence[bytes | memoryview], pos: int) -> int:
+        direct = bool(fcntl.fcntl(fd, fcntl.F_GETFL) & O_DIRECT)
+        self.calls.append((pos, sum(len(b) for b in buffers), direct))
+        return os.pwritev(fd, buffers, pos)
+
+
+def direct_works(path: Path) -> bool:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | O_DIRECT)
+    try:
+        import mmap
+
+        with mmap.mmap(-1, ALIGN) as block:
+            os.pwritev(fd, [block], 0)
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+        path.unlink()
+
+
+@needs_direct
+def test_whole_blocks_go_around_the_page_cache_and_the_tail_through_it(
+    tmp_path: Path, executor: concurrent.futures.Executor
+) -> None:
+    if not direct_works(tmp_path / "probe"):
+        pytest.skip("this file system refuses O_DIRECT")
+    (tmp_path / "f").write_bytes(b"h" * ALIGN)
+    data = os.urandom(3 * BATCH_BYTES + 123)
+    rec = Recorder()
+    received, hasher = write_into(tmp_path / "f", data, executor, offset=ALIGN, pwritev=rec, direct=True)
+    assert (tmp_path / "f").read_bytes() == b"h" * ALIGN + data
+    assert received == len(data) and hasher.hexdigest() == hashlib.md5(data).hexdigest()
+    *blocks, tail = rec.calls
+    assert all(direct and pos % ALIGN == 0 and length % ALIGN == 0 for pos, length, direct in blocks)
+    assert tail == (ALIGN + len(data) - len(data) % ALIGN, len(data) % ALIGN, False)
+    starts = [pos for pos, _, _ in rec.calls]
+    assert starts == [ALIGN + sum(n for _, n, _ in rec.calls[:i]) for i in range(len(rec.calls))]
+
+
+@needs_direct
+def test_an_unaligned_offset_writes_through_the_page_cache(
+    tmp_path: Path, executor: concurrent.futures.Executor
+) -> None:
+    (tmp_path / "f").write_bytes(b"head")
+    data = os.urandom(2 * BATCH_BYTES)
+    rec = Recorder()
+    write_into(tmp_path / "f", data, executor, offset=4, pwritev=rec, direct=True)
+    assert (tmp_path / "f").read_bytes() == b"head" + data
+    assert not any(direct for _, _, direct in rec.calls)
+
+
+@needs_direct
+def test_a_refused_direct_write_is_made_through_the_page_cache(
+    tmp_path: Path, executor: concurrent.futures.Executor
+) -> None:
+    """As on a file system without O_DIRECT: EINVAL, then no more tries."""
+    rec = Recorder()
+
+    def refusing(fd: int, buffers: Sequence[bytes | memoryview], pos: int) -> int:
+        if fcntl.fcntl(fd, fcntl.F_GETFL) & O_DIRECT:
+            rec.calls.append((pos, -1, True))
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return rec(fd, buffers, pos)
+
+    data = os.urandom(3 * BATCH_BYTES + 5)
+    received, hasher = write_into(tmp_path / "f", data, executor, pwritev=refusing, direct=True)
+    assert (tmp_path / "f").read_bytes() == data and received == len(data)
+    assert hasher.hexdigest() == hashlib.md5(data).hexdigest()
+    assert [direct for _, _, direct in rec.calls].count(True) == 1
+
+
+@needs_direct
+def test_a_short_direct_write_is_finished_through_the_page_cache(
+    tmp_path: Path, executor: concurrent.futures.Executor
+) -> None:
+    if not direct_works(tmp_path / "probe"):
+        pytest.skip("this file system refuses O_DIRECT")
+    rec = Recorder()
+
+    def short_once(fd: int, buffers: Sequence[bytes | memoryview], pos: int) -> int:
+        if not rec.calls:  # the first direct write does one block only
+            rec.calls.append((pos, ALIGN, True))
+            return os.pwritev(fd, [buffers[0][:ALIGN]], pos)
+        return rec(fd, buffers, pos)
+
+    data = os.urandom(2 * BATCH_BYTES + 77)
+    write_into(tmp_path / "f", data, executor, pwritev=short_once, direct=True)
+    assert (tmp_path / "f").read_bytes() == data
+    assert not any(direct for _, _, direct in rec.calls[1:])
+
+
+@needs_direct
+def test_a_full_disk_during_direct_writes_is_raised_as_it_is(
+    tmp_path: Path, executor: concurrent.futures.Executor
+) -> None:
+    def full(fd: int, buffers: Sequence[bytes | memoryview], pos: int) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(OSError) as info:
+        write_into(tmp_path / "f", os.urandom(3 * BATCH_BYTES), executor, pwritev=full, direct=True)
+    assert info.value.errno == errno.ENOSPC
