@@ -573,7 +573,7 @@ class UploadEngine:
                 if resyncs > MAX_RESYNCS:
                     raise TransientError(f"server's view keeps changing: {exc}", reason="protocol") from exc
                 log.info("%s: %s; asking the server what it holds", up.job.label, exc)
-        up.hasher.catch_up(up.fd, up.item.size, stop=self.stop)
+        up.hasher.catch_up(up.fd, up.item.size, stop=self.stop, drop=True)
         self._check_file(up)
         digest = up.hasher.digest()
         parts = receipts_in_order(receipts)
@@ -637,25 +637,25 @@ class UploadEngine:
             self._check_file(up)
             have = held.get(number)
             if have is not None and have.md5 is None and have.size == size:
-                up.hasher.catch_up(up.fd, offset + size, stop=self.stop)  # hashed, not sent
+                up.hasher.catch_up(up.fd, offset + size, stop=self.stop, drop=True)  # hashed, not sent
                 receipts[number] = have
                 if number not in known:
                     self._record(up, have, offset)
                 continue
             if have is not None:  # the server tells the part's MD5: compare before keeping it
-                data = read_part(up.fd, offset, size)
+                data = read_part(up.fd, offset, size, drop=True)
                 up.hasher.feed(offset, data)
                 if self._keep_held(up, have, size, hashlib.md5(data).hexdigest()):
                     receipts[number] = have
                     if number not in known:
                         self._record(up, have, offset)
                     continue
-            up.hasher.catch_up(up.fd, offset, stop=self.stop)
+            up.hasher.catch_up(up.fd, offset, stop=self.stop, drop=True)
 
             def send(number: int = number, offset: int = offset, size: int = size) -> PartReceipt:
                 # a fresh body for every try: a retry rewinds the part, never the file
                 body = FileSlice(up.fd, offset, size, hasher=up.hasher, stop=self.stop,
-                                 on_read=self._on_read(up, self.stop))
+                                 on_read=self._on_read(up, self.stop), drop=True)
                 return up.session.send_part(Part(number=number, offset=offset, size=size, body=body))
 
             receipt = self._retry(send, up, f"part {number}")
@@ -712,7 +712,7 @@ class UploadEngine:
                 offset, size = plan.bounds(number)
                 try:
                     self._check_file(up)
-                    data = read_part(up.fd, offset, size)
+                    data = read_part(up.fd, offset, size, drop=True)
                 except BaseException:
                     slots.release()
                     raise

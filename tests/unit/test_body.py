@@ -6,8 +6,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from syncd.upload import body as body_module
 from syncd.upload.base import FileChanged, Interrupted
-from syncd.upload.body import FileSlice, PrefixHash
+from syncd.upload.body import DROP_BEHIND, FileSlice, PrefixHash, read_part
 
 
 @pytest.fixture(scope="module")
@@ -89,3 +90,60 @@ def test_stop_interrupts_reading(data_fd):
     stop.set()
     with pytest.raises(Interrupted):
         body.read(10)
+
+
+@pytest.fixture
+def fadvised(monkeypatch):
+    """The (offset, length) of every POSIX_FADV_DONTNEED the body module asks for."""
+    calls = []
+    real = os.posix_fadvise
+
+    def record(fd, offset, length, advice):
+        if advice == os.POSIX_FADV_DONTNEED:
+            calls.append((offset, length))
+        return real(fd, offset, length, advice)
+
+    monkeypatch.setattr(body_module.os, "posix_fadvise", record)
+    return calls
+
+
+def covered(calls):
+    """The calls as one contiguous range, or None if they leave a gap or overlap."""
+    calls = sorted(calls)
+    for (a, n), (b, _) in zip(calls, calls[1:]):
+        if a + n != b:
+            return None
+    return (calls[0][0], sum(n for _, n in calls)) if calls else (0, 0)
+
+
+def test_a_part_drops_what_it_read_behind_it_and_all_of_it_at_its_end(tmp_path, fadvised):
+    size = 3 * DROP_BEHIND + 12_345
+    path = tmp_path / "big.bin"
+    path.write_bytes(os.urandom(size + 100))
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        body = FileSlice(fd, 100, size, drop=True)
+        while body.read(256 * 1024):
+            assert not fadvised or covered(fadvised)[0] == 100
+            assert sum(n for _, n in fadvised) <= size - body.len  # only what was read
+        assert covered(fadvised) == (100, size)
+        assert len(fadvised) == 4  # every DROP_BEHIND, then the rest
+    finally:
+        os.close(fd)
+
+
+def test_without_drop_nothing_is_dropped(data_fd, fadvised):
+    data, fd, _ = data_fd
+    FileSlice(fd, 0, len(data)).read()
+    read_part(fd, 0, len(data))
+    PrefixHash().catch_up(fd, len(data))
+    assert fadvised == []
+
+
+def test_a_part_read_whole_and_a_caught_up_prefix_are_dropped(data_fd, fadvised):
+    data, fd, _ = data_fd
+    assert read_part(fd, 1000, 5000, drop=True) == data[1000:6000]
+    assert fadvised == [(1000, 5000)]
+    fadvised.clear()
+    PrefixHash().catch_up(fd, len(data), drop=True)
+    assert covered(fadvised) == (0, len(data))
