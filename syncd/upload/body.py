@@ -47,7 +47,7 @@ def drop_cached(fd: int, offset: int, length: int) -> None:
     the page cache. And the kernel then recycles those few pages for the next reads
     instead of taking fresh ones for every MiB: after memory had been freed on this VM
     (which hands free memory back to its host), reading 1 GiB cost 1.0-1.3 CPU-seconds
-    through fresh pages and 0.05 dropping behind (850 vs 3,500 MiB/s). Another program
+    through fresh pages and 0.05 dropping behind (710-890 vs 2,650-3,600 MiB/s). Another program
     reading the same file at the same time reads those pages from disk again.
     """
     if length > 0:
