@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from syncd.allocator import grow_interned_strings, tune_for_daemon
+from syncd.allocator import grow_interned_strings, tune_for_uploads
 from syncd.bandwidth import BandwidthLimiter, Limits, timetables_of
 from syncd.config import SMALL_FILE_MAX, Config, ConfigError, load_config
 from syncd.controls import Paused
@@ -264,7 +264,7 @@ class Daemon:
 
     def open(self) -> None:
         """Everything before the loop; raises JournalError / OSError with a clear message."""
-        tune_for_daemon()  # before any thread starts
+        tune_for_uploads()  # before any thread starts
         journal = self.config.journal
         # a lock file outlives its journal: without one, no syncd ever ran on this journal
         first_run = not any(journal.with_name(journal.name + suffix).exists() for suffix in (".lock", "-wal"))

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from syncd import checksums
+from syncd.allocator import tune_for_uploads
 from syncd.bandwidth import BandwidthLimiter, timetables_of
 from syncd.config import Config
 from syncd.journal import Fingerprint, Journal, JournalError
@@ -30,6 +31,7 @@ def cmd_upload(config: Config, *, target: str, files: list[Path], remote_dir: st
         print(f"syncd upload: --target: {target!r} is not a target in {config.source} (known: {known})",
               file=sys.stderr)
         return 2
+    tune_for_uploads()  # before any thread starts
     try:
         journal = Journal(config.journal)
     except JournalError as exc:

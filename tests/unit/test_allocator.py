@@ -10,7 +10,7 @@ import pytest
 
 
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt is glibc's")
-@pytest.mark.parametrize("profile", ["tune_for_daemon", "tune_for_receiver"])
+@pytest.mark.parametrize("profile", ["tune_for_uploads", "tune_for_receiver"])
 def test_glibc_takes_the_profile_and_the_process_still_allocates(profile) -> None:
     # In a child: the settings are process-wide.
     code = (
