@@ -118,18 +118,19 @@ def build_contenders(work: Path, servers: dict[str, ServerProcess], sink: Sink |
     counter = iter(range(10**6))
     contenders: list[Contender] = []
 
-    def syncd_upload(path: Path, server: ServerProcess, *, env: dict[str, str] = env,
+    def syncd_upload(path: Path, server: ServerProcess, *, tree: Path = REPO,
                      target: dict | None = None) -> ProcResult:
-        """``syncd upload`` (of the checkout ``env`` runs) with a fresh journal."""
+        """``syncd upload`` of the checkout ``tree`` with a fresh journal. It runs in that
+        tree: ``python -m`` puts the working folder ahead of PYTHONPATH."""
         base = work / f"syncd-{next(counter)}"
         base.mkdir()
         cfg = syncd_config(base, url=server.url, token=server.token, part_size=part, extra_target=target)
         return run_measured([PYTHON, "-m", "syncd", "upload", "-c", str(cfg), "--target", "main", str(path)],
-                            timeout=_timeout(size), env=env)
+                            timeout=_timeout(size), env=child_env(tree), cwd=tree)
 
     for name, tree in (code or {}).items():
         contenders.append(Contender(f"syncd upload [{name}]", f"receiver:{name}", partial(
-            syncd_upload, server=servers[f"receiver:{name}"], env=child_env(tree))))
+            syncd_upload, server=servers[f"receiver:{name}"], tree=tree)))
 
     for key, server in servers.items():
         if key.startswith("receiver:"):
@@ -149,7 +150,7 @@ def build_contenders(work: Path, servers: dict[str, ServerProcess], sink: Sink |
         if code and key == "drf":  # each checkout's syncd upload to the one drf-chunked-upload
             for name, tree in code.items():
                 contenders.append(Contender(f"syncd upload [{name}]", key, partial(
-                    syncd_upload, server=server, env=child_env(tree))))
+                    syncd_upload, server=server, tree=tree)))
         else:
             contenders.append(Contender("syncd upload", key, partial(syncd_upload, server=server)))
         if md5_too and key == "receiver":
