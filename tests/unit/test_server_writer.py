@@ -177,27 +177,29 @@ class Recorder:
         return os.pwritev(fd, buffers, pos)
 
 
-def direct_works(path: Path) -> bool:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | O_DIRECT)
-    try:
-        import mmap
+@pytest.fixture
+def direct_fs(tmp_path: Path) -> Path:
+    """``tmp_path``, where its file system takes O_DIRECT writes (else the test is skipped)."""
+    import mmap
 
+    probe = tmp_path / "probe"
+    fd = os.open(probe, os.O_WRONLY | os.O_CREAT | O_DIRECT)
+    try:
         with mmap.mmap(-1, ALIGN) as block:
             os.pwritev(fd, [block], 0)
-        return True
     except OSError:
-        return False
+        pytest.skip("this file system refuses O_DIRECT")
     finally:
         os.close(fd)
-        path.unlink()
+        probe.unlink()
+    return tmp_path
 
 
 @needs_direct
 def test_whole_blocks_go_around_the_page_cache_and_the_tail_through_it(
-    tmp_path: Path, executor: concurrent.futures.Executor
+    direct_fs: Path, executor: concurrent.futures.Executor
 ) -> None:
-    if not direct_works(tmp_path / "probe"):
-        pytest.skip("this file system refuses O_DIRECT")
+    tmp_path = direct_fs
     (tmp_path / "f").write_bytes(b"h" * ALIGN)
     data = os.urandom(3 * BATCH_BYTES + 123)
     rec = Recorder()
@@ -245,10 +247,9 @@ def test_a_refused_direct_write_is_made_through_the_page_cache(
 
 @needs_direct
 def test_a_short_direct_write_is_finished_through_the_page_cache(
-    tmp_path: Path, executor: concurrent.futures.Executor
+    direct_fs: Path, executor: concurrent.futures.Executor
 ) -> None:
-    if not direct_works(tmp_path / "probe"):
-        pytest.skip("this file system refuses O_DIRECT")
+    tmp_path = direct_fs
     rec = Recorder()
 
     def short_once(fd: int, buffers: Sequence[bytes | memoryview], pos: int) -> int:
