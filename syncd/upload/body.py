@@ -31,8 +31,9 @@ READ_SIZE = 1024 * 1024
 STREAM_BLOCK = 256 * 1024
 """what a request body hands http.client at a time (its own reads are 8 KiB). 1 MiB blocks
 cost 8 MiB more peak RSS to drf-chunked-upload (requests-toolbelt's encoder copies each
-block through a buffer of its own, and malloc keeps the churn) and sent no faster to
-``syncd serve`` (BENCHMARKS.md section 15)"""
+block through a buffer of its own) and, to ``syncd serve``, 5 MiB more and 0.5 CPU-s more
+per GiB (above ``allocator``'s mmap threshold, each is mapped afresh; BENCHMARKS.md
+section 15)"""
 
 
 DROP_BEHIND = 2 * 1024 * 1024
