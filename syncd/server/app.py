@@ -35,7 +35,7 @@ async def answer_errors(request: web.Request, handler: Handler) -> web.StreamRes
             raise ApiError(400, f"Malformed request body: {exc.message}") from None
     except ApiError as err:
         response = err.response()
-        level = logging.WARNING if err.status >= 500 else logging.INFO
+        level = logging.WARNING if err.status >= 500 else logging.DEBUG if err.quiet else logging.INFO
         log.log(level, "%s %s: %d %s", request.method, request.path, err.status, err.detail)
     except web.HTTPException as exc:
         if exc.status < 400:

@@ -16,12 +16,15 @@ class ApiError(Exception):
         detail: str,
         *,
         headers: dict[str, str] | None = None,
+        quiet: bool = False,
         **extra: Any,
     ) -> None:
         super().__init__(detail)
         self.status = status
         self.detail = detail
         self.headers = headers or {}
+        self.quiet = quiet
+        """logged at DEBUG, not INFO: an expected refusal that says nothing about the client"""
         self.extra = extra
 
     def response(self) -> web.Response:

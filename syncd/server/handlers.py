@@ -441,8 +441,8 @@ async def find_by_key(request: web.Request) -> web.Response:
     none), so a client whose first part's answer was lost can resume or abort it."""
     receiver = _receiver(request)
     key = _upload_key(request)
-    if key is None:
-        raise ApiError(400, f"GET on the collection needs an {KEY_HEADER} header")
+    if key is None:  # syncd's client asks so, once, what the server takes (the answer's headers)
+        raise ApiError(400, f"GET on the collection needs an {KEY_HEADER} header", quiet=True)
     async with receiver.key_locks.hold(key), receiver.locked_by_key(key) as named:
         if named is None:
             raise ApiError(404, f"No upload is named {KEY_HEADER} {key!r}")

@@ -149,6 +149,21 @@ def test_one_log_line_per_stored_file(root: Path, caplog: pytest.LogCaptureFixtu
     ), stored[0]
 
 
+def test_the_clients_question_what_the_server_takes_is_not_logged_as_a_refusal(
+    root: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """syncd's client asks with a key-less GET of the collection, once per run: a 400 whose
+    headers it reads. Other refusals stay at INFO."""
+    caplog.set_level(logging.INFO, logger="syncd.server")
+    with running(root) as server:
+        probe = requests.get(server.url, headers=AUTH, timeout=TIMEOUT)
+        bad = put_part(server.url, DATA, start=5, total=3000)
+    assert probe.status_code == 400 and probe.headers["Syncd-Checksum"] == "sha256"
+    assert bad.status_code == 400
+    logged = [r.getMessage() for r in caplog.records if r.getMessage().startswith(("GET ", "PUT "))]
+    assert len(logged) == 1 and logged[0].startswith("PUT /chunked_upload/: 400"), logged
+
+
 def test_healthz(server: EmbeddedReceiver) -> None:
     answer = requests.get(server.url.replace("chunked_upload/", "healthz"), timeout=TIMEOUT)
     assert answer.status_code == 200
