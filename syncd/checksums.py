@@ -15,6 +15,8 @@ from typing import Any
 
 ALGORITHMS = ("md5", "sha256")
 DEFAULT = "md5"
+HEADER = "Syncd-Checksum"
+"""asks for an algorithm on a first part; offers SHA-256 on every answer of ``syncd serve``"""
 
 
 def new_hasher(algorithm: str) -> Any:

@@ -57,7 +57,6 @@ def collect(journal: Journal, *, limit: int, now: float | None = None,
     return data
 
 
-
 def _digest(digest: str | None) -> dict[str, str | None]:
     """A done file's checksum in ``status --json``: ``md5`` (null when the file was verified
     with another algorithm), and ``sha256`` when it was verified with SHA-256."""
@@ -65,6 +64,7 @@ def _digest(digest: str | None) -> dict[str, str | None]:
         return {"md5": None}
     algorithm, hexdigest = checksums.split(digest)
     return {"md5": hexdigest} if algorithm == "md5" else {"md5": None, algorithm: hexdigest}
+
 
 def render(data: dict[str, Any], *, now: float | None = None) -> str:
     now = time.time() if now is None else now

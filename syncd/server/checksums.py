@@ -12,13 +12,11 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from syncd.checksums import ALGORITHMS, DEFAULT, new_hasher
+from syncd.checksums import ALGORITHMS, DEFAULT, HEADER, new_hasher
 from syncd.server.errors import ApiError
 
 __all__ = ["ALGORITHMS", "DEFAULT", "HEADER", "LABELS", "advertise", "new_hasher", "parse"]
 
-HEADER = "Syncd-Checksum"
-"""the request header that asks for an algorithm, and the answer header that offers SHA-256"""
 LABELS = {"md5": "MD5", "sha256": "SHA-256"}
 _MAX_SHOWN = 40
 

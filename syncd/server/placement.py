@@ -84,7 +84,7 @@ class Upload:
     part_name: str
     session_id: str
     relpath: str
-    md5: str  # the file's checksum in hex, in ``checksum``'s algorithm
+    digest: str  # the file's checksum in hex, in ``checksum``'s algorithm
     size: int
     checksum: str = DEFAULT
 
@@ -164,7 +164,7 @@ def _holds_same(dir_fd: int, leaf: str, part: os.stat_result, upload: Upload) ->
     except OSError:
         return False
     try:
-        return digest_of_fd(fd, upload.size, upload.checksum).hexdigest() == upload.md5
+        return digest_of_fd(fd, upload.size, upload.checksum).hexdigest() == upload.digest
     except OSError:
         return False
     finally:

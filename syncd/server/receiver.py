@@ -665,7 +665,7 @@ class Receiver:
             part_name=part_name(record.id),
             session_id=record.id,
             relpath=record.filename,
-            md5=digest,
+            digest=digest,
             size=record.total,
             checksum=record.checksum,
         )

@@ -96,7 +96,7 @@ class UploadItem:
     mtime_ns: int = 0
     part_size: int = 0
     """the plan's part size (0 for a whole-file upload)"""
-    checksum: str = "md5"
+    checksum: str = checksums.DEFAULT
     """the algorithm the engine hashes the whole file with (the plan's ``checksum``, or a
     resumed session's)"""
 

@@ -81,7 +81,6 @@ RAW_PART_TYPE = "application/offset+octet-stream"
 BATCH_HEADER = "Syncd-Batch"
 BATCH_FILE_MAX = SMALL_FORM_MAX
 """the largest file sent in a batch (its bytes are in memory until the answer)"""
-CHECKSUM_HEADER = "Syncd-Checksum"
 
 
 class _Answer:
@@ -284,7 +283,7 @@ class ChunkedBackend:
         self._heard = True
         if headers.get("Syncd-Raw-Parts") == "1":
             self.raw_parts = True
-        offered = headers.get(CHECKSUM_HEADER) or ""
+        offered = headers.get(checksums.HEADER) or ""
         self.sha256 = "sha256" in {name.strip().lower() for name in offered.split(",")}
         try:  # every answer of a server that takes batches says so: one that stops, stops them
             self.server_batch = max(0, int(headers.get(BATCH_HEADER) or 0))
@@ -293,7 +292,7 @@ class ChunkedBackend:
 
     def plan(self, item: UploadItem) -> Capabilities:
         single_request_max = min(self.part_size, SINGLE_REQUEST_MAX)
-        checksum = "md5"
+        checksum = checksums.DEFAULT
         if item.size > single_request_max and self.checksum == "auto":
             if not self._heard:
                 self._probe()
@@ -494,7 +493,7 @@ class ChunkedSession:
             if self._item.key:
                 headers[UPLOAD_KEY_HEADER] = self._item.key
             if self._item.checksum != checksums.DEFAULT:
-                headers[CHECKSUM_HEADER] = self._item.checksum
+                headers[checksums.HEADER] = self._item.checksum
         try:
             resp = self._backend.request("PUT", self.handle or self._backend.url, data=data, headers=headers)
             answer = raise_for_answer(resp, on_session=self.handle is not None)

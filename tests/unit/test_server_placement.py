@@ -34,7 +34,7 @@ class Fixture:
             part_name=f"{SESSION}.part",
             session_id=SESSION,
             relpath=relpath,
-            md5=hashlib.md5(data).hexdigest(),
+            digest=hashlib.md5(data).hexdigest(),
             size=len(data),
         )
 
