@@ -1,9 +1,13 @@
 """Streams a request body to a file, hashing as it goes, without blocking the event loop.
 
 Chunks read on the loop are gathered into batches of about 1 MiB; each batch is written
-(``pwritev``) and fed to the hash in an I/O thread while the loop reads the next one. At
-most one batch is being written and one gathered, so memory stays flat whatever the
-part size.
+(``pwritev``) in one I/O thread and fed to the hash in another while the loop reads the
+next one. At most one batch is being written and one gathered, so memory stays flat
+whatever the part size.
+
+The write and the hash of a batch run side by side because both release the GIL and
+neither needs the other: a direct write mostly waits for the disk (0.56 ms per MiB here),
+and hashing it after the write made the receiver's thread take the sum of both.
 
 With ``direct``, batches are written around the page cache (``DirectWrites``).
 """
@@ -52,25 +56,33 @@ async def stream_to_file(
 ) -> int:
     """Writes everything ``read_chunk`` yields at ``offset`` onwards; returns the byte count.
 
-    ``hasher`` (a hashlib object) is updated with exactly the bytes written. Write errors
-    (ENOSPC...) are raised as they are; the caller decides what to keep. With ``direct``
-    (and ``offset`` on a block boundary), whole blocks go to disk with O_DIRECT.
+    When it returns, ``hasher`` (a hashlib object) has been updated with exactly the bytes
+    written; after an error it holds some of them, and is the caller's to throw away. Write
+    errors (ENOSPC...) are raised as they are; the caller decides what to keep. With
+    ``direct`` (and ``offset`` on a block boundary), whole blocks go to disk with O_DIRECT.
     """
-    pending: concurrent.futures.Future[None] | None = None
+    pending: list[concurrent.futures.Future[None]] = []
     batch: list[bytes] = []
     batch_bytes = 0
     pos = offset
     received = 0
     writes = DirectWrites(fd, offset, pwritev) if direct and offset % ALIGN == 0 else None
 
+    async def settle() -> None:
+        """Waits for the batch in flight: its write and its hash (after an error, the
+        ``finally`` below waits for the other)."""
+        for future in pending:
+            await asyncio.wrap_future(future)
+        pending.clear()
+
     async def submit() -> None:
-        nonlocal pending, batch, batch_bytes, pos
-        if pending is not None:
-            await asyncio.wrap_future(pending)
+        nonlocal batch, batch_bytes, pos
+        await settle()
         if writes is not None:
-            pending = executor.submit(writes.write, batch, hasher)
+            pending.append(executor.submit(writes.write, batch))
         else:
-            pending = executor.submit(_write_batch, pwritev, start_writeback, fd, batch, pos, hasher)
+            pending.append(executor.submit(_write_batch, pwritev, start_writeback, fd, batch, pos))
+        pending.append(executor.submit(_hash_batch, hasher, batch))
         pos += batch_bytes
         batch, batch_bytes = [], 0
 
@@ -85,25 +97,24 @@ async def stream_to_file(
                 await submit()
         if batch:
             await submit()
-        if pending is not None:
-            await asyncio.wrap_future(pending)
+        await settle()
         if writes is not None:
-            pending = executor.submit(writes.finish)
-            await asyncio.wrap_future(pending)
+            pending.append(executor.submit(writes.finish))
+            await settle()
         return received
     finally:
-        # On any way out, let the last write finish before the caller truncates or closes.
-        if pending is not None and not pending.done():
-            concurrent.futures.wait([pending])
+        # On any way out, let the last write (and hash) finish before the caller truncates or closes.
+        concurrent.futures.wait(pending)
         if writes is not None:
             writes.close()
 
 
-def _write_batch(
-    pwritev: PWritev, start_writeback: StartWriteback, fd: int, buffers: list[bytes], pos: int, hasher: object
-) -> None:
+def _write_batch(pwritev: PWritev, start_writeback: StartWriteback, fd: int, buffers: list[bytes], pos: int) -> None:
     written = write_all(pwritev, fd, buffers, pos)
     start_writeback(fd, pos, written)  # so the part's closing fsync finds little left to write
+
+
+def _hash_batch(hasher: object, buffers: list[bytes]) -> None:
     for b in buffers:
         hasher.update(b)  # type: ignore[attr-defined]
 
@@ -156,8 +167,8 @@ class DirectWrites:
         self._buffer = mmap.mmap(-1, BATCH_BYTES + ALIGN)
         self.direct = _set_direct(fd, True)
 
-    def write(self, buffers: Sequence[bytes], hasher: object) -> None:
-        """Hashes ``buffers`` and writes every whole block of them and of what was held."""
+    def write(self, buffers: Sequence[bytes]) -> None:
+        """Writes every whole block of ``buffers`` and of what was held."""
         size = self._held + sum(len(b) for b in buffers)
         if size > len(self._buffer):
             self._grow(size)
@@ -167,7 +178,6 @@ class DirectWrites:
             for b in buffers:
                 view[end:end + len(b)] = b
                 end += len(b)
-            hasher.update(view[self._held:end])  # type: ignore[attr-defined]
             whole = end - end % ALIGN if self.direct else end
             if whole:
                 self._write_out(view[:whole])
