@@ -315,3 +315,16 @@ def test_retry_without_a_journal_creates_none(tmp_path):
     out = syncd("retry", "-c", str(config), "--all-failed")
     assert out.returncode == 1 and "no journal here" in out.stderr
     assert not (tmp_path / "state").exists()
+
+
+def test_output_into_a_closed_pipe_ends_quietly_with_1():
+    """``syncd version | head -0``: the reader is gone before syncd writes."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        proc = subprocess.run([sys.executable, "-m", "syncd", "version"], stdout=write_end,
+                              stderr=subprocess.PIPE, text=True, timeout=60, cwd=REPO)
+    finally:
+        os.close(write_end)
+    assert proc.returncode == 1
+    assert proc.stderr == ""
