@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from syncd.allocator import grow_interned_strings, tune_for_uploads
+from syncd.allocator import RELEASE_EVERY, grow_interned_strings, release_free_memory, tune_for_uploads
 from syncd.bandwidth import BandwidthLimiter, Limits, timetables_of
 from syncd.config import SMALL_FILE_MAX, Config, ConfigError, load_config
 from syncd.controls import Paused
@@ -256,6 +256,7 @@ class Daemon:
         self.workers: _Workers | None = None
         self.dispatcher = Dispatcher([])
         self._next_rescan = 0.0
+        self._next_release = time.monotonic() + RELEASE_EVERY
         self._stopping = False
         self._reload_requested = False
         self.on_reload: Callable[[Config, Config], None] | None = None  # (old, new) after a reload
@@ -434,6 +435,9 @@ class Daemon:
             self._next_rescan = time.monotonic() + self.config.rescan_interval
         self._dispatch()
         self._notify_status()
+        if time.monotonic() >= self._next_release:
+            release_free_memory()
+            self._next_release = time.monotonic() + RELEASE_EVERY
 
     def _take_events(self) -> list[FileEvent]:
         events = []

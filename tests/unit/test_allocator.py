@@ -50,3 +50,29 @@ def test_new_file_names_do_not_grow_the_interned_strings_after_start_up(start) -
         assert grew < 256 * 1024
     else:
         assert grew > 512 * 1024
+
+
+RELEASE_PROBE = """
+import sys
+from syncd.allocator import release_free_memory, tune_for_uploads
+
+def rss_anon_kib():
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("RssAnon:"))
+
+tune_for_uploads()  # the daemon's profile
+blocks = [bytearray(2048) for _ in range(32 * 1024)]  # 64 MiB of heap blocks, above pymalloc's sizes
+kept = blocks[::64] + [blocks[-1]]  # live blocks all through the heap, its top among them
+del blocks
+before = rss_anon_kib()
+assert release_free_memory() is True
+print(before - rss_anon_kib())
+"""
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="malloc_trim is glibc's")
+def test_release_free_memory_hands_back_free_pages_between_live_blocks() -> None:
+    out = subprocess.run([sys.executable, "-c", RELEASE_PROBE], check=True, timeout=60, capture_output=True,
+                         text=True)
+    released_kib = int(out.stdout)
+    assert released_kib > 32 * 1024  # of the ~63 MiB freed between live blocks

@@ -1,3 +1,4 @@
+import re
 import sqlite3
 
 import pytest
@@ -29,6 +30,25 @@ def test_schema_version_and_wal(journal):
 def test_page_cache_is_bounded_below_sqlites_default(journal):
     """A smaller cache fills within a daemon's first minutes; RSS stays flat after that."""
     assert journal._db.execute("PRAGMA cache_size").fetchone()[0] == -CACHE_KIB
+
+
+def test_id_lists_of_any_length_make_few_statement_shapes(journal):
+    """Each statement text is prepared and cached on its own (in SQLite's memory, outside
+    Python's): lists of 1..200 ids must not make 200 of them."""
+    ids = [journal.mark_settled("w", f"f{i}.bin", Fingerprint(1, i, 10, 1)).id for i in range(200)]
+    statements: set[str] = set()
+    journal._db.set_trace_callback(statements.add)
+    try:
+        for n in range(1, len(ids) + 1):
+            assert sorted(journal.get_files(ids[:n])) == ids[:n]
+            assert journal.set_states(ids[:n], "ready", only_from=("ready",)) == set(ids[:n])
+            assert journal.completed_uploads(ids[:n], target="t") == {}
+    finally:
+        journal._db.set_trace_callback(None)
+    # the callback sees the SQL with its values in: a shape is the query and its lists' lengths
+    shapes = {(sql.split(" WHERE")[0], tuple(len(items.split(",")) for items in re.findall(r"IN \(([^)]*)\)", sql)))
+              for sql in statements if " IN (" in sql}
+    assert len(shapes) <= 4 * 9  # four queries, lists padded to 1, 2, 4 ... 256 ids
 
 
 def test_new_file_settles_to_ready(journal):
