@@ -29,8 +29,10 @@ daemon's regular hand-back of free heap pages (``release_free_memory``).
 from __future__ import annotations
 
 import ctypes
+import functools
 import logging
 import sys
+from collections.abc import Callable
 
 log = logging.getLogger("syncd")
 
@@ -52,13 +54,22 @@ def tune_for_receiver() -> bool:
     return _apply(RECEIVER, "receiving may fault in more pages")
 
 
-def _apply(settings: tuple[tuple[int, int], ...], otherwise: str) -> bool:
+@functools.cache
+def _libc(name: str, *argtypes: type) -> Callable[..., int] | None:
+    """The C library's function ``name`` (returning an int), or None where there is none."""
     try:
-        mallopt = ctypes.CDLL(None).mallopt
+        function = getattr(ctypes.CDLL(None), name)
     except (OSError, AttributeError):
+        return None
+    function.argtypes = argtypes
+    function.restype = ctypes.c_int
+    return function
+
+
+def _apply(settings: tuple[tuple[int, int], ...], otherwise: str) -> bool:
+    mallopt = _libc("mallopt", ctypes.c_int, ctypes.c_int)
+    if mallopt is None:
         return False
-    mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
-    mallopt.restype = ctypes.c_int
     ok = all([mallopt(param, value) == 1 for param, value in settings])
     if not ok:
         log.debug("mallopt refused the allocator settings; %s", otherwise)
@@ -99,11 +110,8 @@ def release_free_memory() -> bool:
     interpreter's own memory (tracemalloc) stayed flat. A call took 0.3-0.7 ms and gave
     back 2.6-3.0 MiB; the pages are faulted in again only if the heap needs them.
     """
-    try:
-        trim = ctypes.CDLL(None).malloc_trim
-    except (OSError, AttributeError):
+    trim = _libc("malloc_trim", ctypes.c_size_t)
+    if trim is None:
         return False
-    trim.argtypes = (ctypes.c_size_t,)
-    trim.restype = ctypes.c_int
     trim(0)
     return True
