@@ -20,7 +20,8 @@ threads, CPU seconds and the journal's counts. At the
 end the writer stops, the backlog drains (bounded), and the verdict compares the samples
 after the first ``--warmup`` (default 10 min) with the one at its end: RSS and fds must
 not grow beyond ``--rss-slack`` (default 4 MiB) and 0, and the peak must stay under
-80 MiB. Exit status 1 if not, or if a file did not end ``done``.
+80 MiB. Exit status 1 if not, or if a file did not end ``done``. The trend (the slope of
+every sample after the warm-up) is printed beside it.
 """
 
 from __future__ import annotations
@@ -141,12 +142,24 @@ def verdict(samples: list[dict[str, Any]], *, warmup: float, rss_slack: int) -> 
     rss_growth = last["rss"] - base["rss"]
     fd_growth = last["fds"] - base["fds"]
     peak = max(s["hwm"] for s in samples)
+    slope = _slope([s["minute"] for s in after], [s["rss"] for s in after])
     return {"judged": True, "from_minute": base["minute"], "to_minute": last["minute"],
+            "rss_trend_per_hour": slope * 60,
             "rss_at_warmup": base["rss"], "rss_at_end": last["rss"], "rss_growth": rss_growth,
             "rss_max_after_warmup": max(s["rss"] for s in after),
             "fds_at_warmup": base["fds"], "fds_at_end": last["fds"], "fd_growth": fd_growth,
             "fds_max_after_warmup": max(s["fds"] for s in after), "peak": peak,
             "rss_ok": rss_growth <= rss_slack, "fds_ok": fd_growth <= 0, "peak_ok": peak < PEAK_LIMIT}
+
+
+def _slope(xs: list[float], ys: list[float]) -> float:
+    """The least-squares slope of ys over xs. The trend of all samples after the warm-up,
+    beside the two-point growth: a sample can land on either side of the daemon's minutely
+    hand-back of free heap pages (``allocator.release_free_memory``)."""
+    n = len(xs)
+    mx, my = sum(xs) / n, sum(ys) / n
+    var = sum((x - mx) ** 2 for x in xs)
+    return sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / var if var else 0.0
 
 
 def run(*, minutes: float, rate: float, restart_every: float, sample_every: float, warmup: float,
@@ -234,7 +247,8 @@ def render(result: dict[str, Any]) -> str:
         lines.append(
             f"after minute {v['from_minute']:.0f}: RSS {v['rss_at_warmup'] / MiB:.1f} -> "
             f"{v['rss_at_end'] / MiB:.1f} MiB (max {v['rss_max_after_warmup'] / MiB:.1f}; grew "
-            f"{v['rss_growth'] / MiB:+.1f}: {'ok' if v['rss_ok'] else 'GROWS'}), open fds {v['fds_at_warmup']} -> "
+            f"{v['rss_growth'] / MiB:+.1f}: {'ok' if v['rss_ok'] else 'GROWS'}; trend "
+            f"{v['rss_trend_per_hour'] / MiB:+.2f} MiB/hour), open fds {v['fds_at_warmup']} -> "
             f"{v['fds_at_end']} (max {v['fds_max_after_warmup']}: {'ok' if v['fds_ok'] else 'GROWS'}), peak RSS "
             f"{v['peak'] / MiB:.1f} MiB ({'< 80: ok' if v['peak_ok'] else '>= 80 MiB: too much'})")
     counts = result.get("final_counts", {})
