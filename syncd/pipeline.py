@@ -21,6 +21,7 @@ from pathlib import Path
 
 from syncd import checksums
 from syncd.config import Config, Watch, render_remote_dir
+from syncd.durable import fsync_dir, fsync_file, make_dirs
 from syncd.journal import AFTER_PENDING, Done, FileRow, Fingerprint, Journal
 from syncd.outcomes import verdict_for
 from syncd.sources import Source, SourcePlanner, needs_transcode
@@ -52,8 +53,11 @@ def move_no_clobber(source: Path, dest: Path) -> Path:
     """Move ``source`` to ``dest``, or to ``name (1).ext``, ``name (2).ext``... whichever is
     free; returns where it went. Never replaces a file, even one that appears meanwhile: a
     hard link fails on an existing name. Across filesystems the file is first copied to a
-    hidden name in the destination folder, then linked into place."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
+    hidden name in the destination folder, then linked into place.
+
+    The source goes only once the file under its new name is durable: its data (a copy),
+    its name in the destination folder, and any folder made on the way."""
+    make_dirs(dest.parent)
     staged: Path | None = None
     try:
         try:
@@ -63,7 +67,9 @@ def move_no_clobber(source: Path, dest: Path) -> Path:
                 raise
             staged = dest.with_name(f".{dest.name}.syncd-{os.getpid()}.partial")
             shutil.copy2(source, staged)
+            fsync_file(staged)
             final = _link_free_name(staged, dest)
+        fsync_dir(final.parent)
         source.unlink()
         return final
     finally:

@@ -47,6 +47,7 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from syncd.durable import fsync_dir, fsync_file
 from syncd.units import parse_duration
 
 __all__ = [
@@ -721,9 +722,9 @@ def transcode_video(
                    deadline=time.monotonic() + timeout, timeout=timeout,
                    stop_event=stop_event)
         _check_complete(run, expected, source)
-        _fsync_file(partial)
+        fsync_file(partial)
         os.replace(partial, target)
-        _fsync_dir(target.parent)
+        fsync_dir(target.parent)
     except BaseException:
         partial.unlink(missing_ok=True)
         raise
@@ -958,19 +959,3 @@ def _tail_of(stderr: bytes | None) -> tuple[str, ...]:
     text = (stderr or b"").decode("utf-8", "replace")
     lines = [line for line in text.splitlines() if line.strip()]
     return tuple(lines[-STDERR_TAIL_LINES:])
-
-
-def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -58,3 +58,48 @@ def test_other_errors_leave_the_source(tmp_path, monkeypatch):
     with pytest.raises(PermissionError):
         move_no_clobber(source, tmp_path / "done" / "a.bin")
     assert source.read_bytes() == b"data"
+
+
+@pytest.fixture
+def durability(monkeypatch):
+    """What ``move_no_clobber`` made durable, and when the source went, in order."""
+    steps: list[tuple[str, str]] = []
+    real_unlink = pipeline.Path.unlink
+
+    monkeypatch.setattr(pipeline, "fsync_file", lambda path: steps.append(("fsync file", path.name)))
+    monkeypatch.setattr(pipeline, "fsync_dir", lambda path: steps.append(("fsync dir", path.name)))
+    monkeypatch.setattr("syncd.durable.fsync_dir", lambda path: steps.append(("fsync dir", path.name)))
+
+    def unlink(self, *args, **kwargs):
+        steps.append(("unlink", self.name))
+        return real_unlink(self, *args, **kwargs)
+
+    monkeypatch.setattr(pipeline.Path, "unlink", unlink)
+    return steps
+
+
+def test_new_folders_and_the_new_name_are_durable_before_the_source_goes(tmp_path, durability):
+    source = tmp_path / "a.bin"
+    source.write_bytes(b"data")
+    (tmp_path / "done").mkdir()
+    move_no_clobber(source, tmp_path / "done" / "x" / "y" / "a.bin")
+    # each new folder's name in its parent, then the file's name in its folder, then the source
+    assert durability == [("fsync dir", "done"), ("fsync dir", "x"), ("fsync dir", "y"), ("unlink", "a.bin")]
+
+
+def test_a_copy_across_filesystems_is_durable_before_the_source_goes(tmp_path, monkeypatch, durability):
+    source = tmp_path / "a.bin"
+    source.write_bytes(b"data")
+    (tmp_path / "done").mkdir()
+    real_link = os.link
+
+    def link(src, dst, *a, **kw):
+        if os.fspath(src) == os.fspath(source):
+            raise OSError(errno.EXDEV, "Invalid cross-device link")
+        return real_link(src, dst, *a, **kw)
+
+    monkeypatch.setattr(pipeline.os, "link", link)
+    final = move_no_clobber(source, tmp_path / "done" / "a.bin")
+    assert final.read_bytes() == b"data"
+    staged = f".a.bin.syncd-{os.getpid()}.partial"
+    assert durability == [("fsync file", staged), ("fsync dir", "done"), ("unlink", "a.bin"), ("unlink", staged)]
