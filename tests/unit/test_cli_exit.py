@@ -36,37 +36,25 @@ def test_exits_at_once_with_mains_code_after_the_exit_handlers(monkeypatch, step
     assert steps == ["exit handlers", "_exit 3"]
 
 
-def test_a_thread_still_running_gets_a_normal_exit(monkeypatch, steps):
+@pytest.mark.parametrize(("daemon", "ending", "expected"), [
+    (False, SystemExit, []),  # a normal exit, which waits for the thread
+    (True, Exited, ["exit handlers", "_exit 1"]),  # a normal exit would abandon it too
+], ids=["thread", "daemon-thread"])
+def test_only_daemon_threads_left_allow_the_quick_exit(monkeypatch, steps, daemon, ending, expected):
     release = threading.Event()
-    worker = threading.Thread(target=release.wait, daemon=False)
+    other = threading.Thread(target=release.wait, daemon=daemon)
 
     def main() -> int:
-        worker.start()
-        return 0
-
-    monkeypatch.setattr(cli, "main", main)
-    try:
-        with pytest.raises(SystemExit) as info:
-            cli.run()
-    finally:
-        release.set()
-        worker.join()
-    assert info.value.code == 0 and steps == []
-
-
-def test_a_daemon_thread_does_not_hold_the_exit(monkeypatch, steps):
-    release = threading.Event()
-    helper = threading.Thread(target=release.wait, daemon=True)
-
-    def main() -> int:
-        helper.start()
+        other.start()
         return 1
 
     monkeypatch.setattr(cli, "main", main)
     try:
-        with pytest.raises(Exited):
+        with pytest.raises(ending) as info:
             cli.run()
     finally:
         release.set()
-        helper.join()
-    assert steps == ["exit handlers", "_exit 1"]
+        other.join()
+    assert steps == expected
+    if ending is SystemExit:
+        assert info.value.code == 1

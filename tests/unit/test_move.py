@@ -28,11 +28,8 @@ def test_never_overwrites(tmp_path):
     assert (tmp_path / "done" / "a (1).bin").read_bytes() == b"second"
 
 
-def test_across_filesystems_copies_then_links(tmp_path, monkeypatch):
-    source = tmp_path / "a.bin"
-    source.write_bytes(b"data")
-    (tmp_path / "done").mkdir()
-    (tmp_path / "done" / "a.bin").write_bytes(b"taken")
+def other_filesystem(monkeypatch, source) -> None:
+    """``source`` cannot be linked anywhere, as from another file system (EXDEV)."""
     real_link = os.link
 
     def link(src, dst, *a, **kw):
@@ -41,6 +38,14 @@ def test_across_filesystems_copies_then_links(tmp_path, monkeypatch):
         return real_link(src, dst, *a, **kw)
 
     monkeypatch.setattr(pipeline.os, "link", link)
+
+
+def test_across_filesystems_copies_then_links(tmp_path, monkeypatch):
+    source = tmp_path / "a.bin"
+    source.write_bytes(b"data")
+    (tmp_path / "done").mkdir()
+    (tmp_path / "done" / "a.bin").write_bytes(b"taken")
+    other_filesystem(monkeypatch, source)
     final = move_no_clobber(source, tmp_path / "done" / "a.bin")
     assert final.name == "a (1).bin" and final.read_bytes() == b"data"
     assert not source.exists()
@@ -91,14 +96,7 @@ def test_a_copy_across_filesystems_is_durable_before_the_source_goes(tmp_path, m
     source = tmp_path / "a.bin"
     source.write_bytes(b"data")
     (tmp_path / "done").mkdir()
-    real_link = os.link
-
-    def link(src, dst, *a, **kw):
-        if os.fspath(src) == os.fspath(source):
-            raise OSError(errno.EXDEV, "Invalid cross-device link")
-        return real_link(src, dst, *a, **kw)
-
-    monkeypatch.setattr(pipeline.os, "link", link)
+    other_filesystem(monkeypatch, source)
     final = move_no_clobber(source, tmp_path / "done" / "a.bin")
     assert final.read_bytes() == b"data"
     staged = f".a.bin.syncd-{os.getpid()}.partial"
