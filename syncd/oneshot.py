@@ -1,5 +1,6 @@
 """``syncd upload``: send files once, with a progress bar, through the same journal and
-engine as the daemon, so an interrupted run resumes where it stopped when run again."""
+engine as the daemon, so an interrupted run resumes where it stopped when run again.
+Small files go several to a request where the server takes that, as the daemon sends them."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from syncd.config import Config
 from syncd.journal import Fingerprint, Journal, JournalError
 from syncd.outcomes import verdict_for
 from syncd.states import ACTIVE, FileState
+from syncd.upload.base import NO_BATCH, BatchLimit, RemoteFile
 from syncd.upload.engine import UploadEngine, UploadJob
 from syncd.upload.registry import build_backend
 
@@ -46,14 +48,30 @@ def cmd_upload(config: Config, *, target: str, files: list[Path], remote_dir: st
         print(f"syncd upload: the bandwidth limit is 0 now ({config.source}: bandwidth); waiting until it "
               "allows (Ctrl-C stops, and a later run resumes)", file=sys.stderr)
     engine = UploadEngine(journal, backends, {target: config.targets[target].retry}, stop=stop, limiter=limiter)
+    small: list[tuple[Path, int, UploadJob]] = []  # waiting to go together in one request
     failures = 0
     try:
         for path in files:
             if stop.is_set():  # the same line as for a file interrupted mid-upload: it names the file
+                if small:  # each says so too
+                    _upload_together(journal, engine, small)
                 print(f"syncd upload: {path}: interrupted by shutdown (run again to resume)", file=sys.stderr)
                 return 1
-            if not _upload_one(journal, engine, target, path, remote_dir):
-                failures += 1
+            prepared = _prepare(journal, target, path, remote_dir)
+            if isinstance(prepared, bool):
+                failures += not prepared
+                continue
+            row_id, job = prepared
+            limit = _batch_limit(engine, limiter, target)
+            if not limit.takes(job.fingerprint.size):
+                failures += not _upload_alone(journal, engine, path, row_id, job)
+                continue
+            small.append((path, row_id, job))
+            if len(small) >= limit.files:
+                failures += _upload_together(journal, engine, small)
+                small = []
+        if small:
+            failures += _upload_together(journal, engine, small)
     except JournalError as exc:
         print(f"syncd upload: {exc}", file=sys.stderr)
         return 1
@@ -65,7 +83,18 @@ def cmd_upload(config: Config, *, target: str, files: list[Path], remote_dir: st
     return 1 if failures else 0
 
 
-def _upload_one(journal: Journal, engine: UploadEngine, target: str, path: Path, remote_dir: str) -> bool:
+def _batch_limit(engine: UploadEngine, limiter: BandwidthLimiter, target: str) -> BatchLimit:
+    """As the daemon batches: what the server said it takes (known after its first answer),
+    and one file per request under a bandwidth limit (a batch would go as one burst)."""
+    limits = limiter.limits()
+    if limits.overall is not None or limits.targets.get(target) is not None:
+        return NO_BATCH
+    return engine.batch_limit(target)
+
+
+def _prepare(journal: Journal, target: str, path: Path, remote_dir: str) -> tuple[int, UploadJob] | bool:
+    """The journal row (marked uploading) and job of ``path``; True if this content went
+    to this target under this name before, False (said on stderr) if it cannot go."""
     try:
         st = os.stat(path)
     except OSError as exc:
@@ -91,24 +120,47 @@ def _upload_one(journal: Journal, engine: UploadEngine, target: str, path: Path,
         settled = journal.get_file(row.id)
     row = settled
     journal.set_state(row.id, FileState.UPLOADING)
-    job = UploadJob(file_id=row.id, target=target, source=source, fingerprint=fp,
-                    remote_name=remote_name, label=str(path))
+    return row.id, UploadJob(file_id=row.id, target=target, source=source, fingerprint=fp,
+                             remote_name=remote_name, label=str(path))
+
+
+def _upload_alone(journal: Journal, engine: UploadEngine, path: Path, row_id: int, job: UploadJob) -> bool:
     try:
-        with _progress_bar(fp.size, source.name) as bar:
-            remote, md5 = engine.upload(job, on_read=bar.update if bar is not None else None)
+        with _progress_bar(job.fingerprint.size, job.source.name) as bar:
+            result: tuple[RemoteFile, str] | BaseException = engine.upload(
+                job, on_read=bar.update if bar is not None else None)
     except Exception as exc:
-        verdict = verdict_for(exc, label=str(path))  # the same map as the daemon's
+        result = exc
+    return _conclude(journal, path, row_id, job, result)
+
+
+def _upload_together(journal: Journal, engine: UploadEngine, small: list[tuple[Path, int, UploadJob]]) -> int:
+    """Small files in one request (as many as the server takes; ``upload_batch`` sends the
+    rest alone); the number that failed."""
+    results = engine.upload_batch([job for _, _, job in small])
+    return sum(not _conclude(journal, path, row_id, job, result)
+               for (path, row_id, job), result in zip(small, results, strict=True))
+
+
+def _conclude(journal: Journal, path: Path, row_id: int, job: UploadJob,
+              result: tuple[RemoteFile, str] | BaseException) -> bool:
+    """Journals and prints how ``path``'s upload ended; True if it is uploaded."""
+    if isinstance(result, BaseException):
+        if not isinstance(result, Exception):
+            raise result
+        verdict = verdict_for(result, label=str(path))  # the same map as the daemon's
         # a one-shot row is never settled by a watcher: a changed or vanished file waits for
         # the next run, which looks at it afresh
         state = verdict.state if verdict.state in (FileState.FAILED, FileState.WAITING) else FileState.READY
-        journal.set_state(row.id, state, error=None if verdict.state == FileState.READY else verdict.reason,
+        journal.set_state(row_id, state, error=None if verdict.state == FileState.READY else verdict.reason,
                           attempts_delta=1 if verdict.counts_attempt else 0)
         again = " (run again to resume)" if verdict.retried else ""
         print(f"syncd upload: {path}: {verdict.reason}{again}", file=sys.stderr)
         return False
-    journal.mark_done(row.id, md5=md5, remote_name=remote.name, target=target, dest=remote_name,
+    remote, md5 = result
+    journal.mark_done(row_id, md5=md5, remote_name=remote.name, target=job.target, dest=job.remote_name,
                       verified=remote.verified)
-    print(f"{path}: uploaded as {remote.name} ({checksums.label(md5)}) to target {target}, "
+    print(f"{path}: uploaded as {remote.name} ({checksums.label(md5)}) to target {job.target}, "
           f"verified by {remote.verified}")
     return True
 

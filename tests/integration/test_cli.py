@@ -328,3 +328,29 @@ def test_output_into_a_closed_pipe_ends_quietly_with_1():
         os.close(write_end)
     assert proc.returncode == 1
     assert proc.stderr == ""
+
+
+def test_oneshot_upload_sends_small_files_together(receiver, tmp_path):
+    """Small files go several to a request once the server has said it takes that (its
+    first answer), as the daemon sends them; a bigger file goes in parts beside them.
+    Every file arrives once and is reported on a line of its own."""
+    from tests.support.fault_proxy import FaultProxy
+
+    peer = receiver
+    small = [write_random(tmp_path / f"small-{i:02d}.bin", 4096 + i) for i in range(12)]
+    big = write_random(tmp_path / "big.bin", 300 * 1024 + 5)
+    files = [*small[:6], big, *small[6:]]
+    with FaultProxy(peer.url, seed=1, rules=[]) as proxy:
+        config = make_config(tmp_path, url=proxy.url_for(peer.url), token=peer.token, part_size="64KiB")
+        out = syncd("upload", "-c", str(config), "--target", "main", "--remote-dir", "many", *map(str, files))
+        seen = list(proxy.seen)
+    assert out.returncode == 0, out.stderr
+    for path in files:
+        assert f"{path}: uploaded as many/{path.name} (" in out.stdout
+        assert peer.stored_md5(f"many/{path.name}") == md5_of(path)
+        assert peer.completions(f"many/{path.name}") == 1
+    batches = [s for s in seen if s.headers.get("syncd-batch") == "1"]
+    assert batches and all(s.outcome == "200" for s in batches)
+    assert sum(len(s.filenames) for s in batches) >= 10  # all small files but the first (or two)
+    again = syncd("upload", "-c", str(config), "--target", "main", "--remote-dir", "many", *map(str, files))
+    assert again.returncode == 0 and again.stdout.count("already uploaded") == len(files)
