@@ -57,6 +57,9 @@ def cmd_upload(config: Config, *, target: str, files: list[Path], remote_dir: st
                     _upload_together(journal, engine, small)
                 print(f"syncd upload: {path}: interrupted by shutdown (run again to resume)", file=sys.stderr)
                 return 1
+            if small and path.resolve() in {job.source for _, _, job in small}:
+                failures += _upload_together(journal, engine, small)  # a file named twice goes once
+                small = []
             prepared = _prepare(journal, target, path, remote_dir)
             if isinstance(prepared, bool):
                 failures += not prepared

@@ -342,9 +342,11 @@ def test_oneshot_upload_sends_small_files_together(receiver, tmp_path):
     files = [*small[:6], big, *small[6:]]
     with FaultProxy(peer.url, seed=1, rules=[]) as proxy:
         config = make_config(tmp_path, url=proxy.url_for(peer.url), token=peer.token, part_size="64KiB")
-        out = syncd("upload", "-c", str(config), "--target", "main", "--remote-dir", "many", *map(str, files))
+        out = syncd("upload", "-c", str(config), "--target", "main", "--remote-dir", "many",
+                    *map(str, files), str(small[8]))  # one named twice: it goes once
         seen = list(proxy.seen)
     assert out.returncode == 0, out.stderr
+    assert out.stdout.count("uploaded as") == len(files) + 1 and out.stdout.count("already uploaded") == 1
     for path in files:
         assert f"{path}: uploaded as many/{path.name} (" in out.stdout
         assert peer.stored_md5(f"many/{path.name}") == md5_of(path)
