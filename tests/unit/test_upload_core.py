@@ -130,9 +130,17 @@ def test_a_journal_error_is_not_a_files_failure():
         verdict_for(JournalError("disk full"))
 
 
+def oneshot_upload(journal, engine, target, path) -> bool:
+    """What ``syncd upload`` does with one file on its own: True if it is uploaded."""
+    from syncd.oneshot import _prepare, _upload_alone
+
+    prepared = _prepare(journal, target, path, "")
+    return prepared if isinstance(prepared, bool) else _upload_alone(journal, engine, path, *prepared)
+
+
 def test_syncd_upload_maps_a_checksum_mismatch_like_the_daemon(tmp_path, capsys):
     """It used to escape as a traceback and leave the row `uploading`."""
-    from syncd.oneshot import ONESHOT_WATCH, _upload_one
+    from syncd.oneshot import ONESHOT_WATCH
 
     server = FakeServer("oneshot")
     with registered(server):
@@ -141,11 +149,11 @@ def test_syncd_upload_maps_a_checksum_mismatch_like_the_daemon(tmp_path, capsys)
         try:
             server.fail("complete", ChecksumMismatch("checksum does not match"))
             path = write_random(tmp_path / "f.bin", 3 * 64 * KiB)
-            assert _upload_one(rig.journal, rig.engine, "t", path, "") is False
+            assert oneshot_upload(rig.journal, rig.engine, "t", path) is False
             row = rig.journal.find_file(ONESHOT_WATCH, str(path.resolve()))
             assert row.state == verdict_for(ChecksumMismatch("x")).state == FileState.WAITING
             assert "checksum does not match (run again to resume)" in capsys.readouterr().err
-            assert _upload_one(rig.journal, rig.engine, "t", path, "") is True
+            assert oneshot_upload(rig.journal, rig.engine, "t", path) is True
             assert rig.journal.find_file(ONESHOT_WATCH, str(path.resolve())).state == FileState.DONE
         finally:
             rig.close()
@@ -225,7 +233,7 @@ def test_syncd_run_and_syncd_upload_give_a_failure_the_same_meaning(tmp_path, ex
     """The daemon's pipeline and the one-shot command both go through syncd.outcomes."""
     import threading
 
-    from syncd.oneshot import ONESHOT_WATCH, _upload_one
+    from syncd.oneshot import ONESHOT_WATCH
     from syncd.pipeline import FileProcessor
     from syncd.sources import SourcePlanner
     from syncd.upload.engine import UploadEngine
@@ -248,7 +256,7 @@ def test_syncd_run_and_syncd_upload_give_a_failure_the_same_meaning(tmp_path, ex
             server.fail("create", exc, times=1000)  # every try, of both commands
             outcome = processor.process(row.id)
             assert outcome.state == journal.get_file(row.id).state == expected.state
-            assert _upload_one(journal, engine, "main", path, "") is False
+            assert oneshot_upload(journal, engine, "main", path) is False
             oneshot = journal.find_file(ONESHOT_WATCH, str(path.resolve()))
             # a one-shot row is never settled by a watcher: it stays ready for the next run
             want = expected.state if expected.state in (FileState.FAILED, FileState.WAITING) else FileState.READY
