@@ -106,7 +106,7 @@ def release_free_memory() -> bool:
 
     The trim threshold above only ever returns the top of a heap, so free memory between
     live blocks stays resident however long it is free. In a daemon taking 16 files a
-    second that was 3-4 MiB (mallinfo2's free bytes), and RSS drifted up with it while the
+    second that was 3-5 MiB (mallinfo2's free bytes), growing slowly, while the
     interpreter's own memory (tracemalloc) stayed flat. A call took 0.3-0.7 ms and gave
     back 2.6-3.0 MiB; the pages are faulted in again only if the heap needs them.
     """

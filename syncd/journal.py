@@ -296,7 +296,7 @@ def _chunks(ids: Sequence[int]) -> Iterator[Sequence[int]]:
     Every length of an ``IN`` list is a statement of its own in the connection's cache of
     prepared statements (128 of them, LRU), and a prepared statement lives in SQLite's own
     memory: 128 lengths of one query took 2.4 MiB. A daemon meets new lengths for hours,
-    so its RSS crept up with them; padded, a query has ten shapes at most."""
+    most when a backlog makes its batches bigger; padded, a query has ten shapes at most."""
     for start in range(0, len(ids), _CHUNK):
         chunk = list(ids[start:start + _CHUNK])
         shape = 1 << (len(chunk) - 1).bit_length()
