@@ -332,6 +332,10 @@ class Limits:
         return cls(Schedule.of(overall).limit_at(wall),
                    {name: Schedule.of(entries).limit_at(wall) for name, entries in targets.items() if entries})
 
+    def limit(self, target: str) -> bool:
+        """True if uploads to ``target`` are limited now (overall or on their own)."""
+        return self.overall is not None or self.targets.get(target) is not None
+
     def describe(self) -> str:
         """``"limit 5 MiB/s (main 2 MiB/s)"``, ``"limit main 2 MiB/s"``; ``""`` when nothing is limited."""
         per_target = ", ".join(f"{name} {format_rate(rate)}" for name, rate in self.targets.items() if rate is not None)

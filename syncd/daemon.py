@@ -496,12 +496,10 @@ class Daemon:
             self._due_stale = False
             self._due_refresh_at = now + IDLE_TICK  # waiting files come due by the clock; `syncd retry`
         large_free = limits.uploads - len(self._large_running)
-        rates = self.limiter.limits()
-        # One file per request under a bandwidth limit (a batch would go as one burst), and
-        # in a watch that transcodes (its videos would wait for each other in one worker).
+        # One file per request in a watch that transcodes (its videos would wait for each
+        # other in one worker); the engine says none under a bandwidth limit.
         batching = {w.name: self.engine.batch_limit(w.target)
                     if self.engine is not None and w.transcode is None
-                    and rates.overall is None and rates.targets.get(w.target) is None
                     else NO_BATCH for w in self.config.watches}
         groups = WorkerGroups(free, batching)
 

@@ -20,7 +20,7 @@ from syncd.config import Config
 from syncd.journal import Fingerprint, Journal, JournalError
 from syncd.outcomes import verdict_for
 from syncd.states import ACTIVE, FileState
-from syncd.upload.base import NO_BATCH, BatchLimit, RemoteFile
+from syncd.upload.base import RemoteFile
 from syncd.upload.engine import UploadEngine, UploadJob
 from syncd.upload.registry import build_backend
 
@@ -65,7 +65,7 @@ def cmd_upload(config: Config, *, target: str, files: list[Path], remote_dir: st
                 failures += not prepared
                 continue
             row_id, job = prepared
-            limit = _batch_limit(engine, limiter, target)
+            limit = engine.batch_limit(target)  # known after the server's first answer
             if not limit.takes(job.fingerprint.size):
                 failures += not _upload_alone(journal, engine, path, row_id, job)
                 continue
@@ -84,15 +84,6 @@ def cmd_upload(config: Config, *, target: str, files: list[Path], remote_dir: st
             backend.close()
         journal.close()
     return 1 if failures else 0
-
-
-def _batch_limit(engine: UploadEngine, limiter: BandwidthLimiter, target: str) -> BatchLimit:
-    """As the daemon batches: what the server said it takes (known after its first answer),
-    and one file per request under a bandwidth limit (a batch would go as one burst)."""
-    limits = limiter.limits()
-    if limits.overall is not None or limits.targets.get(target) is not None:
-        return NO_BATCH
-    return engine.batch_limit(target)
 
 
 def _prepare(journal: Journal, target: str, path: Path, remote_dir: str) -> tuple[int, UploadJob] | bool:

@@ -191,9 +191,12 @@ class UploadEngine:
 
     def batch_limit(self, target: str) -> BatchLimit:
         """How many small files ``upload_batch`` sends to ``target`` in one request, and how
-        big each may be (as far as its backend knows without asking the server)."""
+        big each may be (as far as its backend knows without asking the server). One file
+        per request while a bandwidth limit is in force: a batch would go as one burst."""
         backend = self.backends.get(target)
-        return backend.batch_limit() if backend is not None else NO_BATCH
+        if backend is None or (self.limiter is not None and self.limiter.limits().limit(target)):
+            return NO_BATCH
+        return backend.batch_limit()
 
     def upload_batch(self, jobs: list[UploadJob]) -> list[tuple[RemoteFile, str] | BaseException]:
         """``upload`` of each job (all to one target), the small ones the backend takes

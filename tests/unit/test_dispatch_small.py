@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from syncd.bandwidth import TimetableEntry
+from syncd.bandwidth import BandwidthLimiter, TimetableEntry
 from syncd.config import SMALL_FILE_MAX, load_config
 from syncd.daemon import Daemon, WorkerGroups
 from syncd.dispatch import Dispatcher, WatchQueue
 from syncd.journal import DueFile, Fingerprint, Journal
 from syncd.pipeline import Outcome
 from syncd.upload.base import BatchLimit
+from syncd.upload.engine import UploadEngine
 from tests.support.daemon import make_config
 
 
@@ -29,13 +32,23 @@ class RecordingWorkers:
 
 
 class BatchingEngine:
-    """What the dispatcher asks of the engine: how many small files a target takes at once."""
+    """What the dispatcher asks of the engine: how many small files a target takes at once,
+    by the engine's own ``batch_limit`` (none under a bandwidth limit of ``limiter``), over a
+    backend that takes ``limit`` for every target."""
 
-    def __init__(self, limit: BatchLimit) -> None:
-        self.limit = limit
+    def __init__(self, limit: BatchLimit, *, limiter: BandwidthLimiter | None = None) -> None:
+        self.backends = _EveryTarget(SimpleNamespace(batch_limit=lambda: limit))
+        self.limiter = limiter
 
-    def batch_limit(self, target: str) -> BatchLimit:
-        return self.limit
+    batch_limit = UploadEngine.batch_limit
+
+
+class _EveryTarget:
+    def __init__(self, backend: object) -> None:
+        self._backend = backend
+
+    def get(self, target: str) -> object:
+        return self._backend
 
 
 @pytest.fixture
@@ -216,7 +229,7 @@ def test_worker_groups_keep_every_admitted_row_once_in_order(spec, workers, file
 
 def test_under_a_bandwidth_limit_small_files_go_one_per_request(daemon):
     """A batch would go as one burst: while a limit is in force, no batches."""
-    daemon.engine = BatchingEngine(BatchLimit(4, 256 * 1024))
+    daemon.engine = BatchingEngine(BatchLimit(4, 256 * 1024), limiter=daemon.limiter)
     daemon.limiter.configure(overall=(TimetableEntry(at="00:00", limit=1024**2),), targets={})
     ids = [ready(daemon, f"small{i}", 10) for i in range(8)]
     daemon._dispatch()

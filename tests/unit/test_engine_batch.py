@@ -180,3 +180,19 @@ def test_larger_files_and_a_stop_go_the_single_way(fake, tmp_path):
     results = rig.engine.upload_batch(jobs_for(rig, more))
     assert all(isinstance(r, Interrupted) for r in results)
     assert len(server.batches) == 1 and not any(isinstance(r, RemoteFile) for r in results)
+
+
+def test_no_batches_while_a_bandwidth_limit_is_in_force(fake):
+    """A batch would go as one burst: one file per request under a limit, overall or on the
+    target, for the daemon and ``syncd upload`` alike (both ask the engine)."""
+    from syncd.bandwidth import BandwidthLimiter, TimetableEntry
+    from syncd.upload.base import NO_BATCH
+
+    _server, rig = fake
+    assert rig.engine.batch_limit("t").files == 4
+    every_day = (TimetableEntry(at="00:00", limit=64 * 1024 * KiB),)
+    for limiter in (BandwidthLimiter(targets={"t": every_day}), BandwidthLimiter(overall=every_day)):
+        rig.engine.limiter = limiter
+        assert rig.engine.batch_limit("t") == NO_BATCH
+    rig.engine.limiter = BandwidthLimiter(targets={"other": every_day})
+    assert rig.engine.batch_limit("t").files == 4
