@@ -5,8 +5,11 @@ from __future__ import annotations
 import platform
 import subprocess
 import sys
+import threading
 
 import pytest
+
+from syncd.allocator import fill_thread_caches
 
 
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt is glibc's")
@@ -54,6 +57,7 @@ def test_new_file_names_do_not_grow_the_interned_strings_after_start_up(start) -
 
 RELEASE_PROBE = """
 import sys
+import threading
 from syncd.allocator import release_free_memory, tune_for_uploads
 
 def rss_anon_kib():
@@ -76,3 +80,69 @@ def test_release_free_memory_hands_back_free_pages_between_live_blocks() -> None
                          text=True)
     released_kib = int(out.stdout)
     assert released_kib > 32 * 1024  # of the ~63 MiB freed between live blocks
+
+
+CACHE_PROBE = """
+import ctypes, sys, threading
+from syncd.allocator import fill_thread_caches
+
+libc = ctypes.CDLL(None)
+
+class MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                                                     "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+libc.mallinfo2.restype = MallInfo2
+libc.malloc.restype = ctypes.c_void_p
+libc.malloc.argtypes = [ctypes.c_size_t]
+libc.free.argtypes = [ctypes.c_void_p]
+if sys.argv[1] == "filled":
+    fill_thread_caches()
+grew = []
+
+def work():  # a thread's life: blocks of every small size come and go
+    before = libc.mallinfo2().uordblks
+    for size in range(24, 1033, 8):
+        blocks = [libc.malloc(size) for _ in range(10)]
+        for block in blocks:
+            libc.free(block)
+    grew.append(libc.mallinfo2().uordblks - before)
+
+thread = threading.Thread(target=work)
+thread.start()
+thread.join()
+print(grew[0])
+"""
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="the per-thread cache is glibc's")
+@pytest.mark.parametrize("start", ["as_is", "filled"])
+def test_a_thread_started_after_fill_thread_caches_does_not_grow_the_heap_as_its_cache_fills(start) -> None:
+    """Freed blocks kept in a thread's cache count as in use: as is, they add up to ~240 KB
+    of heap in use that no live object holds; filled when the thread starts, none later."""
+    out = subprocess.run([sys.executable, "-c", CACHE_PROBE, start], check=True, timeout=60, capture_output=True,
+                         text=True)
+    grew = int(out.stdout)
+    if start == "filled":
+        assert grew < 16 * 1024
+    else:
+        assert grew > 128 * 1024
+
+
+def test_fill_thread_caches_hands_each_thread_the_earlier_profile_hook_and_ends_with_it() -> None:
+    def earlier(frame, event, arg) -> None:
+        pass
+
+    threading.setprofile(earlier)
+    try:
+        stop = fill_thread_caches()
+        assert threading.getprofile() is not earlier
+        seen = []
+        thread = threading.Thread(target=lambda: seen.append(sys.getprofile()))
+        thread.start()
+        thread.join()
+        assert seen == [earlier]
+        stop()
+        assert threading.getprofile() is earlier
+    finally:
+        threading.setprofile(None)
