@@ -134,6 +134,10 @@ _MIGRATIONS = [
     CREATE INDEX files_ready_smallest ON files (watch, size, id) WHERE state = 'ready';
     CREATE INDEX files_waiting_smallest ON files (watch, size, id) WHERE state = 'waiting';
     """,
+    # what verified a completed upload (a read-back is the target's choice, not the protocol's)
+    """
+    ALTER TABLE uploads ADD COLUMN verified TEXT;
+    """,
 ]
 SCHEMA_VERSION = len(_MIGRATIONS)
 
@@ -249,6 +253,7 @@ class UploadRow:
     updated_at: float
     md5: str | None = None
     upload_key: str | None = None
+    verified: str | None = None  # of a completed upload; None for one journaled before syncd kept it
 
 
 def _file_row(r: sqlite3.Row) -> FileRow:
@@ -311,7 +316,7 @@ def _upload_row(r: sqlite3.Row) -> UploadRow:
     return UploadRow(
         r["id"], r["file_id"], r["target"], r["source"], r["remote_name"], r["size"],
         Fingerprint(r["dev"], r["ino"], r["size"], r["mtime_ns"]), r["part_size"], r["session"],
-        r["offset"], r["state"], r["started_at"], r["updated_at"], r["md5"], r["upload_key"],
+        r["offset"], r["state"], r["started_at"], r["updated_at"], r["md5"], r["upload_key"], r["verified"],
     )
 
 
@@ -906,18 +911,23 @@ class Journal:
         # the first part's bytes were sent before its own acknowledgement: not in the span
         return sum(size for _, size in rows[1:]) / (rows[-1][0] - rows[0][0])
 
-    def finish_upload(self, upload_id: int, *, state: str, md5: str | None = None, deferred: bool = False) -> None:
-        """``deferred``: committed with this thread's next write (see the module's notes)."""
-        self.finish_uploads([(upload_id, state, md5)], deferred=deferred)
+    def finish_upload(self, upload_id: int, *, state: str, md5: str | None = None, verified: str | None = None,
+                      deferred: bool = False) -> None:
+        """``verified``: what verified a completed upload. ``deferred``: committed with this
+        thread's next write (see the module's notes)."""
+        self.finish_uploads([(upload_id, state, md5, verified)], deferred=deferred)
 
-    def finish_uploads(self, ended: Sequence[tuple[int, str, str | None]], *, deferred: bool = False) -> None:
-        """``finish_upload`` of several uploads, each ``(upload id, state, md5)``, in one write."""
-        if any(state not in ("completed", "abandoned") for _, state, _ in ended):
-            raise ValueError([state for _, state, _ in ended])
+    def finish_uploads(self, ended: Sequence[tuple[int, str, str | None, str | None]], *,
+                       deferred: bool = False) -> None:
+        """``finish_upload`` of several uploads, each ``(upload id, state, md5, verified)``, in
+        one write."""
+        if any(state not in ("completed", "abandoned") for _, state, _, _ in ended):
+            raise ValueError([state for _, state, _, _ in ended])
         now = self.clock()
         with self._write(deferred=deferred, one_statement=len(ended) == 1) as db:
-            db.executemany("UPDATE uploads SET state = ?, md5 = ?, completed_at = ?, updated_at = ? WHERE id = ?",
-                           [(state, md5, now, now, upload_id) for upload_id, state, md5 in ended])
+            db.executemany("UPDATE uploads SET state = ?, md5 = ?, verified = ?, completed_at = ?, updated_at = ?"
+                           " WHERE id = ?",
+                           [(state, md5, verified, now, now, upload_id) for upload_id, state, md5, verified in ended])
 
     def active_uploads(self) -> list[tuple[FileRow, UploadRow]]:
         with self._lock:

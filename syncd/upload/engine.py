@@ -82,11 +82,14 @@ MAX_RESYNCS = 10
 """times in a row the server's view may surprise the engine before it gives up for now"""
 
 
-def _verified(caps: Capabilities, digest: str | None) -> str:
-    """What verified a file completed before a crash: the algorithm of its journaled digest
-    where the server checks the whole file's checksum."""
-    if caps.verifies in checksums.ALGORITHMS and digest:
-        return checksums.split(digest)[0]
+def _verified(caps: Capabilities, done: UploadRow) -> str:
+    """What verified a file completed before a crash, as journaled; for an upload journaled
+    before syncd kept that, the algorithm of its digest where the server checks the whole
+    file's checksum, else what the server verifies."""
+    if done.verified:
+        return done.verified
+    if caps.verifies in checksums.ALGORITHMS and done.md5:
+        return checksums.split(done.md5)[0]
     return caps.verifies
 
 
@@ -174,7 +177,7 @@ class UploadEngine:
                                              fp=job.fingerprint, remote_name=job.remote_name)
         if done is not None:  # finished before a crash or restart cut the file's work short
             return RemoteFile(name=job.remote_name, size=done.size, md5=done.md5,
-                              verified=_verified(caps, done.md5)), done.md5
+                              verified=_verified(caps, done)), done.md5
         fd = self._open_source(job)
         up = _Open(job, backend, fd, 0, replace(item, checksum=caps.checksum), caps,
                    PrefixHash(caps.checksum, background=item.size >= BACKGROUND_HASH_MIN), on_read)
@@ -252,7 +255,7 @@ class UploadEngine:
         done = next((row for row in completed if self._same_upload(row, job)), None)
         if done is not None:
             return RemoteFile(name=job.remote_name, size=done.size, md5=done.md5,
-                              verified=_verified(backend.plan(UploadItem(job.remote_name, done.size)), done.md5)), \
+                              verified=_verified(backend.plan(UploadItem(job.remote_name, done.size)), done)), \
                 done.md5
         fd = self._open_source(job)
         try:
@@ -297,7 +300,7 @@ class UploadEngine:
                                       on_retry=on_retry, sleep=self._sleep)
         except (TransientError, AuthRejected, StorageFull, Interrupted) as exc:
             # what a request of each file alone would have ended with
-            self.journal.finish_uploads([(row.id, "abandoned", None) for row in rows])
+            self.journal.finish_uploads([(row.id, "abandoned", None, None) for row in rows])
             for i, _ in batch:
                 results[i] = exc
             return []
@@ -308,22 +311,22 @@ class UploadEngine:
             return [i for i, _ in batch]
         verifies = backend.plan(files[0].item).verifies
         alone = []
-        ended: list[tuple[int, str, str | None]] = []
+        ended: list[tuple[int, str, str | None, str | None]] = []
         for (i, read), row, answer in zip(batch, rows, answers, strict=True):
             if isinstance(answer, (TransientError, SessionGone, Resync)):
                 alone.append(i)  # tried again alone, under its key
                 continue
             if isinstance(answer, BaseException):
-                ended.append((row.id, "abandoned", None))
+                ended.append((row.id, "abandoned", None, None))
                 results[i] = answer
                 continue
             try:
                 self._check_path(read)
             except (FileChanged, FileVanished) as exc:
-                ended.append((row.id, "abandoned", None))
+                ended.append((row.id, "abandoned", None, None))
                 results[i] = exc
                 continue
-            ended.append((row.id, "completed", read.md5))
+            ended.append((row.id, "completed", read.md5, verifies))
             results[i] = (replace(answer, verified=verifies), read.md5)
             if self._on_part is not None:
                 self._on_part(len(read.data))
@@ -457,7 +460,7 @@ class UploadEngine:
         except BaseException:
             self.journal.finish_upload(row.id, state="abandoned")
             raise
-        self.journal.finish_upload(row.id, state="completed", md5=digest, deferred=True)
+        self.journal.finish_upload(row.id, state="completed", md5=digest, verified=remote.verified, deferred=True)
         if self._on_part is not None:
             self._on_part(item.size)
         return remote, digest
@@ -581,7 +584,8 @@ class UploadEngine:
         digest = up.hasher.digest()
         parts = receipts_in_order(receipts)
         remote = self._retry(lambda: up.session.complete(parts, digest), up, "complete")
-        self.journal.finish_upload(up.row.id, state="completed", md5=digest, deferred=True)
+        self.journal.finish_upload(up.row.id, state="completed", md5=digest, verified=remote.verified,
+                                   deferred=True)
         return remote, digest
 
     @staticmethod

@@ -103,6 +103,11 @@ def test_read_back_catches_a_corrupted_upload_that_the_server_took(server, check
         remote, md5 = rig.engine.upload(job)  # the next attempt: a new upload, whole
         assert (remote.verified, remote.md5) == ("read-back", md5_of(path))
         assert server.stored_md5("checked.bin") == md5 and len(server.finished("checked.bin")) == 1
+        # found completed in the journal (as after a crash before the file was marked done):
+        # still what verified it, not the target's static "size"
+        again, again_md5 = rig.engine.upload(job)
+        assert (again.verified, again.md5, again_md5) == ("read-back", md5, md5)
+        assert len(server.finished("checked.bin")) == 1
     finally:
         rig.close()
 

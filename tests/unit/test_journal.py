@@ -225,7 +225,8 @@ def test_a_schema_2_journal_is_migrated_and_keeps_its_queue(tmp_path):
         journal.close()
     db = sqlite3.connect(path)
     try:
-        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 6
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 7
+        assert "verified" in {r[1] for r in db.execute("PRAGMA table_info(uploads)")}
         indexes = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
         assert {"files_ready_oldest", "files_waiting_oldest", "files_ready_smallest",
                 "files_waiting_smallest"} <= indexes
@@ -308,12 +309,13 @@ def test_writes_of_many_files_at_once_are_the_writes_of_each(journal):
                                      for i in ids[:3]])
     assert [u.upload_key for u in uploads] == [f"key-{i}" for i in ids[:3]]
     assert [journal.open_upload(i, target="t") for i in ids[:3]] == uploads  # as written is as read
-    journal.finish_uploads([(uploads[0].id, "completed", "m0"), (uploads[1].id, "abandoned", None)])
+    journal.finish_uploads([(uploads[0].id, "completed", "m0", "read-back"), (uploads[1].id, "abandoned", None, None)])
     completed = journal.completed_uploads(ids[:3], target="t")
-    assert list(completed) == [ids[0]] and completed[ids[0]][0].md5 == "m0"
+    assert list(completed) == [ids[0]] and (completed[ids[0]][0].md5, completed[ids[0]][0].verified) == \
+        ("m0", "read-back")
     assert journal.open_upload(ids[1], target="t") is None and journal.open_upload(ids[2], target="t") == uploads[2]
     with pytest.raises(ValueError):
-        journal.finish_uploads([(uploads[2].id, "done", None)])
+        journal.finish_uploads([(uploads[2].id, "done", None, None)])
 
     journal.mark_all_done([Done(ids[0], "m0", "r/0", "pending", "t", "d", "md5"), Done(ids[1], "m1", "r/1")],
                           durable=True)

@@ -266,3 +266,19 @@ def test_syncd_run_and_syncd_upload_give_a_failure_the_same_meaning(tmp_path, ex
             for backend in backends.values():
                 backend.close()
             journal.close()
+
+
+@pytest.mark.parametrize(("verifies", "md5", "journaled", "expected"), [
+    ("size", "0" * 32, "read-back", "read-back"),  # the target read the copy back
+    ("size", "0" * 32, None, "size"),  # journaled before syncd kept it: what the server verifies
+    ("sha256", "sha256:" + "0" * 64, None, "sha256"),  # ... or the algorithm of the journaled digest
+    ("md5", "0" * 32, "md5", "md5"),
+])
+def test_a_file_completed_before_a_crash_reports_what_verified_it(verifies, md5, journaled, expected):
+    from syncd.journal import Fingerprint, UploadRow
+    from syncd.upload.base import Capabilities
+    from syncd.upload.engine import _verified
+
+    done = UploadRow(1, 1, "t", "/w/a", "a", 10, Fingerprint(1, 2, 10, 3), 10, None, 10, "completed", 0.0, 0.0,
+                     md5=md5, verified=journaled)
+    assert _verified(Capabilities(part_size=10, verifies=verifies), done) == expected
