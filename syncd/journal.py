@@ -354,19 +354,22 @@ class Journal:
         try:
             if not readonly:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
-            uri = f"file:{self.path}?mode=ro" if readonly else f"file:{self.path}"
-            self._db = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False,
-                                       timeout=30.0)
-            self._db.row_factory = sqlite3.Row
-            self._db.execute("PRAGMA busy_timeout = 30000")
-            self._db.execute(f"PRAGMA cache_size = -{CACHE_KIB}")
             if not readonly:
-                self._db.execute("PRAGMA journal_mode = WAL")
-                self._db.execute("PRAGMA synchronous = NORMAL")
-            self._db.execute("PRAGMA foreign_keys = ON")
-            version = self._db.execute("PRAGMA user_version").fetchone()[0]
+                version = self._connect(f"file:{self.path}", readonly=False)
+            else:
+                try:
+                    version = self._connect(f"file:{self.path}?mode=ro", readonly=True)
+                except sqlite3.OperationalError:
+                    if not self._closed_in_a_folder_we_cannot_write():
+                        raise
+                    # no daemon has it open and every commit is in the file: read it as it is
+                    version = self._connect(f"file:{self.path}?mode=ro&immutable=1", readonly=True)
         except (sqlite3.OperationalError, OSError) as exc:
-            raise JournalError(f"{self.path}: cannot open journal: {exc}") from None
+            hint = ""
+            if readonly and not os.access(self.path.parent, os.W_OK):
+                hint = " (this user cannot write its folder, where a journal a daemon left open needs one more file: " \
+                       "run this as the daemon's user)"
+            raise JournalError(f"{self.path}: cannot open journal: {exc}{hint}") from None
         except sqlite3.DatabaseError as exc:  # not a database, or a damaged one
             raise JournalError(f"{self.path}: cannot open journal: it is corrupt ({exc}); {MOVE_ASIDE}") from None
         if version > SCHEMA_VERSION:
@@ -376,6 +379,31 @@ class Journal:
             self._migrate(version)
         elif version < SCHEMA_VERSION:
             raise JournalError(f"{self.path}: journal schema {version} is older; start the daemon once")
+
+    def _connect(self, uri: str, *, readonly: bool) -> int:
+        """Opens ``self._db``; the journal's schema version."""
+        self._db = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False, timeout=30.0)
+        try:
+            self._db.row_factory = sqlite3.Row
+            self._db.execute("PRAGMA busy_timeout = 30000")
+            self._db.execute(f"PRAGMA cache_size = -{CACHE_KIB}")
+            if not readonly:
+                self._db.execute("PRAGMA journal_mode = WAL")
+                self._db.execute("PRAGMA synchronous = NORMAL")
+            self._db.execute("PRAGMA foreign_keys = ON")
+            return self._db.execute("PRAGMA user_version").fetchone()[0]
+        except BaseException:
+            self._db.close()
+            raise
+
+    def _closed_in_a_folder_we_cannot_write(self) -> bool:
+        """A reader of a WAL journal needs its ``-shm`` file, made by the first connection;
+        one who cannot write the folder (another user, a read-only mount) cannot make it.
+        With no ``-wal`` file either, no connection has the journal open and the last one
+        to close it put every commit into the file, which can then be read as is."""
+        return (not os.access(self.path.parent, os.W_OK)
+                and not self.path.with_name(self.path.name + "-wal").exists()
+                and not self.path.with_name(self.path.name + "-shm").exists())
 
     def _migrate(self, version: int) -> None:
         """Every missing migration in one transaction (one fsync for a new journal): the
