@@ -127,8 +127,8 @@ THREAD_CACHE_COUNT = 7
 
 
 def fill_thread_cache() -> bool:
-    """Fills the calling thread's tcache: every bin gets its most blocks now, as it would over
-    hours. False where there is no glibc malloc.
+    """Fills the calling thread's tcache: every bin gets its most blocks now, where rare sizes
+    would fill it over tens of minutes. False where there is no glibc malloc.
 
     Each thread keeps up to 7 freed blocks of each small size for its own next calls, and
     malloc counts them as in use. A bin fills only when its thread frees blocks of that size,

@@ -354,7 +354,6 @@ class Journal:
         try:
             if not readonly:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
-            if not readonly:
                 version = self._connect(f"file:{self.path}", readonly=False)
             else:
                 try:
