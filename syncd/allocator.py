@@ -22,8 +22,8 @@ only glibc has ``mallopt``). Call before starting threads.
   about 2,000 with this profile (bench/receiver.py, 3 rounds). Buffers of 4 MiB and more
   still get their own mapping, and up to 32 MiB of free heap is kept for reuse.
 
-And one table of the interpreter's (``grow_interned_strings``, the daemon's), each thread's
-cache of freed blocks filled when it starts (``fill_thread_caches``, the daemon's), and the
+And one table of the interpreter's (``grow_interned_strings``, the daemon's), glibc's
+per-thread caches turned off for the daemon (``restart_without_thread_caches``), and the
 daemon's regular hand-back of free heap pages (``release_free_memory``).
 """
 
@@ -32,9 +32,9 @@ from __future__ import annotations
 import ctypes
 import functools
 import logging
+import os
 import sys
-import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 log = logging.getLogger("syncd")
 
@@ -119,48 +119,39 @@ def release_free_memory() -> bool:
     return True
 
 
-THREAD_CACHE_SIZES = range(24, 1033, 16)
-"""one request size per bin of glibc's per-thread cache (tcache: 64 bins, chunks of 32 to
-1040 bytes)"""
-THREAD_CACHE_COUNT = 7
-"""blocks a tcache bin holds (glibc's default; only ``GLIBC_TUNABLES`` changes it)"""
+TUNABLES = "GLIBC_TUNABLES"
+THREAD_CACHES_OFF = "glibc.malloc.tcache_count=0"
 
 
-def fill_thread_cache() -> bool:
-    """Fills the calling thread's tcache: every bin gets its most blocks now, where rare sizes
-    would fill it over tens of minutes. False where there is no glibc malloc.
+def environment_without_thread_caches(environ: Mapping[str, str]) -> dict[str, str] | None:
+    """``environ`` with glibc's per-thread caches of freed blocks turned off, or None where
+    there is nothing to do: no glibc, or ``GLIBC_TUNABLES`` already sets them."""
+    current = environ.get(TUNABLES, "")
+    if "glibc.malloc.tcache_count=" in current or _libc("gnu_get_libc_version", restype=ctypes.c_char_p) is None:
+        return None
+    environment = dict(environ)
+    environment[TUNABLES] = f"{current}:{THREAD_CACHES_OFF}" if current else THREAD_CACHES_OFF
+    return environment
 
-    Each thread keeps up to 7 freed blocks of each small size for its own next calls, and
-    malloc counts them as in use. A bin fills only when its thread frees blocks of that size,
-    and some sizes come rarely, so a daemon's heap grew by 60-120 bytes a file for tens of
-    minutes (mallinfo2's bytes in use, while tracemalloc and SQLite's own count stayed flat;
-    with ``GLIBC_TUNABLES=glibc.malloc.tcache_count=0`` it stayed flat too). Filled at the
-    start, the bins are at their bound from the first minute: about 240 KiB a thread. Only
-    ``GLIBC_TUNABLES`` can shrink the bins, and only before the process starts.
+
+def restart_without_thread_caches() -> None:
+    """Executes this program again, in this process, with glibc's per-thread caches off
+    (``GLIBC_TUNABLES``, which glibc reads only when a program starts); returns only where
+    there is nothing to do or the exec fails. Call first, before any thread or file is open.
+
+    Each thread keeps up to 7 freed blocks of each of 64 small sizes for its own next calls
+    (tcache), and malloc counts them as in use. A bin fills only when its thread frees
+    blocks of that size, and some sizes come rarely, so a daemon's heap in use grew by
+    60-120 bytes a file for its first tens of minutes, while tracemalloc and SQLite's own
+    count stayed flat. Filling every thread's bins at its start stopped that, but the
+    blocks they hold keep free memory from merging, and RSS wandered by a MiB. Without
+    the caches, the heap in use and RSS stayed flat for an hour, 2.5 MiB lower (BENCHMARKS
+    section 17). Its programs (ffmpeg) inherit the setting.
     """
-    malloc = _libc("malloc", ctypes.c_size_t, restype=ctypes.c_void_p)
-    free = _libc("free", ctypes.c_void_p, restype=None)
-    if malloc is None or free is None or _libc("gnu_get_libc_version", restype=ctypes.c_char_p) is None:
-        return False
-    for size in THREAD_CACHE_SIZES:
-        blocks = [malloc(size) for _ in range(THREAD_CACHE_COUNT)]
-        for block in blocks:
-            free(block)
-    return True
-
-
-def fill_thread_caches() -> Callable[[], None]:
-    """``fill_thread_cache`` in this thread now and in every thread started from now on, as
-    its first step (through ``threading.setprofile``; the hook then hands the thread whatever
-    profile hook was there before). Returns the call that ends it. For a long-running process
-    whose threads live long: a short-lived thread pays 0.2-0.5 ms and gives its cache back
-    when it ends."""
-    fill_thread_cache()
-    previous = threading.getprofile()
-
-    def fill_on_first_call(frame: object, event: str, arg: object) -> None:
-        sys.setprofile(previous)
-        fill_thread_cache()
-
-    threading.setprofile(fill_on_first_call)
-    return lambda: threading.setprofile(previous)
+    environment = environment_without_thread_caches(os.environ)
+    if environment is None or os.getuid() != os.geteuid() or os.getgid() != os.getegid():
+        return  # (a set-id program's GLIBC_TUNABLES may be cut: it would start again and again)
+    try:
+        os.execve(sys.executable, sys.orig_argv, environment)
+    except OSError as exc:
+        log.debug("cannot start again without glibc's per-thread caches: %s", exc)

@@ -20,13 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from syncd.allocator import (
-    RELEASE_EVERY,
-    fill_thread_caches,
-    grow_interned_strings,
-    release_free_memory,
-    tune_for_uploads,
-)
+from syncd.allocator import RELEASE_EVERY, grow_interned_strings, release_free_memory, tune_for_uploads
 from syncd.bandwidth import BandwidthLimiter, Limits, timetables_of
 from syncd.config import SMALL_FILE_MAX, Config, ConfigError, load_config
 from syncd.controls import Paused
@@ -263,7 +257,6 @@ class Daemon:
         self.dispatcher = Dispatcher([])
         self._next_rescan = 0.0
         self._next_release = time.monotonic() + RELEASE_EVERY
-        self._stop_filling_thread_caches: Callable[[], None] = lambda: None
         self._stopping = False
         self._reload_requested = False
         self.on_reload: Callable[[Config, Config], None] | None = None  # (old, new) after a reload
@@ -273,7 +266,6 @@ class Daemon:
     def open(self) -> None:
         """Everything before the loop; raises JournalError / OSError with a clear message."""
         tune_for_uploads()  # before any thread starts
-        self._stop_filling_thread_caches = fill_thread_caches()
         journal = self.config.journal
         # a lock file outlives its journal: without one, no syncd ever ran on this journal
         first_run = not any(journal.with_name(journal.name + suffix).exists() for suffix in (".lock", "-wal"))
@@ -389,7 +381,6 @@ class Daemon:
         if self._lock_fd is not None:
             os.close(self._lock_fd)  # releases the lock
         self.waker.close()
-        self._stop_filling_thread_caches()
         log.info("stopped")
 
     # --- the loop --------------------------------------------------------------------------

@@ -356,3 +356,47 @@ def test_oneshot_upload_sends_small_files_together(receiver, tmp_path):
     assert sum(len(s.filenames) for s in batches) >= 10  # all small files but the first (or two)
     again = syncd("upload", "-c", str(config), "--target", "main", "--remote-dir", "many", *map(str, files))
     assert again.returncode == 0 and again.stdout.count("already uploaded") == len(files)
+
+
+def _environ_of(pid: int) -> dict[str, str]:
+    with open(f"/proc/{pid}/environ", "rb") as f:
+        pairs = [item.decode().partition("=") for item in f.read().split(b"\0") if item]
+    return {k: v for k, _, v in pairs}
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux") or os.confstr("CS_GNU_LIBC_VERSION") is None,
+                    reason="GLIBC_TUNABLES is glibc's")
+@pytest.mark.parametrize("program", ["python -m syncd", "syncd"])
+@pytest.mark.parametrize("tunables", [None, "glibc.malloc.tcache_count=3"])
+def test_the_daemon_runs_without_glibcs_thread_caches_unless_the_operator_set_them(tmp_path, program, tunables):
+    """``syncd run`` starts again in the same process with GLIBC_TUNABLES set (the kernel's
+    record of a program's environment is the one it was started with), and then works."""
+    env = {k: v for k, v in _quick_start_env().items() if k != "GLIBC_TUNABLES"}
+    if tunables is not None:
+        env["GLIBC_TUNABLES"] = tunables
+    command = [sys.executable, "-m", "syncd"] if program == "python -m syncd" else \
+        [str(os.path.join(os.path.dirname(sys.executable), "syncd"))]
+    if not os.path.exists(command[0]):
+        pytest.skip(f"no {command[0]}")
+    log = tmp_path / "run.log"
+    proc = subprocess.Popen([*command, "run", "--port", str(_free_port())], cwd=tmp_path, env=env,
+                            stdout=subprocess.DEVNULL, stderr=log.open("wb"))
+    try:
+        from tests.support.daemon import wait_until
+
+        wait_until(lambda: proc.poll() is not None or "receiver listening" in log.read_text(), timeout=20,
+                   what="the quick start ready")
+        assert proc.poll() is None, log.read_text()
+        expected = "glibc.malloc.tcache_count=0" if tunables is None else tunables
+        assert _environ_of(proc.pid).get("GLIBC_TUNABLES") == expected
+        path = write_random(tmp_path / "drop" / "a.bin", 5000)
+        wait_until(lambda: (tmp_path / "received" / "a.bin").exists(), timeout=30, what="a.bin received")
+        assert md5_of(tmp_path / "received" / "a.bin") == md5_of(path)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()

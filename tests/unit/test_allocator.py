@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import platform
 import subprocess
 import sys
-import threading
 
 import pytest
 
-from syncd.allocator import fill_thread_caches
+from syncd.allocator import TUNABLES, environment_without_thread_caches
 
 
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt is glibc's")
@@ -56,8 +56,8 @@ def test_new_file_names_do_not_grow_the_interned_strings_after_start_up(start) -
 
 
 RELEASE_PROBE = """
+import os
 import sys
-import threading
 from syncd.allocator import release_free_memory, tune_for_uploads
 
 def rss_anon_kib():
@@ -82,9 +82,9 @@ def test_release_free_memory_hands_back_free_pages_between_live_blocks() -> None
     assert released_kib > 32 * 1024  # of the ~63 MiB freed between live blocks
 
 
+
 CACHE_PROBE = """
-import ctypes, sys, threading
-from syncd.allocator import fill_thread_caches
+import ctypes, threading
 
 libc = ctypes.CDLL(None)
 
@@ -96,8 +96,6 @@ libc.mallinfo2.restype = MallInfo2
 libc.malloc.restype = ctypes.c_void_p
 libc.malloc.argtypes = [ctypes.c_size_t]
 libc.free.argtypes = [ctypes.c_void_p]
-if sys.argv[1] == "filled":
-    fill_thread_caches()
 grew = []
 
 def work():  # a thread's life: blocks of every small size come and go
@@ -116,33 +114,26 @@ print(grew[0])
 
 
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="the per-thread cache is glibc's")
-@pytest.mark.parametrize("start", ["as_is", "filled"])
-def test_a_thread_started_after_fill_thread_caches_does_not_grow_the_heap_as_its_cache_fills(start) -> None:
-    """Freed blocks kept in a thread's cache count as in use: as is, they add up to ~240 KB
-    of heap in use that no live object holds; filled when the thread starts, none later."""
-    out = subprocess.run([sys.executable, "-c", CACHE_PROBE, start], check=True, timeout=60, capture_output=True,
-                         text=True)
+@pytest.mark.parametrize("caches", ["on", "off"])
+def test_without_thread_caches_a_threads_freed_blocks_do_not_stay_counted_in_use(caches) -> None:
+    """Freed blocks kept in a thread's cache count as in use: ~240 KB of heap that no live
+    object holds, filled over a thread's life; with the environment syncd run starts again
+    with, none."""
+    environment = {k: v for k, v in os.environ.items() if k != TUNABLES}
+    if caches == "off":
+        environment = environment_without_thread_caches(environment)
+    out = subprocess.run([sys.executable, "-c", CACHE_PROBE], check=True, timeout=60, capture_output=True,
+                         text=True, env=environment)
     grew = int(out.stdout)
-    if start == "filled":
+    if caches == "off":
         assert grew < 16 * 1024
     else:
         assert grew > 128 * 1024
 
 
-def test_fill_thread_caches_hands_each_thread_the_earlier_profile_hook_and_ends_with_it() -> None:
-    def earlier(frame, event, arg) -> None:
-        pass
-
-    threading.setprofile(earlier)
-    try:
-        stop = fill_thread_caches()
-        assert threading.getprofile() is not earlier
-        seen = []
-        thread = threading.Thread(target=lambda: seen.append(sys.getprofile()))
-        thread.start()
-        thread.join()
-        assert seen == [earlier]
-        stop()
-        assert threading.getprofile() is earlier
-    finally:
-        threading.setprofile(None)
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="GLIBC_TUNABLES is glibc's")
+def test_the_environment_adds_the_setting_to_other_tunables_and_leaves_an_operators_own() -> None:
+    assert environment_without_thread_caches({"A": "1"}) == {"A": "1", TUNABLES: "glibc.malloc.tcache_count=0"}
+    assert environment_without_thread_caches({TUNABLES: "glibc.malloc.arena_max=2"}) == \
+        {TUNABLES: "glibc.malloc.arena_max=2:glibc.malloc.tcache_count=0"}
+    assert environment_without_thread_caches({TUNABLES: "glibc.malloc.tcache_count=3"}) is None
