@@ -149,7 +149,7 @@ def restart_without_thread_caches() -> None:
     section 17). Its programs (ffmpeg) inherit the setting.
     """
     environment = environment_without_thread_caches(os.environ)
-    if environment is None or os.getuid() != os.geteuid() or os.getgid() != os.getegid():
+    if environment is None or not sys.executable or os.getuid() != os.geteuid() or os.getgid() != os.getegid():
         return  # (a set-id program's GLIBC_TUNABLES may be cut: it would start again and again)
     try:
         os.execve(sys.executable, sys.orig_argv, environment)

@@ -226,6 +226,16 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _stop(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(15)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
 def test_status_retry_check_config_without_c_use_the_quick_start(tmp_path):
     env = _quick_start_env()
     out = syncd("status", cwd=tmp_path, env=env)
@@ -284,13 +294,7 @@ def test_quick_start_on_another_port_then_status(tmp_path):
                          and "done 1" in o.stdout and o, timeout=10, what="status done 1")
         assert "failed 0" in out.stdout
     finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+        _stop(proc)
 
 
 def test_retry_accepts_the_names_status_prints(tmp_path):
@@ -393,10 +397,4 @@ def test_the_daemon_runs_without_glibcs_thread_caches_unless_the_operator_set_th
         wait_until(lambda: (tmp_path / "received" / "a.bin").exists(), timeout=30, what="a.bin received")
         assert md5_of(tmp_path / "received" / "a.bin") == md5_of(path)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+        _stop(proc)
